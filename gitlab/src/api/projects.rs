@@ -1,0 +1,34 @@
+use super::{project_path, segment};
+use crate::client::Request;
+use crate::types::{Branch, Project, User, Version};
+use crate::{Error, Gitlab, ProjectRef};
+
+impl Gitlab {
+    /// `GET /projects/:id`
+    ///
+    /// ```no_run
+    /// # async fn f(gitlab: cloudci_gitlab::Gitlab) -> Result<(), cloudci_gitlab::Error> {
+    /// let project = gitlab.project("acme/firmware").await?;
+    /// println!("{} ({})", project.path_with_namespace, project.id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn project(&self, project: impl Into<ProjectRef>) -> Result<Project, Error> {
+        self.json(&Request::get(project_path(&project.into()))).await
+    }
+
+    /// `GET /user`: who the token belongs to.
+    pub async fn current_user(&self) -> Result<User, Error> {
+        self.json(&Request::get("user")).await
+    }
+
+    /// `GET /version`
+    pub async fn version(&self) -> Result<Version, Error> {
+        self.json(&Request::get("version")).await
+    }
+
+    /// `GET /projects/:id/repository/branches/:branch`: a branch and its head commit.
+    pub async fn branch(&self, project: impl Into<ProjectRef>, branch: &str) -> Result<Branch, Error> {
+        let path = format!("{}/repository/branches/{}", project_path(&project.into()), segment(branch));
+        self.json(&Request::get(path)).await
+    }
+}

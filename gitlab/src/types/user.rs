@@ -1,0 +1,25 @@
+use serde::{Deserialize, Serialize};
+
+use super::Extra;
+use crate::UserId;
+
+/// A user, as embedded in pipelines and jobs (`{id, username, name, state, avatar_url, web_url}`)
+/// or returned whole by `GET /user`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    /// The user's id.
+    pub id: UserId,
+    /// Login name.
+    pub username: String,
+    /// Display name.
+    pub name: String,
+    /// `active`, `blocked`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Profile page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
+    /// Everything else GitLab sent.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
