@@ -459,7 +459,14 @@ impl Gitlab {
             async move {
                 let Some(req) = next else { return Ok(None) };
                 let resp = client.send(&req).await?;
-                let following = client.next_page(&req, resp.headers());
+                let mut following = client.next_page(&req, resp.headers());
+                // A server that names the same page again would make this loop forever.
+                if let Some(next) = &following
+                    && client.url_for(next).ok() == client.url_for(&req).ok()
+                {
+                    tracing::warn!(endpoint = %req.endpoint(), "the next page is this page again; stopping");
+                    following = None;
+                }
                 let body = client.body(&req, resp).await?;
                 let items: Vec<T> = decode(&req.endpoint(), &body)?;
                 Ok(Some((items, following)))
@@ -492,9 +499,14 @@ impl Gitlab {
         if page.is_empty() {
             return None;
         }
+        // Rebuild the current URL with only `page` replaced (it may itself come from a `Link`).
+        let mut url = self.url_for(req).ok()?;
+        let kept: Vec<(String, String)> =
+            url.query_pairs().filter(|(k, _)| k != "page").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        url.query_pairs_mut().clear().extend_pairs(kept).append_pair("page", page);
         let mut following = req.clone();
-        following.query.retain(|(k, _)| k != "page");
-        following.query.push(("page".into(), page.to_owned()));
+        following.target = Target::Url(url);
+        following.query.clear();
         Some(following)
     }
 
