@@ -74,7 +74,11 @@ impl Server {
 fn client(url: &str) -> Gitlab {
     Gitlab::builder(url)
         .private_token(SecretString::from(TOKEN))
-        .retry(RetryPolicy { base: Duration::from_millis(10), cap: Duration::from_millis(50), ..RetryPolicy::default() })
+        .retry(RetryPolicy {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(50),
+            ..RetryPolicy::default()
+        })
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap()
@@ -149,7 +153,8 @@ async fn a_next_link_to_another_host_is_not_followed() {
         resp
     })
     .await;
-    let all: Vec<PipelineBasic> = client(&server.url).pipelines(1u64, &PipelineFilter::default()).try_collect().await.unwrap();
+    let all: Vec<PipelineBasic> =
+        client(&server.url).pipelines(1u64, &PipelineFilter::default()).try_collect().await.unwrap();
     assert_eq!(all.len(), 1);
 }
 
@@ -174,10 +179,9 @@ async fn rate_limit_429_waits_for_retry_after_then_succeeds() {
 
 #[tokio::test]
 async fn rate_limit_beyond_the_allowed_wait_is_reported_with_the_wait() {
-    let server = Server::start(|_, _| {
-        (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "3600")], "Retry later").into_response()
-    })
-    .await;
+    let server =
+        Server::start(|_, _| (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "3600")], "Retry later").into_response())
+            .await;
     let err = client(&server.url).pipeline(1u64, PipelineId(1)).await.unwrap_err();
     assert!(matches!(err, Error::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(3600)), "{err}");
     assert_eq!(server.seen().len(), 1);
@@ -224,7 +228,10 @@ async fn a_pipeline_create_is_never_silently_sent_twice() {
     assert_eq!(seen[1].method, Method::POST);
     assert_eq!(seen[1].uri, "/api/v4/projects/acme%2Ffw/pipeline");
     let body: serde_json::Value = serde_json::from_slice(&seen[1].body).unwrap();
-    assert_eq!(body, serde_json::json!({"ref":"main","variables":[{"key":"BOARD","value":"nucleo","variable_type":"env_var"}]}));
+    assert_eq!(
+        body,
+        serde_json::json!({"ref":"main","variables":[{"key":"BOARD","value":"nucleo","variable_type":"env_var"}]})
+    );
 }
 
 #[tokio::test]
@@ -236,7 +243,11 @@ async fn a_connection_that_never_opened_is_retried_even_for_writes() {
     let url = format!("http://{addr}");
     let gitlab = Gitlab::builder(&url)
         .private_token(SecretString::from(TOKEN))
-        .retry(RetryPolicy { base: Duration::from_millis(200), cap: Duration::from_millis(400), ..RetryPolicy::default() })
+        .retry(RetryPolicy {
+            base: Duration::from_millis(200),
+            cap: Duration::from_millis(400),
+            ..RetryPolicy::default()
+        })
         .build()
         .unwrap();
     let call = tokio::spawn(async move { gitlab.create_pipeline(1u64, &CreatePipeline::new("main")).await });
@@ -366,7 +377,8 @@ async fn decode_errors_name_the_field() {
         json(StatusCode::OK, serde_json::json!([pipeline_json(0), p]))
     })
     .await;
-    let err = client(&server.url).pipelines(1u64, &PipelineFilter::default()).try_collect::<Vec<_>>().await.unwrap_err();
+    let err =
+        client(&server.url).pipelines(1u64, &PipelineFilter::default()).try_collect::<Vec<_>>().await.unwrap_err();
     assert!(matches!(err, Error::Decode { ref path, .. } if path == "[1].status"), "{err}");
 }
 

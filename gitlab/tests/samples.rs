@@ -168,8 +168,9 @@ fn webhook_errors_are_clear() {
     assert!(matches!(WebhookEvent::parse(Some("Job Hook"), b"[1]"), Err(WebhookParseError::NotObject)));
     let mismatch = WebhookEvent::parse(Some("Job Hook"), br#"{"object_kind":"pipeline"}"#).unwrap_err();
     assert!(matches!(mismatch, WebhookParseError::KindMismatch { .. }), "{mismatch}");
-    let err = WebhookEvent::parse(Some("Pipeline Hook"), br#"{"object_kind":"pipeline","object_attributes":{"id":"x"}}"#)
-        .unwrap_err();
+    let err =
+        WebhookEvent::parse(Some("Pipeline Hook"), br#"{"object_kind":"pipeline","object_attributes":{"id":"x"}}"#)
+            .unwrap_err();
     assert!(err.to_string().contains("object_attributes.id"), "{err}");
     // Unknown events are kept, not rejected.
     let other = WebhookEvent::parse(Some("Emoji Hook"), br#"{"object_kind":"emoji","x":1}"#).unwrap();

@@ -1,0 +1,90 @@
+//! The `cloudci` command line.
+
+mod gitlab;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use gitlab::GitlabCommand;
+
+/// Start firmware builds on GitLab CI and follow them live.
+#[derive(Debug, Parser)]
+#[command(name = "cloudci", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (default: $CLOUDCI_CONFIG, ./cloudci.toml, then
+    /// $XDG_CONFIG_HOME/cloudci/config.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Talk to GitLab directly: pipelines, jobs, logs, artifacts.
+    Gitlab(GitlabCommand),
+}
+
+/// A failed command: the one line to print and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// One line for stderr; never contains a secret.
+    pub message: String,
+    /// 1 failure, 2 usage, 3 authentication or permission, 4 not found.
+    pub code: u8,
+}
+
+impl Failure {
+    /// Exit code 1 with this message.
+    pub fn general(message: impl Into<String>) -> Self {
+        Self { message: message.into(), code: 1 }
+    }
+
+    /// Exit code 2 (bad usage) with this message.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self { message: message.into(), code: 2 }
+    }
+}
+
+impl From<cloudci_gitlab::Error> for Failure {
+    fn from(e: cloudci_gitlab::Error) -> Self {
+        let code = if e.is_auth() {
+            3
+        } else if e.is_not_found() {
+            4
+        } else {
+            1
+        };
+        Self { message: e.to_string(), code }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Self::general(e.to_string())
+    }
+}
+
+impl Cli {
+    /// Runs the command.
+    pub async fn run(self) -> Result<(), Failure> {
+        match self.command {
+            Command::Gitlab(cmd) => cmd.run().await,
+        }
+    }
+}
+
+/// Logs go to stderr: warnings and errors by default, more with `CLOUDCI_LOG` (e.g. `debug`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDCI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(crate::output::stderr_is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .try_init();
+}
