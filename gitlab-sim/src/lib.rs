@@ -1,0 +1,335 @@
+#![recursion_limit = "512"]
+//! `gitlab-sim`: a local stand-in for GitLab, for cloudci's tests, demo and benchmarks.
+//!
+//! It serves the subset of GitLab's REST API v4 that cloudci uses (`api.rs`), runs pipelines from a
+//! project's real `.gitlab-ci.yml` with a shell executor (`ci.rs`, `runner.rs`), and sends
+//! webhooks with GitLab's headers and behaviour (`webhooks.rs`), with seeded fault injection
+//! (`faults.rs`). Where GitLab's behaviour is not known, the code says so.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let sim = gitlab_sim::Sim::start(gitlab_sim::SimConfig {
+//!     token: "sim-token".into(),
+//!     projects: vec![("acme/firmware".into(), "/path/to/repo".into())],
+//!     ..Default::default()
+//! })
+//! .await?;
+//! println!("GitLab at {}", sim.url());
+//! # Ok(()) }
+//! ```
+
+mod api;
+pub mod ci;
+pub mod faults;
+pub mod git;
+mod render;
+mod runner;
+pub mod state;
+mod webhooks;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use cloudci_gitlab::types::Status;
+
+pub use faults::{FaultSpec, Faults};
+pub use render::VERSION;
+pub use webhooks::sign;
+
+use crate::git::{MergeOutcome, Repo};
+use crate::render::Render;
+use crate::state::{Effects, EventKind, Outgoing, Project, State};
+
+/// How to start a sim.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Address to listen on (port 0 for any free port).
+    pub listen: SocketAddr,
+    /// The one access token accepted (as `PRIVATE-TOKEN`, `Authorization: Bearer` or
+    /// `?private_token=`).
+    pub token: String,
+    /// Projects: `group/name` and the git repository that backs it. Ids are 1, 2, ... in order.
+    pub projects: Vec<(String, PathBuf)>,
+    /// Faults to inject.
+    pub faults: FaultSpec,
+    /// Seed for the faults' random choices.
+    pub seed: u64,
+    /// Where builds and artifacts go; a temporary directory (removed on drop) when `None`. The sim's
+    /// records (pipelines, jobs, hooks) live in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// Jobs that may run at once (the runner's `concurrent`).
+    pub runners: usize,
+    /// How often branch heads are checked for pushes made outside the sim.
+    pub ref_poll: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: String::new(),
+            projects: Vec::new(),
+            faults: FaultSpec::default(),
+            seed: 0,
+            state_dir: None,
+            runners: 4,
+            ref_poll: Duration::from_millis(300),
+        }
+    }
+}
+
+/// Why the sim could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A project's repository is missing or not a git repository.
+    #[error("project {project}: {source}")]
+    Repo {
+        /// The project path.
+        project: String,
+        /// The cause.
+        #[source]
+        source: git::GitError,
+    },
+    /// The project spec is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// Listening or the work directory failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// State shared by the API handlers, the runners and the webhook sender.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    pub(crate) render: Render,
+    pub(crate) token: String,
+    pub(crate) faults: Faults,
+    pub(crate) runner_slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) work_dir: PathBuf,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not take the whole sim down with a poisoned lock.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Carries out what a state change asked for: start jobs, send webhooks, check auto-merges.
+    pub(crate) fn apply(self: &Arc<Self>, fx: Effects) {
+        for job_id in fx.start {
+            tokio::spawn(runner::run_job(self.clone(), job_id));
+        }
+        for event in fx.events {
+            webhooks::dispatch(self, event);
+        }
+        for pipeline_id in fx.succeeded {
+            let shared = self.clone();
+            tokio::spawn(async move { auto_merge(shared, pipeline_id).await });
+        }
+    }
+}
+
+/// Ends a job's process group (`kill -KILL -PGID`).
+pub(crate) fn kill_group(pgid: Option<u32>) {
+    if let Some(pgid) = pgid {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Merges the open merge requests set to auto-merge whose head pipeline just succeeded.
+async fn auto_merge(shared: Arc<Shared>, pipeline_id: u64) {
+    let candidates: Vec<(u64, Repo, String, String, u64)> = {
+        let state = shared.lock();
+        let Some(p) = state.pipelines.get(&pipeline_id) else { return };
+        if p.status != Status::Success {
+            return;
+        }
+        let repo = state.projects[usize::try_from(p.project_id - 1).unwrap_or(0)].repo.clone();
+        state
+            .merge_requests
+            .values()
+            .filter(|m| m.project_id == p.project_id && m.auto_merge && m.state == "opened")
+            .filter(|m| m.source_branch == p.git_ref && m.sha == p.sha)
+            .map(|m| (m.id, repo.clone(), m.source_branch.clone(), m.target_branch.clone(), m.iid))
+            .collect()
+    };
+    for (mr_id, repo, source, target, iid) in candidates {
+        let message = format!("Merge branch '{source}' into '{target}'\n\nSee merge request !{iid}");
+        let outcome = repo.merge(&source, &target, &message).await;
+        let mut state = shared.lock();
+        let Some(mr) = state.merge_requests.get_mut(&mr_id) else { continue };
+        match outcome {
+            Ok(MergeOutcome::Merged(sha)) => {
+                mr.state = "merged".into();
+                mr.merge_commit_sha = Some(sha);
+                mr.merged_at = Some(Utc::now());
+                mr.updated_at = Utc::now();
+                let body = shared.render.merge_request_hook(&state, &state.merge_requests[&mr_id], "merge");
+                let project_id = state.merge_requests[&mr_id].project_id;
+                drop(state);
+                shared.apply(Effects {
+                    events: vec![Outgoing { project_id, kind: EventKind::MergeRequest, body }],
+                    ..Effects::default()
+                });
+            }
+            Ok(MergeOutcome::Conflict) => tracing::warn!(mr.iid = iid, "auto-merge: the branches conflict"),
+            Err(e) => tracing::warn!(mr.iid = iid, "auto-merge failed: {e}"),
+        }
+    }
+}
+
+/// Sends Push Hooks when a branch head moves, whoever moved it (a merge here, or a `git push` or
+/// commit into the repository from outside).
+async fn watch_refs(shared: Arc<Shared>, project_id: u64, repo: Repo, every: Duration) {
+    let mut known = repo.branches().await.unwrap_or_default();
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(now) = repo.branches().await else { continue };
+        if now == known {
+            continue;
+        }
+        let zeros = "0".repeat(40);
+        let mut events = Vec::new();
+        let mut names: Vec<&String> = known.iter().chain(now.iter()).map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let before = known.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone());
+            let after = now.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone());
+            if before == after {
+                continue;
+            }
+            let (before, after) = (before.unwrap_or_else(|| zeros.clone()), after.unwrap_or_else(|| zeros.clone()));
+            let mut commits = Vec::new();
+            let mut total = 0;
+            if after != zeros {
+                let from = (before != zeros).then_some(before.as_str());
+                // GitLab lists at most the newest 20 commits; total_commits_count has the real count.
+                let shas = repo.commits_between(from, &after, 10_000).await.unwrap_or_default();
+                total = shas.len();
+                for sha in shas.iter().take(20).rev() {
+                    if let Ok(c) = repo.commit(sha).await {
+                        commits.push(c);
+                    }
+                }
+            }
+            let state = shared.lock();
+            let project = &state.projects[usize::try_from(project_id - 1).unwrap_or(0)];
+            let body = shared.render.push_hook(project, name, &before, &after, &commits, total);
+            drop(state);
+            events.push(Outgoing { project_id, kind: EventKind::Push, body });
+        }
+        known = now;
+        shared.apply(Effects { events, ..Effects::default() });
+    }
+}
+
+/// A running sim. Dropping it stops the server and its tasks.
+#[derive(Debug)]
+pub struct Sim {
+    url: String,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Sim {
+    /// Starts a sim on `config.listen`.
+    pub async fn start(config: SimConfig) -> Result<Self, StartError> {
+        let temp = match &config.state_dir {
+            Some(_) => None,
+            None => Some(tempfile::Builder::new().prefix("gitlab-sim-").tempdir()?),
+        };
+        let work_dir =
+            config.state_dir.clone().unwrap_or_else(|| temp.as_ref().map(|t| t.path().to_owned()).unwrap_or_default());
+        std::fs::create_dir_all(&work_dir)?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        let mut projects = Vec::new();
+        for (i, (path, repo_path)) in config.projects.iter().enumerate() {
+            let path = path.trim_matches('/').to_owned();
+            if !path.contains('/') || path.split('/').any(str::is_empty) {
+                return Err(StartError::Config(format!("project {path:?}: expected GROUP/NAME")));
+            }
+            if projects.iter().any(|p: &Project| p.path == path) {
+                return Err(StartError::Config(format!("project {path:?} given twice")));
+            }
+            let repo =
+                Repo::open(repo_path).await.map_err(|source| StartError::Repo { project: path.clone(), source })?;
+            let default_branch = repo.default_branch().await.unwrap_or_else(|| "main".into());
+            projects.push(Project {
+                id: i as u64 + 1,
+                path,
+                repo,
+                default_branch,
+                next_pipeline_iid: 1,
+                next_mr_iid: 1,
+                created_at: Utc::now(),
+            });
+        }
+        let watched: Vec<(u64, Repo)> = projects.iter().map(|p| (p.id, p.repo.clone())).collect();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(format!("GitLab/{VERSION}"))
+            .build()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { projects, ..State::default() }),
+            render: Render { base: url.clone() },
+            token: config.token.clone(),
+            faults: Faults::new(config.faults.clone(), config.seed),
+            runner_slots: Arc::new(tokio::sync::Semaphore::new(config.runners.max(1))),
+            http,
+            work_dir,
+        });
+        let mut tasks = Vec::new();
+        for (id, repo) in watched {
+            tasks.push(tokio::spawn(watch_refs(shared.clone(), id, repo, config.ref_poll)));
+        }
+        let app = api::router(shared.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("gitlab-sim server stopped: {e}");
+            }
+        }));
+        Ok(Self { url, addr, shared, tasks, _temp: temp })
+    }
+
+    /// `http://HOST:PORT`
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many jobs are running now (for tests and benchmarks).
+    pub fn running_jobs(&self) -> usize {
+        self.shared.lock().jobs.values().filter(|j| j.status == Status::Running).count()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let pgids: Vec<Option<u32>> = self.shared.lock().jobs.values().map(|j| j.pgid).collect();
+        for pgid in pgids {
+            kill_group(pgid);
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Sends webhooks as GitLab does: one POST per delivery with GitLab's headers, a 10 s timeout,
+//! no retries, 2xx and 3xx count as success, and auto-disabling after 4 consecutive failures.
+//! Each delivery runs on its own task, so a slow receiver never holds up the sim.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::Utc;
+use hmac::{Hmac, KeyInit, Mac};
+use rand::RngExt;
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::Shared;
+use crate::render::VERSION;
+use crate::state::{DeliveryLog, EventKind, Outgoing};
+
+/// GitLab's delivery timeout.
+pub(crate) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Delivery log entries kept per hook.
+const LOG_LIMIT: usize = 200;
+
+/// A random version-4 UUID, as GitLab's `SecureRandom.uuid`.
+pub(crate) fn uuid() -> String {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// `v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">` with the key inside `whsec_<base64>`.
+pub fn sign(signing_token: &str, id: &str, timestamp: &str, body: &[u8]) -> Option<String> {
+    let key = STANDARD.decode(signing_token.strip_prefix("whsec_")?).ok()?;
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).ok()?;
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    Some(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
+}
+
+/// Queues `event` for every hook of its project that wants it.
+pub(crate) fn dispatch(shared: &Arc<Shared>, event: Outgoing) {
+    let hooks: Vec<u64> = {
+        let state = shared.lock();
+        state
+            .hooks
+            .values()
+            .filter(|h| h.project_id == event.project_id && event.kind.wanted_by(h))
+            .map(|h| h.id)
+            .collect()
+    };
+    if hooks.is_empty() {
+        return;
+    }
+    let body: Arc<Vec<u8>> = Arc::new(serde_json::to_vec(&event.body).unwrap_or_default());
+    let event_uuid = uuid();
+    for hook_id in hooks {
+        let shared = shared.clone();
+        let body = body.clone();
+        let event_uuid = event_uuid.clone();
+        let kind = event.kind;
+        tokio::spawn(async move { deliver(shared, hook_id, kind, body, event_uuid, false).await });
+    }
+}
+
+/// Sends one delivery (and its fault-injected duplicate). `forced` is a test delivery, sent even
+/// to a disabled hook.
+pub(crate) async fn deliver(
+    shared: Arc<Shared>,
+    hook_id: u64,
+    kind: EventKind,
+    body: Arc<Vec<u8>>,
+    event_uuid: String,
+    forced: bool,
+) -> Option<u16> {
+    let faults = &shared.faults;
+    if !forced && faults.chance(faults.spec.drop) {
+        tracing::debug!(hook.id = hook_id, "fault: delivery dropped");
+        return None;
+    }
+    let mut delay = faults.spec.delay_ms.clone().map(|r| faults.pick(r)).unwrap_or(0);
+    if faults.chance(faults.spec.reorder) {
+        delay += faults.pick(100..1000);
+    }
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let idempotency_key = uuid();
+    let times = if !forced && faults.chance(faults.spec.duplicate) { 2 } else { 1 };
+    let mut last = None;
+    for _ in 0..times {
+        last = send_once(&shared, hook_id, kind, &body, &event_uuid, &idempotency_key, forced).await;
+    }
+    last
+}
+
+async fn send_once(
+    shared: &Arc<Shared>,
+    hook_id: u64,
+    kind: EventKind,
+    body: &[u8],
+    event_uuid: &str,
+    idempotency_key: &str,
+    forced: bool,
+) -> Option<u16> {
+    let now = Utc::now();
+    let (url, token, signing) = {
+        let state = shared.lock();
+        let hook = state.hooks.get(&hook_id)?;
+        // GitLab does not even enqueue deliveries for a disabled hook.
+        if !forced && hook.alert_status(now) != "executable" {
+            tracing::debug!(hook.id = hook_id, "hook disabled; delivery not sent");
+            return None;
+        }
+        (hook.url.clone(), hook.token.clone(), hook.signing_token.clone())
+    };
+    let timestamp = now.timestamp().to_string();
+    let mut headers: Vec<(&str, String)> = vec![
+        ("Content-Type", "application/json".into()),
+        ("User-Agent", format!("GitLab/{VERSION}")),
+        ("X-Gitlab-Event", kind.header().into()),
+        ("X-Gitlab-Instance", shared.render.base.clone()),
+        ("X-Gitlab-Webhook-UUID", uuid()),
+        ("X-Gitlab-Event-UUID", event_uuid.to_owned()),
+        ("Idempotency-Key", idempotency_key.to_owned()),
+        ("webhook-id", idempotency_key.to_owned()),
+        ("webhook-timestamp", timestamp.clone()),
+    ];
+    if let Some(sig) = signing.as_deref().and_then(|t| sign(t, idempotency_key, &timestamp, body)) {
+        headers.push(("webhook-signature", sig));
+    }
+    if let Some(token) = &token {
+        headers.push(("X-Gitlab-Token", token.replace(['\r', '\n'], "")));
+    }
+    let mut request = shared.http.post(&url).timeout(DELIVERY_TIMEOUT).body(body.to_vec());
+    for (k, v) in &headers {
+        request = request.header(*k, v);
+    }
+    let started = Instant::now();
+    let result = request.send().await;
+    let (status, response_body) = match result {
+        Ok(resp) => {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            (Some(status.as_u16()), text.chars().take(8 * 1024).collect::<String>())
+        }
+        Err(e) => (None, if e.is_timeout() { "timed out".to_owned() } else { "connection failed".to_owned() }),
+    };
+    let ok = status.is_some_and(|s| (200..400).contains(&s));
+    let mut state = shared.lock();
+    state.last_id.delivery += 1;
+    let log_id = state.last_id.delivery;
+    let no_auto_disable = shared.faults.spec.no_auto_disable;
+    let first_backoff = shared.faults.spec.disable_backoff_ms.unwrap_or(60_000);
+    let hook = state.hooks.get_mut(&hook_id)?;
+    if ok {
+        hook.recent_failures = 0;
+        hook.disabled_until = None;
+    } else if !no_auto_disable {
+        hook.recent_failures = hook.recent_failures.saturating_add(1);
+        if hook.recent_failures > 3 {
+            // FACTS §1.5: 1 min × 2^(failures − 3), capped at 24 h; permanently off after 40.
+            let factor = 1u64 << (hook.recent_failures - 3).min(20);
+            let ms = first_backoff.saturating_mul(factor).min(24 * 3600 * 1000);
+            hook.disabled_until =
+                Some(Utc::now() + chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX)));
+        }
+    }
+    let logged: BTreeMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), if *k == "X-Gitlab-Token" { "[REDACTED]".to_owned() } else { v.clone() }))
+        .collect();
+    hook.deliveries.push_back(DeliveryLog {
+        id: log_id,
+        url,
+        trigger: kind.trigger().to_owned(),
+        request_headers: logged,
+        request_data: serde_json::from_slice(body).unwrap_or(Value::Null),
+        response_status: status.map(Value::from).unwrap_or_else(|| Value::from("internal error")),
+        response_body,
+        execution_duration: started.elapsed().as_secs_f64(),
+    });
+    if hook.deliveries.len() > LOG_LIMIT {
+        hook.deliveries.pop_front();
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_v4() {
+        let u = uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(uuid(), u);
+    }
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_reference_vector() {
+        let sig = sign(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            "1614265330",
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(sig.as_deref(), Some("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="));
+        assert!(sign("nope", "a", "b", b"c").is_none());
+    }
+}
