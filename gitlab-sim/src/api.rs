@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Path, Request, State as Ax};
+use axum::extract::{FromRequest, OriginalUri, Path, Request, State as Ax};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -287,7 +287,7 @@ async fn project(Ax(s): Sh, Path(id): Path<String>) -> ApiResult {
     ok(StatusCode::OK, s.render.project(p))
 }
 
-async fn branches(Ax(s): Sh, Path(id): Path<String>, uri: Uri, params: Params) -> ApiResult {
+async fn branches(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): OriginalUri, params: Params) -> ApiResult {
     let pid = project_id(&s, &id)?;
     let repo = s.lock().projects[idx(pid)].repo.clone();
     let mut items = Vec::new();
@@ -437,7 +437,7 @@ fn time_param(params: &Params, key: &str) -> Result<Option<DateTime<Utc>>, ApiEr
     }
 }
 
-async fn list_pipelines(Ax(s): Sh, Path(id): Path<String>, uri: Uri, params: Params) -> ApiResult {
+async fn list_pipelines(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): OriginalUri, params: Params) -> ApiResult {
     let pid = project_id(&s, &id)?;
     let updated_after = time_param(&params, "updated_after")?;
     let updated_before = time_param(&params, "updated_before")?;
@@ -559,7 +559,12 @@ fn clone_job(s: &Shared, state: &mut crate::state::State, old: u64, fx: &mut Eff
     new_id
 }
 
-async fn pipeline_jobs(Ax(s): Sh, Path((id, pipeline)): Path<(String, u64)>, uri: Uri, params: Params) -> ApiResult {
+async fn pipeline_jobs(
+    Ax(s): Sh,
+    Path((id, pipeline)): Path<(String, u64)>,
+    OriginalUri(uri): OriginalUri,
+    params: Params,
+) -> ApiResult {
     let pid = project_id(&s, &id)?;
     let state = s.lock();
     pipeline_of(&state, pid, pipeline)?;
@@ -702,7 +707,7 @@ async fn job_artifacts(Ax(s): Sh, Path((id, job)): Path<(String, u64)>) -> ApiRe
         .map_err(|e| internal(&e))?)
 }
 
-async fn list_mrs(Ax(s): Sh, Path(id): Path<String>, uri: Uri, params: Params) -> ApiResult {
+async fn list_mrs(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): OriginalUri, params: Params) -> ApiResult {
     let pid = project_id(&s, &id)?;
     let state = s.lock();
     let mut list: Vec<&MergeRequest> = state
@@ -902,7 +907,7 @@ async fn cancel_auto_merge(Ax(s): Sh, Path((id, iid)): Path<(String, u64)>) -> A
     ok(StatusCode::CREATED, body)
 }
 
-async fn list_hooks(Ax(s): Sh, Path(id): Path<String>, uri: Uri, params: Params) -> ApiResult {
+async fn list_hooks(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): OriginalUri, params: Params) -> ApiResult {
     let pid = project_id(&s, &id)?;
     let state = s.lock();
     let items = state.hooks.values().filter(|h| h.project_id == pid).map(|h| s.render.hook(h)).collect();
@@ -1071,7 +1076,12 @@ async fn test_hook(Ax(s): Sh, Path((id, hid, trigger)): Path<(String, u64, Strin
     ok(StatusCode::CREATED, json!({"message": "201 Created"}))
 }
 
-async fn hook_events(Ax(s): Sh, Path((id, hid)): Path<(String, u64)>, uri: Uri, params: Params) -> ApiResult {
+async fn hook_events(
+    Ax(s): Sh,
+    Path((id, hid)): Path<(String, u64)>,
+    OriginalUri(uri): OriginalUri,
+    params: Params,
+) -> ApiResult {
     let pid = project_id(&s, &id)?;
     let state = s.lock();
     hook_of(&state, pid, hid)?;

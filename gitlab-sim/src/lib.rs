@@ -279,6 +279,7 @@ impl Sim {
             });
         }
         let watched: Vec<(u64, Repo)> = projects.iter().map(|p| (p.id, p.repo.clone())).collect();
+        cloudci_gitlab::install_tls_provider();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(format!("GitLab/{VERSION}"))

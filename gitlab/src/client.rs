@@ -130,9 +130,7 @@ impl GitlabBuilder {
 
     /// Builds the client.
     pub fn build(self) -> Result<Gitlab, Error> {
-        // reqwest is built without a bundled crypto provider (see Cargo.toml); install ring's as the
-        // process default unless the application already chose one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_tls_provider();
         let base = api_base(&self.url)?;
         // Checked here so that a token unusable in a header fails at start-up, not on first use.
         self.auth.header()?;

@@ -40,3 +40,10 @@ pub use client::{Gitlab, GitlabBuilder};
 pub use error::Error;
 pub use ids::{HookId, JobId, MergeRequestIid, PipelineId, ProjectId, ProjectRef, UserId, encode_segment};
 pub use retry::RetryPolicy;
+
+/// Makes ring the process's TLS crypto provider unless one is installed already. reqwest is built
+/// here without a bundled provider (aws-lc-sys would double the cold build), so every program that
+/// builds a `reqwest::Client` calls this first; [`Gitlab::builder`]'s `build` does.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

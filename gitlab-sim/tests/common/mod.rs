@@ -1,0 +1,111 @@
+//! Test fixtures: git repositories made on the spot, and a sim serving them.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use gitlab_sim::{FaultSpec, Sim, SimConfig};
+
+pub const TOKEN: &str = "sim-secret-token-1234";
+
+/// The firmware-like project most tests use: build (with artifacts) → test (needs build), a
+/// manual deploy, and a job that prints its variables.
+pub const CI_YML: &str = r#"
+stages: [build, test, deploy]
+variables:
+  GREETING: "hello from yaml"
+build:
+  stage: build
+  script:
+    - mkdir -p out
+    - echo "firmware for $BOARD at $CI_COMMIT_SHORT_SHA" > out/firmware.bin
+    - echo "built $CI_PROJECT_PATH $CI_COMMIT_REF_NAME pipeline=$CI_PIPELINE_ID job=$CI_JOB_NAME"
+  artifacts:
+    paths: [out/]
+test:
+  stage: test
+  needs: [build]
+  script:
+    - test -n "$CI_JOB_ID"
+    - echo "greeting=$GREETING board=$BOARD"
+deploy:
+  stage: deploy
+  when: manual
+  script: echo deploying
+"#;
+
+/// Runs git in `dir` with a fixed identity, so tests work on machines without one.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "Dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A repository with `main` holding `files`, and a `feature` branch one commit ahead.
+pub fn repo_with(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    for (name, content) in files {
+        let path = repo.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "Initial firmware\n\nWith a body."]);
+    git(&repo, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(repo.join("feature.txt"), "new\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "Add feature"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    repo
+}
+
+pub fn firmware_repo(dir: &Path) -> PathBuf {
+    repo_with(dir, &[(".gitlab-ci.yml", CI_YML), ("src/main.c", "int main(void) { return 0; }\n")])
+}
+
+pub async fn start_sim(repo: &Path, faults: &str) -> Sim {
+    start_sim_with(repo, faults, 4).await
+}
+
+pub async fn start_sim_with(repo: &Path, faults: &str, runners: usize) -> Sim {
+    Sim::start(SimConfig {
+        token: TOKEN.into(),
+        projects: vec![("acme/firmware".into(), repo.to_owned())],
+        faults: faults.parse::<FaultSpec>().unwrap(),
+        seed: 42,
+        runners,
+        ref_poll: Duration::from_millis(100),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
