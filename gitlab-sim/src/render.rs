@@ -58,6 +58,21 @@ impl Render {
         })
     }
 
+    /// The user as job objects embed it: the basic fields plus the profile ones.
+    fn job_user(&self) -> Value {
+        let mut u = self.user();
+        if let Value::Object(m) = &mut u {
+            m.extend(
+                json!({"created_at": "2026-01-01T00:00:00.000Z", "bio": null, "location": null, "public_email": "",
+                    "skype": "", "linkedin": "", "twitter": "", "website_url": "", "organization": ""})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            );
+        }
+        u
+    }
+
     fn hook_user(&self) -> Value {
         json!({"id": 1, "name": "Administrator", "username": "root", "avatar_url": null, "email": "admin@example.com"})
     }
@@ -216,7 +231,7 @@ impl Render {
             "pipeline": {"id": p.id, "project_id": p.project_id, "ref": p.git_ref, "sha": p.sha, "status": p.status},
             "ref": p.git_ref, "artifacts": [], "runner": null, "runner_manager": null, "stage": j.spec.stage,
             "status": j.status, "tag": p.tag, "web_url": format!("{}/{path}/-/jobs/{}", self.base, j.id),
-            "project": {"ci_job_token_scope_enabled": false}, "user": self.user()
+            "project": {"ci_job_token_scope_enabled": false}, "user": self.job_user()
         });
         let map = v.as_object_mut().expect("an object");
         if j.status == Status::Failed {
@@ -247,6 +262,8 @@ impl Render {
             .rev()
             .find(|p| p.project_id == mr.project_id && p.git_ref == mr.source_branch && p.sha == mr.sha);
         let merged_by = (mr.state == "merged").then(|| self.user());
+        let mut author = self.user();
+        author["locked"] = json!(false);
         let detailed = match (mr.state.as_str(), head.map(|h| &h.status)) {
             ("opened", Some(s)) if !s.is_completed() => "ci_still_running",
             ("opened", Some(Status::Failed)) => "ci_must_pass",
@@ -258,7 +275,7 @@ impl Render {
             "description": mr.description, "state": mr.state, "imported": false, "imported_from": "none",
             "created_at": iso(mr.created_at), "updated_at": iso(mr.updated_at),
             "target_branch": mr.target_branch, "source_branch": mr.source_branch, "upvotes": 0, "downvotes": 0,
-            "author": self.user(), "assignee": null, "assignees": [], "reviewers": [],
+            "author": author, "assignee": null, "assignees": [], "reviewers": [],
             "source_project_id": mr.project_id, "target_project_id": mr.project_id, "labels": [], "draft": false,
             "work_in_progress": false, "milestone": null, "merge_when_pipeline_succeeds": mr.auto_merge,
             "merge_status": if mr.state == "opened" { "can_be_merged" } else { "unchecked" },
@@ -278,7 +295,10 @@ impl Render {
             "first_deployed_to_production_at": null,
             "pipeline": head.map(|h| json!({"id": h.id, "sha": h.sha, "ref": h.git_ref, "status": h.status, "web_url": self.pipeline_url(state, h)})),
             "diff_refs": {"base_sha": null, "head_sha": mr.sha, "start_sha": null},
-            "diverged_commits_count": 0, "task_completion_status": {"count": 0, "completed_count": 0}
+            "diverged_commits_count": 0, "task_completion_status": {"count": 0, "completed_count": 0},
+            // Keys the list form carries.
+            "approvals_before_merge": null, "blocking_discussions_resolved": true, "has_conflicts": false,
+            "reference": format!("!{}", mr.iid), "squash_on_merge": false
         })
     }
 
