@@ -343,22 +343,32 @@ async fn archive(Ax(s): Sh, Path(id): Path<String>, params: Params, format: &str
     let prefix = format!("{name}-{sha}");
     let mut child = repo.archive(&sha, format, &prefix).map_err(|e| internal(&e))?;
     let stdout = child.stdout.take().ok_or_else(|| internal(&"no archive output"))?;
-    let stream = futures_util::stream::unfold((stdout, child), |(mut out, child)| async move {
+    Response::builder()
+        .header(header::CONTENT_TYPE, mime)
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{prefix}.{format}\""))
+        // The child is kept with the stream: dropping it (client gone) kills `git archive`.
+        .body(streamed(stdout, child))
+        .map_err(|e| internal(&e))
+}
+
+/// A response body read from `reader` in 64 KiB chunks; `keep` lives as long as the stream.
+fn streamed<R, K>(reader: R, keep: K) -> Body
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    K: Send + 'static,
+{
+    let stream = futures_util::stream::unfold((reader, keep), |(mut reader, keep)| async move {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 64 * 1024];
-        match out.read(&mut buf).await {
+        match reader.read(&mut buf).await {
             Ok(0) | Err(_) => None,
             Ok(n) => {
                 buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (out, child)))
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (reader, keep)))
             }
         }
     });
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, mime)
-        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{prefix}.{format}\""))
-        .body(Body::from_stream(stream))
-        .map_err(|e| internal(&e))?)
+    Body::from_stream(stream)
 }
 
 fn parse_variables(params: &Params) -> Result<Vec<PipelineVariable>, ApiError> {
@@ -688,23 +698,12 @@ async fn job_artifacts(Ax(s): Sh, Path((id, job)): Path<(String, u64)>) -> ApiRe
     };
     let (path, size) = artifact.ok_or_else(|| not_found(""))?;
     let file = tokio::fs::File::open(&path).await.map_err(|e| internal(&e))?;
-    let stream = futures_util::stream::unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
-            }
-        }
-    });
-    Ok(Response::builder()
+    Response::builder()
         .header(header::CONTENT_TYPE, "application/zip")
         .header(header::CONTENT_LENGTH, size)
         .header(header::CONTENT_DISPOSITION, "attachment; filename=\"artifacts.zip\"")
-        .body(Body::from_stream(stream))
-        .map_err(|e| internal(&e))?)
+        .body(streamed(file, ()))
+        .map_err(|e| internal(&e))
 }
 
 async fn list_mrs(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): OriginalUri, params: Params) -> ApiResult {

@@ -1,0 +1,58 @@
+//! The `gitlab-sim` binary: its first stdout line, its arguments, its errors.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+#[tokio::test]
+async fn prints_its_address_first_and_serves() {
+    cloudci_gitlab::install_tls_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = firmware_repo(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gitlab-sim"))
+        .args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--seed", "3", "--faults", "drop=0.1"])
+        .arg("--project")
+        .arg(format!("acme/firmware={}", repo.display()))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let url = first.trim().strip_prefix("gitlab-sim listening on ").unwrap_or_else(|| panic!("{first:?}")).to_owned();
+    assert!(url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"), "{url}");
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/api/v4/projects/acme%2Ffirmware"))
+        .header("PRIVATE-TOKEN", TOKEN)
+        .send()
+        .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resp = resp.unwrap();
+    assert_eq!(resp.status(), 200);
+    let project: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(project["id"], 1);
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gitlab-sim"))
+        .args(["--token", "t", "--project", &format!("acme/x={}", dir.path().display())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("project acme/x") && err.contains("git"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_gitlab-sim"))
+        .args(["--token", "t", "--project", "acme/x=/tmp", "--faults", "explode=1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown fault"));
+}
