@@ -15,8 +15,11 @@ async fn two_hundred_concurrent_pipelines_do_not_starve_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let repo = repo_with(dir.path(), &[(".gitlab-ci.yml", "build:\n  script: echo built $CI_PIPELINE_ID\n")]);
     let sim = start_sim(&repo, "").await;
-    let gitlab =
-        Gitlab::builder(sim.url()).private_token(SecretString::from(TOKEN)).retry(RetryPolicy::never()).build().unwrap();
+    let gitlab = Gitlab::builder(sim.url())
+        .private_token(SecretString::from(TOKEN))
+        .retry(RetryPolicy::never())
+        .build()
+        .unwrap();
 
     let creations: Vec<_> = (0..200)
         .map(|_| {
