@@ -1,0 +1,119 @@
+//! Tokens for the local API: HS256 JWTs signed with a key generated into the state directory,
+//! with an expiry and an optional list of projects they are limited to.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// What a token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Who it was issued to (free text, e.g. `ide`).
+    pub sub: String,
+    /// Issued at (Unix seconds).
+    pub iat: u64,
+    /// Expires at (Unix seconds).
+    pub exp: u64,
+    /// Projects it may see; every project when empty.
+    #[serde(default)]
+    pub projects: Vec<String>,
+}
+
+impl Claims {
+    /// Whether the token may see `project` (a path or an id).
+    pub fn allows(&self, project: &str) -> bool {
+        self.projects.is_empty() || self.projects.iter().any(|p| p == project)
+    }
+}
+
+/// Why a token was refused (never says more than this).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid or expired token")]
+pub struct BadToken;
+
+/// Signs and checks local API tokens. `Debug` does not show the key.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKeys([redacted])")
+    }
+}
+
+impl TokenKeys {
+    /// Keys from a secret (at least 32 random bytes, base64url, from the state directory).
+    pub fn new(secret: &SecretString) -> Self {
+        let bytes = secret.expose_secret().as_bytes();
+        Self { encoding: EncodingKey::from_secret(bytes), decoding: DecodingKey::from_secret(bytes) }
+    }
+
+    /// Issues a token for `sub`, valid for `ttl`, limited to `projects` (all when empty).
+    pub fn issue(&self, sub: &str, projects: Vec<String>, ttl: Duration) -> String {
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        let claims = Claims { sub: sub.to_owned(), iat: now, exp: now + ttl.as_secs(), projects };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing with an in-memory key cannot fail")
+    }
+
+    /// Checks a token's signature, algorithm and expiry.
+    pub fn verify(&self, token: &str) -> Result<Claims, BadToken> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp"]);
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map(|d| d.claims).map_err(|_| BadToken)
+    }
+}
+
+/// Parses `90s`, `15m`, `12h`, `30d` (or plain seconds).
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (num, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{raw:?} is not a duration like 90s, 15m, 12h or 30d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{raw:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    if secs == 0 {
+        return Err("a duration must be more than 0".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_verify_expire_and_scope() {
+        let keys = TokenKeys::new(&SecretString::from("sekrit".repeat(8)));
+        let t = keys.issue("ide", vec!["acme/fw".into()], Duration::from_secs(60));
+        let c = keys.verify(&t).unwrap();
+        assert!(c.allows("acme/fw") && !c.allows("acme/other"));
+        assert!(keys.verify(&format!("{t}x")).is_err());
+        let other = TokenKeys::new(&SecretString::from("z".repeat(43)));
+        assert!(other.verify(&t).is_err());
+        // Expired (past the 5 s leeway).
+        let now = chrono::Utc::now().timestamp() as u64;
+        let old = Claims { sub: "x".into(), iat: now - 100, exp: now - 60, projects: vec![] };
+        let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &old, &keys.encoding).unwrap();
+        assert!(keys.verify(&expired).is_err());
+        assert!(!format!("{keys:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("15m").unwrap().as_secs(), 900);
+        assert_eq!(parse_duration("2d").unwrap().as_secs(), 172_800);
+        assert!(parse_duration("1w").is_err() && parse_duration("0").is_err() && parse_duration("x").is_err());
+    }
+}

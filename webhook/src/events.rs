@@ -1,0 +1,236 @@
+//! Build events: what subscribers receive, and how a webhook delivery becomes them.
+
+use cloudci_gitlab::types::Status;
+use cloudci_gitlab::webhook::WebhookEvent;
+use serde::{Deserialize, Serialize};
+
+/// What an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A pipeline's status changed.
+    Pipeline,
+    /// A job's status changed.
+    Job,
+    /// A merge request was opened, updated, merged, ...
+    MergeRequest,
+    /// A branch or tag moved.
+    Push,
+    /// Anything else GitLab sent.
+    Other,
+}
+
+impl EventKind {
+    /// The SSE `event:` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pipeline => "pipeline",
+            Self::Job => "job",
+            Self::MergeRequest => "merge_request",
+            Self::Push => "push",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Where an observation came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventSource {
+    /// A webhook delivery.
+    Webhook,
+    /// Polling GitLab's API (the reconciler).
+    Poll,
+}
+
+/// One accepted change, as the event log stores it and subscribers receive it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildEvent {
+    /// Position in the log: strictly increasing, never reused (0 before it is logged).
+    pub seq: u64,
+    /// What it is about.
+    pub kind: EventKind,
+    /// GitLab project id.
+    pub project_id: u64,
+    /// Project path, e.g. `acme/firmware`.
+    pub project: Option<String>,
+    /// Branch or tag (for pushes, without `refs/heads/`).
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    /// Commit.
+    pub sha: Option<String>,
+    /// Pipeline id.
+    pub pipeline_id: Option<u64>,
+    /// Job id.
+    pub job_id: Option<u64>,
+    /// Job name.
+    pub job_name: Option<String>,
+    /// Job stage.
+    pub stage: Option<String>,
+    /// New status (pipelines, jobs), or the merge request's state.
+    pub status: Option<String>,
+    /// The status before this change, when one was known.
+    pub previous_status: Option<String>,
+    /// Why a job failed.
+    pub failure_reason: Option<String>,
+    /// Merge request iid.
+    pub merge_request_iid: Option<u64>,
+    /// Merge request action (`open`, `merge`, ...).
+    pub action: Option<String>,
+    /// The object's page.
+    pub url: Option<String>,
+    /// True when this reopens a finished pipeline because jobs were retried.
+    pub retry: bool,
+    /// The GitLab event name (`Pipeline Hook`, ...).
+    pub gitlab_event: String,
+    /// Webhook or poll.
+    pub source: EventSource,
+    /// When cloudci accepted it (RFC 3339).
+    pub received_at: String,
+}
+
+impl BuildEvent {
+    fn blank(kind: EventKind, project_id: u64, gitlab_event: &str, source: EventSource) -> Self {
+        Self {
+            seq: 0,
+            kind,
+            project_id,
+            project: None,
+            git_ref: None,
+            sha: None,
+            pipeline_id: None,
+            job_id: None,
+            job_name: None,
+            stage: None,
+            status: None,
+            previous_status: None,
+            failure_reason: None,
+            merge_request_iid: None,
+            action: None,
+            url: None,
+            retry: false,
+            gitlab_event: gitlab_event.to_owned(),
+            source,
+            received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
+
+    /// The status as GitLab's type.
+    pub fn status(&self) -> Option<Status> {
+        self.status.as_deref().map(Status::parse)
+    }
+}
+
+/// A candidate change, before the state machine judges it: the event it would become, plus the
+/// evidence the state machine needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The event, `seq` 0.
+    pub event: BuildEvent,
+    /// For pipeline observations: the highest job id the delivery mentions (retried jobs get new,
+    /// higher ids, so this tells a real retry from a late delivery).
+    pub max_job_id: u64,
+}
+
+/// Turns a parsed delivery into observations: a pipeline event yields the pipeline and each of
+/// its jobs (so a lost job delivery is made up for); a job event yields the job and its pipeline
+/// (`commit.status` is the pipeline's status).
+pub fn observe(event: &WebhookEvent, source: EventSource) -> Vec<Observation> {
+    let name = event.event_name().to_owned();
+    let mut out = Vec::new();
+    match event {
+        WebhookEvent::Pipeline(p) => {
+            let a = &p.object_attributes;
+            let max_job_id = p.builds.iter().map(|b| b.id.0).max().unwrap_or(0);
+            let base = |kind| {
+                let mut e = BuildEvent::blank(kind, p.project.id.0, &name, source);
+                e.project = Some(p.project.path_with_namespace.clone());
+                e.git_ref = Some(a.git_ref.clone());
+                e.sha = Some(a.sha.clone());
+                e.pipeline_id = Some(a.id.0);
+                e
+            };
+            let mut pe = base(EventKind::Pipeline);
+            pe.status = Some(a.status.to_string());
+            pe.url = a.url.clone();
+            out.push(Observation { event: pe, max_job_id });
+            // Jobs in creation order, so that their events come out in a natural order.
+            let mut builds: Vec<_> = p.builds.iter().collect();
+            builds.sort_by_key(|b| b.id);
+            for b in builds {
+                let mut je = base(EventKind::Job);
+                je.job_id = Some(b.id.0);
+                je.job_name = Some(b.name.clone());
+                je.stage = Some(b.stage.clone());
+                je.status = Some(b.status.to_string());
+                je.failure_reason = b.failure_reason.clone();
+                out.push(Observation { event: je, max_job_id: b.id.0 });
+            }
+        }
+        WebhookEvent::Job(j) => {
+            let base = |kind| {
+                let mut e = BuildEvent::blank(kind, j.project_id.0, &name, source);
+                e.project = Some(j.project.path_with_namespace.clone());
+                e.git_ref = Some(j.git_ref.clone());
+                e.sha = Some(j.sha.clone());
+                e.pipeline_id = Some(j.pipeline_id.0);
+                e
+            };
+            let mut je = base(EventKind::Job);
+            je.job_id = Some(j.build_id.0);
+            je.job_name = Some(j.build_name.clone());
+            je.stage = Some(j.build_stage.clone());
+            je.status = Some(j.build_status.to_string());
+            if j.build_status == Status::Failed {
+                je.failure_reason = j.build_failure_reason.clone();
+            }
+            je.url = Some(format!("{}/-/jobs/{}", j.project.web_url, j.build_id));
+            out.push(Observation { event: je, max_job_id: j.build_id.0 });
+            if let Some(commit) = &j.commit {
+                let mut pe = base(EventKind::Pipeline);
+                pe.status = Some(commit.status.to_string());
+                pe.url = Some(format!("{}/-/pipelines/{}", j.project.web_url, j.pipeline_id));
+                out.push(Observation { event: pe, max_job_id: j.build_id.0 });
+            }
+        }
+        WebhookEvent::MergeRequest(m) => {
+            let a = &m.object_attributes;
+            let mut e = BuildEvent::blank(EventKind::MergeRequest, m.project.id.0, &name, source);
+            e.project = Some(m.project.path_with_namespace.clone());
+            e.git_ref = Some(a.source_branch.clone());
+            e.merge_request_iid = Some(a.iid.0);
+            e.status = Some(a.state.clone());
+            e.action = a.action.clone();
+            e.pipeline_id = a.head_pipeline_id.map(|p| p.0);
+            e.url = a.url.clone();
+            out.push(Observation { event: e, max_job_id: 0 });
+        }
+        WebhookEvent::Push(p) | WebhookEvent::TagPush(p) => {
+            let mut e = BuildEvent::blank(EventKind::Push, p.project_id.0, &name, source);
+            e.project = Some(p.project.path_with_namespace.clone());
+            e.git_ref = Some(
+                p.git_ref
+                    .strip_prefix("refs/heads/")
+                    .or_else(|| p.git_ref.strip_prefix("refs/tags/"))
+                    .unwrap_or(&p.git_ref)
+                    .to_owned(),
+            );
+            e.sha = Some(p.after.clone());
+            e.status = Some(if p.is_deletion() { "deleted".into() } else { "pushed".into() });
+            out.push(Observation { event: e, max_job_id: 0 });
+        }
+        WebhookEvent::Deployment(d) => {
+            let mut e = BuildEvent::blank(EventKind::Other, d.project.id.0, &name, source);
+            e.project = Some(d.project.path_with_namespace.clone());
+            e.status = Some(d.status.clone());
+            out.push(Observation { event: e, max_job_id: 0 });
+        }
+        WebhookEvent::Other { body, .. } => {
+            let project_id = event.project_id().map(|p| p.0).unwrap_or(0);
+            let mut e = BuildEvent::blank(EventKind::Other, project_id, &name, source);
+            e.project = body.pointer("/project/path_with_namespace").and_then(|v| v.as_str()).map(str::to_owned);
+            out.push(Observation { event: e, max_job_id: 0 });
+        }
+    }
+    out
+}
