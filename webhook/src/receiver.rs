@@ -60,8 +60,9 @@ impl Receiver {
     /// The public listener's routes.
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/hooks/{secret}", post(receive))
-            .route("/probe/{nonce}", axum::routing::get(probe))
+            // Any other method is a plain 404 too, not a 405 that would confirm the path exists.
+            .route("/hooks/{secret}", post(receive).fallback(|| async { StatusCode::NOT_FOUND }))
+            .route("/probe/{nonce}", axum::routing::get(probe).fallback(|| async { StatusCode::NOT_FOUND }))
             .fallback(|| async { StatusCode::NOT_FOUND })
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
