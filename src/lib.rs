@@ -6,5 +6,9 @@
 //!
 //! The GitLab client lives in the `cloudci-gitlab` crate (`gitlab/`).
 
+pub mod api;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod output;
+pub mod state;

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {}", failure.message.replace('\n', " "));
+            eprintln!("error: {}", failure.message);
             ExitCode::from(failure.code)
         }
     }

@@ -21,6 +21,7 @@
 mod api;
 pub mod ci;
 pub mod faults;
+pub mod fixtures;
 pub mod git;
 mod render;
 mod runner;

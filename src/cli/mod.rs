@@ -1,12 +1,18 @@
 //! The `cloudci` command line.
 
 mod gitlab;
+mod hooks;
+mod serve;
+mod token;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 pub use gitlab::GitlabCommand;
+pub use hooks::HooksCommand;
+pub use serve::ServeArgs;
+pub use token::TokenCommand;
 
 /// Start firmware builds on GitLab CI and follow them live.
 #[derive(Debug, Parser)]
@@ -25,6 +31,12 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: receive GitLab's webhooks, serve the local API and event stream.
+    Serve(ServeArgs),
+    /// Tokens for the local API.
+    Token(TokenCommand),
+    /// cloudci's webhooks on GitLab.
+    Hooks(HooksCommand),
     /// Talk to GitLab directly: pipelines, jobs, logs, artifacts.
     Gitlab(GitlabCommand),
 }
@@ -63,6 +75,21 @@ impl From<cloudci_gitlab::Error> for Failure {
     }
 }
 
+impl From<crate::config::ConfigError> for Failure {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Self::usage(e.to_string())
+    }
+}
+
+impl From<crate::daemon::DaemonError> for Failure {
+    fn from(e: crate::daemon::DaemonError) -> Self {
+        match e {
+            crate::daemon::DaemonError::Gitlab(g) => g.into(),
+            other => Self::general(other.to_string()),
+        }
+    }
+}
+
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
         Self::general(e.to_string())
@@ -72,7 +99,11 @@ impl From<std::io::Error> for Failure {
 impl Cli {
     /// Runs the command.
     pub async fn run(self) -> Result<(), Failure> {
+        let config = || crate::config::load(self.config.as_deref()).map_err(Failure::from);
         match self.command {
+            Command::Serve(args) => args.run(&config()?).await,
+            Command::Token(cmd) => cmd.run(&config()?),
+            Command::Hooks(cmd) => cmd.run(&config()?).await,
             Command::Gitlab(cmd) => cmd.run().await,
         }
     }

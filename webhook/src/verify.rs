@@ -44,7 +44,7 @@ pub enum VerifyError {
 /// The secrets a delivery is checked against. `Debug` shows none of them.
 #[derive(Clone)]
 pub struct HookSecrets {
-    path_secret: SecretString,
+    path_secrets: Vec<SecretString>,
     tokens: Vec<SecretString>,
     signing_key: Option<Vec<u8>>,
 }
@@ -67,7 +67,13 @@ impl HookSecrets {
     /// Secrets with the path secret and the accepted tokens (current first; an empty list accepts
     /// deliveries without a token).
     pub fn new(path_secret: SecretString, tokens: Vec<SecretString>) -> Self {
-        Self { path_secret, tokens, signing_key: None }
+        Self { path_secrets: vec![path_secret], tokens, signing_key: None }
+    }
+
+    /// Also accepts an earlier path secret (during a rotation, until GitLab's hooks are updated).
+    pub fn with_previous_path(mut self, previous: SecretString) -> Self {
+        self.path_secrets.push(previous);
+        self
     }
 
     /// Also require GitLab 19's `webhook-signature`, keyed by a `whsec_<base64>` signing token.
@@ -84,11 +90,11 @@ impl HookSecrets {
 
     /// Checks the path secret alone (done first: a wrong path is a 404, as for any unknown URL).
     pub fn check_path(&self, given: &str) -> Result<(), VerifyError> {
-        if ct_eq(given.as_bytes(), self.path_secret.expose_secret().as_bytes()) {
-            Ok(())
-        } else {
-            Err(VerifyError::BadPath)
-        }
+        let matched = self
+            .path_secrets
+            .iter()
+            .fold(0u8, |acc, s| acc | u8::from(ct_eq(given.as_bytes(), s.expose_secret().as_bytes())));
+        if matched == 1 { Ok(()) } else { Err(VerifyError::BadPath) }
     }
 
     /// Checks a delivery's headers and raw body. With a signing key, a valid signature is

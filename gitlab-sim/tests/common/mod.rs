@@ -3,7 +3,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use gitlab_sim::{FaultSpec, Sim, SimConfig};
@@ -36,40 +35,11 @@ deploy:
   script: echo deploying
 "#;
 
-/// Runs git in `dir` with a fixed identity, so tests work on machines without one.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "Dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+pub use gitlab_sim::fixtures::git;
 
 /// A repository with `main` holding `files`, and a `feature` branch one commit ahead.
 pub fn repo_with(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
-    let repo = dir.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    for (name, content) in files {
-        let path = repo.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content).unwrap();
-    }
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "Initial firmware\n\nWith a body."]);
-    git(&repo, &["checkout", "-q", "-b", "feature"]);
-    std::fs::write(repo.join("feature.txt"), "new\n").unwrap();
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "Add feature"]);
-    git(&repo, &["checkout", "-q", "main"]);
-    repo
+    gitlab_sim::fixtures::repo_with(dir, "repo", files)
 }
 
 pub fn firmware_repo(dir: &Path) -> PathBuf {

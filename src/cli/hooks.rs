@@ -1,0 +1,140 @@
+//! `cloudci hooks show|list|install|remove|rotate`
+
+use clap::{Args, Subcommand};
+use cloudci_gitlab::ProjectRef;
+use cloudci_webhook::hooks::HookManager;
+use secrecy::ExposeSecret;
+
+use super::Failure;
+use crate::config::Config;
+use crate::daemon::gitlab_client;
+use crate::output::{Table, print_json};
+use crate::state::StateDir;
+
+/// cloudci's webhooks on GitLab.
+#[derive(Debug, Args)]
+pub struct HooksCommand {
+    #[command(subcommand)]
+    action: HooksAction,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum HooksAction {
+    /// The current hook URL and secret token (as `cloudci serve` registered them).
+    Show,
+    /// This installation's hooks on each configured project.
+    List,
+    /// Install or update the hooks (pointing at the URL `cloudci serve` published, or --url).
+    Install {
+        /// Public base URL to use instead of the published one.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Remove this installation's hooks.
+    Remove,
+    /// New path secret and token; updates the hooks. The old ones stay accepted until the next
+    /// rotation, so deliveries already under way are not refused.
+    Rotate,
+}
+
+impl HooksCommand {
+    /// Runs it.
+    pub async fn run(self, config: &Config) -> Result<(), Failure> {
+        let state = StateDir::new(config.state_dir());
+        state.create()?;
+        let secret = |e: cloudci_webhook::secrets::SecretFileError| Failure::general(e.to_string());
+        let published = state.hook_info();
+        match self.action {
+            HooksAction::Show => {
+                let info = published.ok_or_else(|| Failure::general("no hook URL yet: start `cloudci serve` first"))?;
+                let url = state.hook_url(&info.public_url).map_err(secret)?;
+                let token = state.hook_token().map_err(secret)?;
+                if self.json {
+                    print_json(&serde_json::json!({"url": url, "token": token.expose_secret()}))?;
+                } else {
+                    println!("url:   {url}\ntoken: {}", token.expose_secret());
+                }
+            }
+            HooksAction::List => {
+                let manager = manager(config, &state, published.map(|i| i.public_url).unwrap_or_default())?;
+                let mut rows = Vec::new();
+                for (name, p) in &config.projects {
+                    for h in manager.find(&ProjectRef::parse(&p.gitlab)).await? {
+                        rows.push((name.clone(), h));
+                    }
+                }
+                if self.json {
+                    print_json(
+                        &rows.iter().map(|(n, h)| serde_json::json!({"project": n, "hook": h})).collect::<Vec<_>>(),
+                    )?;
+                } else {
+                    let mut t = Table::new(&["PROJECT", "HOOK", "STATUS", "URL"]);
+                    for (n, h) in &rows {
+                        t.row(vec![
+                            n.clone(),
+                            h.id.to_string(),
+                            h.alert_status.clone().unwrap_or_else(|| "executable".into()),
+                            redact(&h.url),
+                        ]);
+                    }
+                    t.print()?;
+                }
+            }
+            HooksAction::Install { url } => {
+                let base = url
+                    .or(published.map(|i| i.public_url))
+                    .ok_or_else(|| Failure::usage("no public URL known: start `cloudci serve` once, or pass --url"))?;
+                let manager = manager(config, &state, base)?;
+                for (name, p) in &config.projects {
+                    let h = manager.install(&ProjectRef::parse(&p.gitlab)).await?;
+                    println!("{name}: hook {} installed", h.id);
+                }
+            }
+            HooksAction::Remove => {
+                let manager = manager(config, &state, String::new())?;
+                for (name, p) in &config.projects {
+                    let n = manager.remove(&ProjectRef::parse(&p.gitlab)).await?;
+                    println!("{name}: {n} hook(s) removed");
+                }
+            }
+            HooksAction::Rotate => {
+                state.rotate().map_err(secret)?;
+                if let Some(info) = published {
+                    let manager = manager(config, &state, info.public_url)?;
+                    for (name, p) in &config.projects {
+                        let h = manager.install(&ProjectRef::parse(&p.gitlab)).await?;
+                        println!("{name}: hook {} updated with the new secrets", h.id);
+                    }
+                } else {
+                    println!("secrets rotated; no hooks to update yet");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn manager(config: &Config, state: &StateDir, public_url: String) -> Result<HookManager, Failure> {
+    let secret = |e: cloudci_webhook::secrets::SecretFileError| Failure::general(e.to_string());
+    let gitlab = gitlab_client(config)?;
+    let url = if public_url.is_empty() { String::new() } else { state.hook_url(&public_url).map_err(secret)? };
+    Ok(HookManager::new(
+        gitlab,
+        state.instance_id().map_err(secret)?,
+        url,
+        state.path_secrets().map_err(secret)?,
+        state.hook_token().map_err(secret)?,
+        if config.webhook.signing { Some(state.signing_token().map_err(secret)?) } else { None },
+    ))
+}
+
+/// A hook URL without its path secret.
+fn redact(url: &str) -> String {
+    match url.find("/hooks/") {
+        Some(i) => format!("{}/hooks/…", &url[..i]),
+        None => url.to_owned(),
+    }
+}

@@ -1,0 +1,59 @@
+//! `cloudci token issue`
+
+use clap::{Args, Subcommand};
+use cloudci_webhook::auth::{TokenKeys, parse_duration};
+
+use super::Failure;
+use crate::config::Config;
+use crate::output::print_json;
+use crate::state::StateDir;
+
+/// Tokens for the local API (IDE plugins, scripts).
+#[derive(Debug, Args)]
+pub struct TokenCommand {
+    #[command(subcommand)]
+    action: TokenAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Issue a token: `Authorization: Bearer <token>` on the local API.
+    Issue {
+        /// Limit it to these projects (GitLab paths); all when none is given. Repeatable.
+        #[arg(long = "project", value_name = "PATH")]
+        projects: Vec<String>,
+        /// How long it is valid: 90s, 15m, 12h, 30d.
+        #[arg(long, default_value = "30d", value_parser = parse_duration)]
+        ttl: std::time::Duration,
+        /// Who it is for (shows in logs).
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Print `{"token": "..."}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl TokenCommand {
+    /// Runs it.
+    pub fn run(self, config: &Config) -> Result<(), Failure> {
+        let TokenAction::Issue { projects, ttl, name, json } = self.action;
+        let known: Vec<&str> = config.projects.values().map(|p| p.gitlab.as_str()).collect();
+        if let Some(unknown) = projects.iter().find(|p| !known.contains(&p.as_str())) {
+            return Err(Failure::usage(format!(
+                "unknown project {unknown:?}; configured projects: {}",
+                if known.is_empty() { "(none)".into() } else { known.join(", ") }
+            )));
+        }
+        let state = StateDir::new(config.state_dir());
+        state.create()?;
+        let keys = TokenKeys::new(&state.jwt_key().map_err(|e| Failure::general(e.to_string()))?);
+        let token = keys.issue(&name, projects, ttl);
+        if json {
+            print_json(&serde_json::json!({"token": token}))?;
+        } else {
+            println!("{token}");
+        }
+        Ok(())
+    }
+}

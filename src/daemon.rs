@@ -1,0 +1,245 @@
+//! `cloudci serve`: the long-running side. It opens the public webhook listener (through the
+//! tunnel), the local API, registers hooks on GitLab, turns deliveries into events, reconciles
+//! silent pipelines, and removes its hooks again on a clean shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudci_gitlab::{Gitlab, ProjectRef};
+use cloudci_webhook::auth::TokenKeys;
+use cloudci_webhook::hooks::HookManager;
+use cloudci_webhook::reconcile::Reconciler;
+use cloudci_webhook::sse::EventsState;
+use cloudci_webhook::tunnel::{NoTunnel, OpenTunnel, Tunnel};
+use cloudci_webhook::{Durability, Hub, Receiver, Store};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, DurabilitySetting, TunnelKind};
+use crate::state::{HookInfo, StateDir};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Configuration or secrets are not usable.
+    #[error("{0}")]
+    Setup(String),
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tunnel failed.
+    #[error(transparent)]
+    Tunnel(#[from] cloudci_webhook::tunnel::TunnelError),
+    /// GitLab refused something.
+    #[error("GitLab: {0}")]
+    Gitlab(#[from] cloudci_gitlab::Error),
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// The public listener's address.
+    pub public_addr: std::net::SocketAddr,
+    /// The local API's address.
+    pub api_addr: std::net::SocketAddr,
+    /// The public base URL GitLab reaches.
+    pub public_url: String,
+    /// The fan-out hub (in-process subscribers).
+    pub hub: Hub,
+    /// Token keys of the local API.
+    pub keys: TokenKeys,
+    hooks: Option<HookManager>,
+    projects: Vec<ProjectRef>,
+    tasks: Vec<JoinHandle<()>>,
+    _tunnel: Box<dyn OpenTunnel>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("public_url", &self.public_url)
+            .field("api", &self.api_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The GitLab client the configuration describes.
+pub fn gitlab_client(config: &Config) -> Result<Gitlab, DaemonError> {
+    let token = config.gitlab_token().map_err(DaemonError::Setup)?;
+    Gitlab::builder(config.gitlab_url()).private_token(token).build().map_err(DaemonError::Gitlab)
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })
+}
+
+impl Daemon {
+    /// Starts everything; hooks are registered when `register_hooks` and projects are configured.
+    pub async fn start(config: &Config, register_hooks: bool) -> Result<Self, DaemonError> {
+        let state = StateDir::new(config.state_dir());
+        state.create().map_err(|e| DaemonError::Setup(format!("{}: {e}", state.root().display())))?;
+        let setup = |e: String| DaemonError::Setup(e);
+        let durability = match config.webhook.durability {
+            DurabilitySetting::Full => Durability::Full,
+            DurabilitySetting::Normal => Durability::Normal,
+        };
+        let store = Arc::new(Store::open(&state.database(), durability).map_err(|e| setup(e.to_string()))?);
+        let hub = Hub::new(store);
+        let keys = TokenKeys::new(&state.jwt_key().map_err(|e| setup(e.to_string()))?);
+        let probe_nonce = cloudci_webhook::secrets::random_token(16);
+        let receiver = Receiver::new(state.hook_secrets(false).map_err(setup)?, hub.clone(), probe_nonce.clone());
+        let mut tasks = Vec::new();
+
+        let public = bind(config.webhook.listen).await?;
+        let public_addr = public.local_addr().map_err(|e| setup(e.to_string()))?;
+        let router = receiver.router();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(public, router).await {
+                tracing::error!("public listener stopped: {e}");
+            }
+        }));
+        let api = bind(config.api.listen).await?;
+        let api_addr = api.local_addr().map_err(|e| setup(e.to_string()))?;
+        let api_router = crate::api::router(EventsState { hub: hub.clone(), keys: keys.clone() });
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(api, api_router).await {
+                tracing::error!("local API stopped: {e}");
+            }
+        }));
+        tasks.push(tokio::spawn(receiver.processor().run()));
+
+        let tunnel = open_tunnel(config, public_addr).await?;
+        let public_url = tunnel.public_url().trim_end_matches('/').to_owned();
+        cloudci_webhook::tunnel::probe(&public_url, &probe_nonce, Duration::from_secs(30)).await?;
+
+        let mut projects = Vec::new();
+        let mut hooks = None;
+        let mut signing_confirmed = false;
+        if register_hooks && !config.projects.is_empty() {
+            let gitlab = gitlab_client(config)?;
+            let manager = HookManager::new(
+                gitlab.clone(),
+                state.instance_id().map_err(|e| setup(e.to_string()))?,
+                state.hook_url(&public_url).map_err(|e| setup(e.to_string()))?,
+                state.path_secrets().map_err(|e| setup(e.to_string()))?,
+                state.hook_token().map_err(|e| setup(e.to_string()))?,
+                if config.webhook.signing {
+                    Some(state.signing_token().map_err(|e| setup(e.to_string()))?)
+                } else {
+                    None
+                },
+            );
+            signing_confirmed = config.webhook.signing;
+            for project in config.projects.values() {
+                let p = ProjectRef::parse(&project.gitlab);
+                let hook = manager.install(&p).await?;
+                tracing::info!(project = %project.gitlab, hook.id = %hook.id, "webhook installed");
+                // GitLab before 19.0 ignores the signing token and never signs.
+                signing_confirmed &= hook.signing_token_present == Some(true);
+                projects.push(p);
+            }
+            if signing_confirmed {
+                receiver.set_secrets(state.hook_secrets(true).map_err(setup)?);
+            }
+            let silence = Duration::from_secs(config.webhook.reconcile_after.max(1));
+            tasks.push(tokio::spawn(
+                Reconciler::new(gitlab.clone(), hub.clone(), silence)
+                    .run(Duration::from_secs((silence.as_secs() / 3).max(1))),
+            ));
+            tasks.push(tokio::spawn(watch_hooks(manager.clone(), projects.clone())));
+            hooks = Some(manager);
+        }
+        tasks.push(tokio::spawn(watch_secrets(state.clone(), receiver.clone(), signing_confirmed)));
+        state
+            .write_hook_info(&HookInfo {
+                public_url: public_url.clone(),
+                signing_confirmed,
+                api_url: format!("http://{api_addr}"),
+            })
+            .map_err(|e| setup(e.to_string()))?;
+        Ok(Self { public_addr, api_addr, public_url, hub, keys, hooks, projects, tasks, _tunnel: tunnel })
+    }
+
+    /// Stops the listeners; removes this installation's hooks unless `keep_hooks`.
+    pub async fn stop(self, keep_hooks: bool) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let (Some(manager), false) = (&self.hooks, keep_hooks) {
+            for p in &self.projects {
+                match manager.remove(p).await {
+                    Ok(n) => tracing::info!(project = %p, removed = n, "webhook removed"),
+                    Err(e) => tracing::warn!(project = %p, "could not remove the webhook: {e}"),
+                }
+            }
+        }
+    }
+}
+
+async fn open_tunnel(config: &Config, local: std::net::SocketAddr) -> Result<Box<dyn OpenTunnel>, DaemonError> {
+    let kind = config.webhook.tunnel.unwrap_or(if config.webhook.public_url.is_some() {
+        TunnelKind::None
+    } else {
+        TunnelKind::Ngrok
+    });
+    match kind {
+        TunnelKind::None => {
+            let url =
+                config.webhook.public_url.clone().ok_or_else(|| {
+                    DaemonError::Setup("webhook.public_url is required with tunnel = \"none\"".into())
+                })?;
+            Ok(NoTunnel { public_url: url }.open(local).await?)
+        }
+        #[cfg(feature = "ngrok")]
+        TunnelKind::Ngrok => {
+            let token = std::env::var("NGROK_AUTHTOKEN").ok().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+                DaemonError::Setup(
+                    "tunnel = \"ngrok\" needs NGROK_AUTHTOKEN (or set [webhook] public_url and tunnel = \"none\")"
+                        .into(),
+                )
+            })?;
+            let tunnel = cloudci_webhook::tunnel::NgrokTunnel { authtoken: secrecy::SecretString::from(token) };
+            Ok(tunnel.open(local).await?)
+        }
+        #[cfg(not(feature = "ngrok"))]
+        TunnelKind::Ngrok => Err(DaemonError::Setup(
+            "this cloudci was built without the ngrok feature; set [webhook] public_url and tunnel = \"none\"".into(),
+        )),
+    }
+}
+
+/// Every minute: a hook GitLab auto-disabled after failures is re-enabled with a test delivery.
+async fn watch_hooks(manager: HookManager, projects: Vec<ProjectRef>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        for p in &projects {
+            if let Err(e) = manager.ensure_enabled(p).await {
+                tracing::warn!(project = %p, "checking the webhook: {e}");
+            }
+        }
+    }
+}
+
+/// Picks up secrets rotated by `cloudci hooks rotate` while running.
+async fn watch_secrets(state: StateDir, receiver: Receiver, require_signature: bool) {
+    let mut version = state.secrets_version();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = state.secrets_version();
+        if now != version {
+            match state.hook_secrets(require_signature) {
+                Ok(s) => {
+                    receiver.set_secrets(s);
+                    tracing::info!("webhook secrets rotated");
+                    version = now;
+                }
+                Err(e) => tracing::warn!("reading rotated secrets: {e}"),
+            }
+        }
+    }
+}

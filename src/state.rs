@@ -1,0 +1,155 @@
+//! The state directory: the event database, generated secrets, and what the running daemon
+//! publishes for other commands (`hook.json`: the public URL; no secrets).
+
+use std::path::{Path, PathBuf};
+
+use cloudci_webhook::secrets::{SecretFileError, SecretFiles, create_private_dir, random_token};
+use cloudci_webhook::verify::HookSecrets;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Secret file names.
+const PATH_SECRET: &str = "path-secret";
+const HOOK_TOKEN: &str = "hook-token";
+const SIGNING_TOKEN: &str = "signing-token";
+const JWT_KEY: &str = "jwt-key";
+const INSTANCE: &str = "instance-id";
+
+/// What the daemon publishes about its hook endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookInfo {
+    /// The public base URL GitLab reaches.
+    pub public_url: String,
+    /// GitLab confirmed the signing token, so signatures are required.
+    pub signing_confirmed: bool,
+    /// The local API's address.
+    pub api_url: String,
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+    secrets: SecretFiles,
+}
+
+impl StateDir {
+    /// The state directory at `root` (created 0700 on first use).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        Self { secrets: SecretFiles::new(root.join("secrets")), root }
+    }
+
+    /// Creates it if needed.
+    pub fn create(&self) -> std::io::Result<()> {
+        create_private_dir(&self.root)
+    }
+
+    /// Its path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The SQLite event store.
+    pub fn database(&self) -> PathBuf {
+        self.root.join("events.db")
+    }
+
+    /// This installation's id (names its hooks on GitLab).
+    pub fn instance_id(&self) -> Result<String, SecretFileError> {
+        self.secrets.get_or_create(INSTANCE, 12).map(|s| s.expose_secret().to_owned())
+    }
+
+    /// The hook path secret (128 bits).
+    pub fn path_secret(&self) -> Result<SecretString, SecretFileError> {
+        self.secrets.get_or_create(PATH_SECRET, 16)
+    }
+
+    /// The `X-Gitlab-Token` value.
+    pub fn hook_token(&self) -> Result<SecretString, SecretFileError> {
+        self.secrets.get_or_create(HOOK_TOKEN, 32)
+    }
+
+    /// The GitLab 19 signing token, `whsec_` + base64 of 32 random bytes.
+    pub fn signing_token(&self) -> Result<SecretString, SecretFileError> {
+        if let Some(t) = self.secrets.read(SIGNING_TOKEN)? {
+            return Ok(t);
+        }
+        use base64::Engine;
+        let mut key = [0u8; 32];
+        rand::fill(&mut key);
+        let token = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
+        self.secrets.write(SIGNING_TOKEN, &token)?;
+        Ok(SecretString::from(token))
+    }
+
+    /// The key local API tokens are signed with (256 bits).
+    pub fn jwt_key(&self) -> Result<SecretString, SecretFileError> {
+        self.secrets.get_or_create(JWT_KEY, 32)
+    }
+
+    /// The path secrets the receiver accepts: current, then the one before a rotation.
+    pub fn path_secrets(&self) -> Result<Vec<SecretString>, SecretFileError> {
+        let mut list = vec![self.path_secret()?];
+        list.extend(self.secrets.read(&format!("{PATH_SECRET}.previous"))?);
+        Ok(list)
+    }
+
+    /// What the receiver checks deliveries against. Signatures are required only when GitLab
+    /// confirmed the signing token (older GitLab sends none).
+    pub fn hook_secrets(&self, require_signature: bool) -> Result<HookSecrets, String> {
+        let mut paths = self.path_secrets().map_err(|e| e.to_string())?.into_iter();
+        let current = paths.next().expect("the current path secret");
+        let mut tokens = vec![self.hook_token().map_err(|e| e.to_string())?];
+        tokens.extend(self.secrets.read(&format!("{HOOK_TOKEN}.previous")).map_err(|e| e.to_string())?);
+        let mut secrets = HookSecrets::new(current, tokens);
+        for previous in paths {
+            secrets = secrets.with_previous_path(previous);
+        }
+        if require_signature {
+            let signing = self.signing_token().map_err(|e| e.to_string())?;
+            secrets = secrets.with_signing_token(&signing).map_err(|e| e.to_string())?;
+        }
+        Ok(secrets)
+    }
+
+    /// New path secret and token; the current ones stay accepted as "previous" until the next
+    /// rotation, so deliveries already on their way are not refused.
+    pub fn rotate(&self) -> Result<(), SecretFileError> {
+        for name in [PATH_SECRET, HOOK_TOKEN] {
+            if let Some(current) = self.secrets.read(name)? {
+                self.secrets.write(&format!("{name}.previous"), current.expose_secret())?;
+            }
+        }
+        self.secrets.write(PATH_SECRET, &random_token(16))?;
+        self.secrets.write(HOOK_TOKEN, &random_token(32))?;
+        Ok(())
+    }
+
+    /// A fingerprint of the secrets files, to notice a rotation by another command.
+    pub fn secrets_version(&self) -> String {
+        [PATH_SECRET, HOOK_TOKEN]
+            .iter()
+            .filter_map(|n| std::fs::metadata(self.root.join("secrets").join(n)).ok()?.modified().ok())
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
+    /// The daemon's published hook info, if it ran.
+    pub fn hook_info(&self) -> Option<HookInfo> {
+        serde_json::from_slice(&std::fs::read(self.root.join("hook.json")).ok()?).ok()
+    }
+
+    /// Publishes hook info.
+    pub fn write_hook_info(&self, info: &HookInfo) -> std::io::Result<()> {
+        let tmp = self.root.join(".hook.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?)?;
+        std::fs::rename(tmp, self.root.join("hook.json"))
+    }
+
+    /// The full hook URL for a public base URL.
+    pub fn hook_url(&self, public_url: &str) -> Result<String, SecretFileError> {
+        Ok(format!("{}/hooks/{}", public_url.trim_end_matches('/'), self.path_secret()?.expose_secret()))
+    }
+}
