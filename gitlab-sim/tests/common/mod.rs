@@ -1,6 +1,6 @@
 //! Test fixtures: git repositories made on the spot, and a sim serving them.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
