@@ -4,6 +4,15 @@ use std::io::{self, IsTerminal, Write};
 
 use serde::Serialize;
 
+/// `println!` that does not panic when stdout is a closed pipe (`cloudci ... | head`).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json(value: &impl Serialize) -> io::Result<()> {
     let mut out = io::stdout().lock();

@@ -150,7 +150,7 @@ impl GitlabCommand {
                 if json {
                     print_json(&pipeline)?;
                 } else {
-                    println!("pipeline {} created: {} ({})", pipeline.id, pipeline.web_url, pipeline.status);
+                    crate::say!("pipeline {} created: {} ({})", pipeline.id, pipeline.web_url, pipeline.status);
                 }
             }
             GitlabAction::Pipeline { project: Some(project), pipeline_id: Some(id), .. } => {
@@ -256,7 +256,7 @@ impl GitlabCommand {
                 if json {
                     print_json(&serde_json::json!({"path": output, "size": size}))?;
                 } else {
-                    println!("{} ({})", output.display(), human_bytes(size));
+                    crate::say!("{} ({})", output.display(), human_bytes(size));
                 }
             }
         }

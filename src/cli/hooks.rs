@@ -55,7 +55,7 @@ impl HooksCommand {
                 if self.json {
                     print_json(&serde_json::json!({"url": url, "token": token.expose_secret()}))?;
                 } else {
-                    println!("url:   {url}\ntoken: {}", token.expose_secret());
+                    crate::say!("url:   {url}\ntoken: {}", token.expose_secret());
                 }
             }
             HooksAction::List => {
@@ -90,14 +90,14 @@ impl HooksCommand {
                 let manager = manager(config, &state, base)?;
                 for (name, p) in &config.projects {
                     let h = manager.install(&ProjectRef::parse(&p.gitlab)).await?;
-                    println!("{name}: hook {} installed", h.id);
+                    crate::say!("{name}: hook {} installed", h.id);
                 }
             }
             HooksAction::Remove => {
                 let manager = manager(config, &state, String::new())?;
                 for (name, p) in &config.projects {
                     let n = manager.remove(&ProjectRef::parse(&p.gitlab)).await?;
-                    println!("{name}: {n} hook(s) removed");
+                    crate::say!("{name}: {n} hook(s) removed");
                 }
             }
             HooksAction::Rotate => {
@@ -106,10 +106,10 @@ impl HooksCommand {
                     let manager = manager(config, &state, info.public_url)?;
                     for (name, p) in &config.projects {
                         let h = manager.install(&ProjectRef::parse(&p.gitlab)).await?;
-                        println!("{name}: hook {} updated with the new secrets", h.id);
+                        crate::say!("{name}: hook {} updated with the new secrets", h.id);
                     }
                 } else {
-                    println!("secrets rotated; no hooks to update yet");
+                    crate::say!("secrets rotated; no hooks to update yet");
                 }
             }
         }

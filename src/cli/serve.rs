@@ -21,13 +21,13 @@ impl ServeArgs {
     /// Runs until SIGINT or SIGTERM.
     pub async fn run(self, config: &Config) -> Result<(), Failure> {
         let daemon = Daemon::start(config, !self.no_hooks).await.map_err(Failure::from)?;
-        println!("receiving GitLab webhooks at {}/hooks/… (listening on {})", daemon.public_url, daemon.public_addr);
-        println!("local API at http://{} (event stream: /v1/events)", daemon.api_addr);
+        crate::say!("receiving GitLab webhooks at {}/hooks/… (listening on {})", daemon.public_url, daemon.public_addr);
+        crate::say!("local API at http://{} (event stream: /v1/events)", daemon.api_addr);
         for (name, p) in &config.projects {
-            println!("watching {name} ({})", p.gitlab);
+            crate::say!("watching {name} ({})", p.gitlab);
         }
         wait_for_shutdown().await;
-        println!("stopping{}", if self.keep_hooks || self.no_hooks { "" } else { "; removing webhooks" });
+        crate::say!("stopping{}", if self.keep_hooks || self.no_hooks { "" } else { "; removing webhooks" });
         daemon.stop(self.keep_hooks).await;
         Ok(())
     }

@@ -52,7 +52,7 @@ impl TokenCommand {
         if json {
             print_json(&serde_json::json!({"token": token}))?;
         } else {
-            println!("{token}");
+            crate::say!("{token}");
         }
         Ok(())
     }

@@ -269,10 +269,20 @@ impl Store {
         Ok(seq.unwrap_or(0) as u64)
     }
 
-    /// Pipelines not finished yet.
+    /// Pipelines not finished yet, and finished ones with a job still shown as queued or running
+    /// (its last delivery was lost: the pipeline cannot have finished before it).
     pub fn active_pipelines(&self) -> Result<Vec<ActivePipeline>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT project_id, project, id, status, last_heard FROM pipelines ORDER BY id")?;
+        let unsettled =
+            ["waiting_for_resource", "preparing", "waiting_for_callback", "pending", "running", "canceling"]
+                .map(|s| format!("'{s}'"))
+                .join(",");
+        let mut stmt = conn.prepare(&format!(
+            "SELECT project_id, project, id, status, last_heard FROM pipelines p
+             WHERE status NOT IN ('success','failed','canceled','skipped')
+                OR EXISTS (SELECT 1 FROM jobs j WHERE j.pipeline_id = p.id AND j.status IN ({unsettled}))
+             ORDER BY id"
+        ))?;
         let rows = stmt.query_map([], |r| {
             Ok(ActivePipeline {
                 project_id: r.get::<_, i64>(0)? as u64,
@@ -282,7 +292,7 @@ impl Store {
                 last_heard: r.get(4)?,
             })
         })?;
-        Ok(rows.filter_map(Result::ok).filter(|p| !p.status.is_completed()).collect())
+        Ok(rows.filter_map(Result::ok).collect())
     }
 
     /// The last accepted status of a pipeline.

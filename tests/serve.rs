@@ -1,0 +1,189 @@
+//! `cloudci serve` as a real process against gitlab-sim: hooks registered through the API,
+//! deliveries received and verified, faults that do not change what subscribers end with, a
+//! crash right after a 2xx, and hook removal on shutdown.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cloudci_gitlab::types::{CreatePipeline, Status};
+use cloudci_gitlab::{Gitlab, ProjectRef, RetryPolicy};
+use common::*;
+use futures_util::TryStreamExt;
+use gitlab_sim::{Sim, SimConfig};
+use secrecy::SecretString;
+use serde_json::Value;
+
+const TOKEN: &str = "sim-token-for-serve";
+const CI: &str = "stages: [build, test]\nbuild:\n  stage: build\n  script: echo build $BOARD\ntest:\n  stage: test\n  script: echo test\n";
+
+async fn sim(dir: &std::path::Path, faults: &str) -> Sim {
+    let repo = gitlab_sim::fixtures::repo_with(dir, "repo", &[(".gitlab-ci.yml", CI)]);
+    Sim::start(SimConfig {
+        token: TOKEN.into(),
+        projects: vec![("acme/firmware".into(), repo)],
+        faults: faults.parse().unwrap(),
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn client(url: &str) -> Gitlab {
+    Gitlab::builder(url).private_token(SecretString::from(TOKEN)).retry(RetryPolicy::never()).build().unwrap()
+}
+
+const PROJECT: &str = "[projects.firmware]\ngitlab = \"acme/firmware\"\ntargets = [\"host\"]\n";
+
+/// Final status per pipeline and per job, as the event stream told it, once `pipelines`
+/// pipelines and `jobs` jobs have all finished.
+async fn follow_until(
+    events: &mut Events,
+    pipelines: usize,
+    jobs: usize,
+) -> (BTreeMap<u64, String>, BTreeMap<u64, String>) {
+    let (mut p, mut j) = (BTreeMap::new(), BTreeMap::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let finished =
+            |m: &BTreeMap<u64, String>, n| m.len() == n && m.values().all(|s| Status::parse(s).is_completed());
+        let done = finished(&p, pipelines) && finished(&j, jobs);
+        if done {
+            return (p, j);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let e = events.next(left).await.unwrap_or_else(|| panic!("the stream went quiet: pipelines {p:?} jobs {j:?}"));
+        let status = e["status"].as_str().unwrap_or("").to_owned();
+        match e["kind"].as_str() {
+            Some("pipeline") => {
+                p.insert(e["pipeline_id"].as_u64().unwrap(), status);
+            }
+            Some("job") => {
+                j.insert(e["job_id"].as_u64().unwrap(), status);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_registers_its_hook_and_streams_what_gitlab_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(dir.path(), "").await;
+    let gitlab = client(sim.url());
+    let (config, _, api_port) = write_config(dir.path(), PROJECT, 30);
+    let daemon = serve(&config, sim.url(), TOKEN, &[]);
+
+    let hooks: Vec<_> = gitlab.hooks(ProjectRef::from("acme/firmware")).try_collect().await.unwrap();
+    assert_eq!(hooks.len(), 1);
+    let hook = &hooks[0];
+    assert!(hook.name.as_deref().unwrap().starts_with("cloudci-"));
+    assert!(hook.pipeline_events && hook.job_events && hook.merge_requests_events && hook.push_events);
+    assert_eq!(hook.token_present, Some(true));
+    assert_eq!(hook.signing_token_present, Some(true));
+
+    let mut events = Events::open(api_port, &token(&config), "?project=acme/firmware").await;
+    let p = gitlab.create_pipeline("acme/firmware", &CreatePipeline::new("main").variable("BOARD", "x")).await.unwrap();
+    let (pipelines, jobs) = follow_until(&mut events, 1, 2).await;
+    assert_eq!(pipelines[&p.id.0], "success");
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.values().all(|s| s == "success"), "{jobs:?}");
+
+    // `hooks show` gives the URL and token GitLab uses; a forged delivery without the signature
+    // (GitLab 19 signs, so cloudci requires it) is refused.
+    let out = cloudci(&config, sim.url(), TOKEN, &["hooks", "show", "--json"]).output().unwrap();
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = shown["url"].as_str().unwrap();
+    assert_eq!(url, hook.url);
+    let forged = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("X-Gitlab-Token", shown["token"].as_str().unwrap())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+
+    // A clean shutdown removes the hook.
+    assert!(daemon.terminate().success());
+    let hooks: Vec<_> = gitlab.hooks(ProjectRef::from("acme/firmware")).try_collect().await.unwrap();
+    assert!(hooks.is_empty(), "{hooks:?}");
+}
+
+/// Lost, repeated, late and reordered deliveries: subscribers end with the same final states, the
+/// reconciler filling in what GitLab never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_do_not_change_what_subscribers_end_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(dir.path(), "drop=0.3,duplicate=0.3,reorder=0.5,delay=0..300").await;
+    let gitlab = client(sim.url());
+    let (config, _, api_port) = write_config(dir.path(), PROJECT, 2);
+    let daemon = serve(&config, sim.url(), TOKEN, &[]);
+    let mut events = Events::open(api_port, &token(&config), "").await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(gitlab.create_pipeline("acme/firmware", &CreatePipeline::new("main")).await.unwrap().id.0);
+    }
+    let (pipelines, jobs) = follow_until(&mut events, 4, 8).await;
+    for id in &ids {
+        assert_eq!(pipelines[id], "success", "{pipelines:?}");
+    }
+    assert_eq!(jobs.len(), 8);
+    assert!(jobs.values().all(|s| s == "success"), "{jobs:?}");
+    drop(daemon);
+}
+
+/// `kill -9` right after GitLab got its 2xx: the delivery is stored, and the restarted daemon
+/// turns it into an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_acknowledged_before_a_crash_is_delivered_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // No projects: nothing to register, the receiver alone.
+    let (config, hook_port, api_port) = write_config(dir.path(), "", 30);
+    let daemon = serve(&config, "http://127.0.0.1:9", TOKEN, &[]);
+    let out = cloudci(&config, "http://127.0.0.1:9", TOKEN, &["hooks", "show", "--json"]).output().unwrap();
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(shown["url"].as_str().unwrap().starts_with(&format!("http://127.0.0.1:{hook_port}/hooks/")));
+    let samples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/gitlab-reference/samples");
+    let body = std::fs::read(samples.join("webhook-pipeline-event.json")).unwrap();
+    let resp = reqwest::Client::new()
+        .post(shown["url"].as_str().unwrap())
+        .header("Content-Type", "application/json")
+        .header("X-Gitlab-Event", "Pipeline Hook")
+        .header("X-Gitlab-Token", shown["token"].as_str().unwrap())
+        .header("Idempotency-Key", "before-the-crash")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    daemon.crash(); // SIGKILL: no shutdown code runs
+
+    let daemon = serve(&config, "http://127.0.0.1:9", TOKEN, &[]);
+    let mut events = Events::open(api_port, &token(&config), "?since=0").await;
+    let first = events.next(Duration::from_secs(10)).await.expect("the event after restart");
+    assert_eq!(first["kind"], "pipeline");
+    assert_eq!(first["pipeline_id"], 31);
+    assert_eq!(first["status"], "success");
+    drop(daemon);
+}
+
+#[test]
+fn bad_configs_name_the_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cloudci.toml");
+    std::fs::write(&path, "[projects.fw]\ngitlab = \"a/b\"\ntargets = [\"nrf52\"]\n\n[targets.stm32]\n").unwrap();
+    let out = cloudci(&path, "http://127.0.0.1:9", "x", &["serve"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cloudci.toml:3:") && err.contains("projects.fw.targets") && err.contains("known targets: stm32"),
+        "{err}"
+    );
+    let out = cloudci(&dir.path().join("missing.toml"), "http://127.0.0.1:9", "x", &["serve"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
