@@ -534,6 +534,15 @@ boards = ["firmware", "hal"]
 "#;
 
     #[test]
+    fn the_reference_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cloudci.toml");
+        let c = load(Some(&path)).unwrap();
+        assert_eq!(c.projects.len(), 2);
+        assert_eq!(c.projects["firmware"].after_success.promote.as_ref().unwrap().git_ref, "release-testing");
+        assert_eq!(c.groups["boards"].len(), 2);
+    }
+
+    #[test]
     fn reads_the_design_example() {
         let c = parse(GOOD, Path::new("/etc/cloudci.toml")).unwrap();
         assert_eq!(c.projects["firmware"].targets.len(), 2);

@@ -187,3 +187,30 @@ fn bad_configs_name_the_file_line_and_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+/// `cloudci hooks rotate` while serving: GitLab's hook gets the new URL and token, the daemon
+/// accepts them without a restart, and builds keep streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_secrets_keeps_events_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(dir.path(), "").await;
+    let gitlab = client(sim.url());
+    let (config, _, api_port) = write_config(dir.path(), PROJECT, 30);
+    let _daemon = serve(&config, sim.url(), TOKEN, &[]);
+    let before: Vec<_> = gitlab.hooks(ProjectRef::from("acme/firmware")).try_collect().await.unwrap();
+    let out = cloudci(&config, sim.url(), TOKEN, &["hooks", "rotate"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after: Vec<_> = gitlab.hooks(ProjectRef::from("acme/firmware")).try_collect().await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id, before[0].id, "the same hook, updated");
+    assert_ne!(after[0].url, before[0].url, "a new path secret");
+    // The daemon notices the rotation within a few seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut events = Events::open(api_port, &token(&config), "").await;
+    let p = gitlab.create_pipeline("acme/firmware", &CreatePipeline::new("main")).await.unwrap();
+    let (pipelines, _) = follow_until(&mut events, 1, 2).await;
+    assert_eq!(pipelines[&p.id.0], "success");
+    let listed = cloudci(&config, sim.url(), TOKEN, &["hooks", "list", "--json"]).output().unwrap();
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["hook"]["alert_status"], "executable");
+}
