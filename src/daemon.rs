@@ -81,6 +81,15 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, DaemonError> {
 impl Daemon {
     /// Starts everything; hooks are registered when `register_hooks` and projects are configured.
     pub async fn start(config: &Config, register_hooks: bool) -> Result<Self, DaemonError> {
+        Self::start_with(config, register_hooks, None).await
+    }
+
+    /// Like [`Daemon::start`], talking to GitLab through `gitlab` instead of the configured one.
+    pub async fn start_with(
+        config: &Config,
+        register_hooks: bool,
+        gitlab: Option<Gitlab>,
+    ) -> Result<Self, DaemonError> {
         let state = StateDir::new(config.state_dir());
         state.create().map_err(|e| DaemonError::Setup(format!("{}: {e}", state.root().display())))?;
         let setup = |e: String| DaemonError::Setup(e);
@@ -121,7 +130,10 @@ impl Daemon {
         let mut hooks = None;
         let mut signing_confirmed = false;
         if register_hooks && !config.projects.is_empty() {
-            let gitlab = gitlab_client(config)?;
+            let gitlab = match gitlab {
+                Some(g) => g,
+                None => gitlab_client(config)?,
+            };
             let manager = HookManager::new(
                 gitlab.clone(),
                 state.instance_id().map_err(|e| setup(e.to_string()))?,

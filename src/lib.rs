@@ -10,5 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod orchestrator;
 pub mod output;
+pub mod sse_client;
 pub mod state;

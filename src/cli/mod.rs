@@ -1,5 +1,7 @@
 //! The `cloudci` command line.
 
+mod build;
+mod demo;
 mod gitlab;
 mod hooks;
 mod serve;
@@ -9,6 +11,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use build::BuildArgs;
+pub use demo::DemoArgs;
 pub use gitlab::GitlabCommand;
 pub use hooks::HooksCommand;
 pub use serve::ServeArgs;
@@ -31,6 +35,10 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build projects or groups for their targets, in dependency order.
+    Build(BuildArgs),
+    /// Everything on this machine against a simulated GitLab: build, follow, fetch, merge request.
+    Demo(DemoArgs),
     /// Run the daemon: receive GitLab's webhooks, serve the local API and event stream.
     Serve(ServeArgs),
     /// Tokens for the local API.
@@ -101,6 +109,8 @@ impl Cli {
     pub async fn run(self) -> Result<(), Failure> {
         let config = || crate::config::load(self.config.as_deref()).map_err(Failure::from);
         match self.command {
+            Command::Build(args) => args.run(&config()?).await,
+            Command::Demo(args) => args.run().await,
             Command::Serve(args) => args.run(&config()?).await,
             Command::Token(cmd) => cmd.run(&config()?),
             Command::Hooks(cmd) => cmd.run(&config()?).await,

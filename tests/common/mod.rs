@@ -17,6 +17,8 @@ pub fn free_port() -> u16 {
 
 /// A `cloudci.toml` for tests: tunnel none on a loopback port, a state dir under `dir`.
 pub fn write_config(dir: &Path, projects: &str, reconcile_after: u64) -> (PathBuf, u16, u16) {
+    // Every test here starts with a config; its HTTP clients need the TLS provider.
+    cloudci_gitlab::install_tls_provider();
     let (hook_port, api_port) = (free_port(), free_port());
     let text = format!(
         r#"

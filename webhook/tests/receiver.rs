@@ -439,6 +439,7 @@ async fn a_stuck_subscriber_delays_no_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_delivery_survives_a_crash_before_processing() {
+    cloudci_gitlab::install_tls_provider();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
     // Receiver up, processor down: the 2xx comes from the store alone.

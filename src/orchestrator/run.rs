@@ -1,0 +1,488 @@
+//! Carrying out a plan: start pipelines in dependency order, follow them (webhook events first,
+//! GitLab's API when the events go quiet), write logs to disk, and after success fetch the
+//! firmware, open the merge request, optionally auto-merge and promote.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudci_gitlab::types::{CreateMergeRequest, CreatePipeline, MergeOptions, Status};
+use cloudci_gitlab::{Gitlab, JobFilter, MergeRequestFilter, PipelineId, ProjectRef};
+use cloudci_webhook::{BuildEvent, EventFilter, Hub};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::logs;
+use super::plan::{Plan, PlannedBuild};
+use crate::config::Config;
+
+/// Where live events come from.
+#[derive(Clone)]
+pub enum EventFeed {
+    /// No daemon: poll GitLab.
+    None,
+    /// The daemon in this process.
+    Hub(Hub),
+    /// A daemon's `/v1/events`, reached with a token.
+    Remote {
+        /// `http://127.0.0.1:8788`
+        api_url: String,
+        /// A local API token.
+        token: String,
+    },
+}
+
+/// How progress reaches the user.
+pub trait Reporter: Send + Sync {
+    /// One line about one build.
+    fn line(&self, build: &str, text: &str);
+}
+
+/// Progress lines on stderr.
+#[derive(Debug)]
+pub struct StderrReporter;
+
+impl Reporter for StderrReporter {
+    fn line(&self, build: &str, text: &str) {
+        eprintln!("[{build}] {text}");
+    }
+}
+
+/// No progress output.
+#[derive(Debug)]
+pub struct Quiet;
+
+impl Reporter for Quiet {
+    fn line(&self, _: &str, _: &str) {}
+}
+
+/// How one build ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildOutcome {
+    /// Project name.
+    pub project: String,
+    /// Target name.
+    pub target: String,
+    /// `success`, `failed`, `canceled`, `skipped` (a dependency failed), or `error` (GitLab refused).
+    pub status: String,
+    /// The pipeline's page.
+    pub pipeline_url: Option<String>,
+    /// Pipeline id.
+    pub pipeline_id: Option<u64>,
+    /// Ref built.
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    /// Commit built.
+    pub sha: Option<String>,
+    /// Where the artifacts were put.
+    pub artifacts: Option<PathBuf>,
+    /// The job whose artifacts were fetched (passed on when promoting).
+    #[serde(skip)]
+    pub artifact_job: Option<u64>,
+    /// The merge request opened or found.
+    pub merge_request: Option<String>,
+    /// The promotion pipeline started.
+    pub promoted: Option<String>,
+    /// Why it did not run or what went wrong.
+    pub reason: Option<String>,
+    /// Jobs and their final statuses.
+    pub jobs: BTreeMap<String, String>,
+}
+
+impl BuildOutcome {
+    fn new(b: &PlannedBuild) -> Self {
+        Self {
+            project: b.project.clone(),
+            target: b.target.clone(),
+            status: "skipped".into(),
+            pipeline_url: None,
+            pipeline_id: None,
+            git_ref: b.git_ref.clone(),
+            sha: None,
+            artifacts: None,
+            artifact_job: None,
+            merge_request: None,
+            promoted: None,
+            reason: None,
+            jobs: BTreeMap::new(),
+        }
+    }
+
+    /// True for a successful build.
+    pub fn succeeded(&self) -> bool {
+        self.status == "success"
+    }
+}
+
+/// The orchestrator.
+pub struct Runner {
+    /// GitLab.
+    pub gitlab: Gitlab,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// The state directory root (logs/, artifacts/).
+    pub state_dir: PathBuf,
+    /// Live events.
+    pub feed: EventFeed,
+    /// Run the after-success actions.
+    pub actions: bool,
+    /// Progress.
+    pub reporter: Arc<dyn Reporter>,
+    /// Poll GitLab after this long without events about a pipeline.
+    pub silence: Duration,
+}
+
+type Done = watch::Receiver<Option<bool>>;
+
+impl Runner {
+    /// Runs every build of `plan`; each project starts once its dependencies succeeded.
+    pub async fn run(&self, plan: &Plan) -> std::io::Result<(PathBuf, Vec<BuildOutcome>)> {
+        let run_dir = logs::new_run_dir(&self.state_dir.join("logs"))?;
+        let mut senders = BTreeMap::new();
+        let mut receivers: BTreeMap<String, Done> = BTreeMap::new();
+        for name in plan.builds.keys() {
+            let (tx, rx) = watch::channel(None);
+            senders.insert(name.clone(), tx);
+            receivers.insert(name.clone(), rx);
+        }
+        let mut tasks = Vec::new();
+        for wave in &plan.waves {
+            for name in wave {
+                let deps: Vec<(String, Done)> =
+                    plan.needs[name].iter().map(|d| (d.clone(), receivers[d].clone())).collect();
+                let builds = plan.builds[name].clone();
+                let done = senders.remove(name).expect("one sender per project");
+                tasks.push(self.project(name.clone(), builds, deps, done, run_dir.clone()));
+            }
+        }
+        let outcomes = futures_util::future::join_all(tasks).await.into_iter().flatten().collect();
+        Ok((run_dir, outcomes))
+    }
+
+    async fn project(
+        &self,
+        name: String,
+        builds: Vec<PlannedBuild>,
+        deps: Vec<(String, Done)>,
+        done: watch::Sender<Option<bool>>,
+        run_dir: PathBuf,
+    ) -> Vec<BuildOutcome> {
+        for (dep, mut rx) in deps {
+            let ok = loop {
+                if let Some(ok) = *rx.borrow() {
+                    break ok;
+                }
+                if rx.changed().await.is_err() {
+                    break false;
+                }
+            };
+            if !ok {
+                self.reporter.line(&name, &format!("skipped: {dep} did not succeed"));
+                let _ = done.send(Some(false));
+                return builds
+                    .iter()
+                    .map(|b| BuildOutcome {
+                        reason: Some(format!("skipped because {dep} did not succeed")),
+                        ..BuildOutcome::new(b)
+                    })
+                    .collect();
+            }
+        }
+        let outcomes: Vec<BuildOutcome> =
+            futures_util::future::join_all(builds.iter().map(|b| self.build(b, &run_dir))).await;
+        let all_ok = !outcomes.is_empty() && outcomes.iter().all(BuildOutcome::succeeded);
+        let mut outcomes = outcomes;
+        if all_ok && self.actions {
+            self.project_actions(&name, &mut outcomes).await;
+        }
+        let _ = done.send(Some(all_ok));
+        outcomes
+    }
+
+    async fn build(&self, b: &PlannedBuild, run_dir: &Path) -> BuildOutcome {
+        let label = format!("{}/{}", b.project, b.target);
+        let mut outcome = BuildOutcome::new(b);
+        match self.build_inner(b, &label, run_dir, &mut outcome).await {
+            Ok(()) => {}
+            Err(e) => {
+                self.reporter.line(&label, &format!("error: {e}"));
+                outcome.status = "error".into();
+                outcome.reason = Some(e.to_string());
+            }
+        }
+        outcome
+    }
+
+    async fn build_inner(
+        &self,
+        b: &PlannedBuild,
+        label: &str,
+        run_dir: &Path,
+        outcome: &mut BuildOutcome,
+    ) -> Result<(), cloudci_gitlab::Error> {
+        let project = ProjectRef::parse(&b.gitlab);
+        let git_ref = match &b.git_ref {
+            Some(r) => r.clone(),
+            None => self
+                .gitlab
+                .project(project.clone())
+                .await?
+                .default_branch
+                .ok_or_else(|| cloudci_gitlab::Error::Config(format!("{} has no default branch", b.gitlab)))?,
+        };
+        outcome.git_ref = Some(git_ref.clone());
+        // Listen before creating, so no event about the new pipeline can be missed.
+        let mut events = self.subscribe(&b.gitlab).await;
+        let mut params = CreatePipeline::new(git_ref);
+        for (k, v) in &b.variables {
+            params = params.variable(k.clone(), v.clone());
+        }
+        let pipeline = self.gitlab.create_pipeline(project.clone(), &params).await?;
+        outcome.pipeline_id = Some(pipeline.id.0);
+        outcome.pipeline_url = Some(pipeline.web_url.clone());
+        outcome.sha = Some(pipeline.sha.clone());
+        self.reporter.line(label, &format!("pipeline {} started: {}", pipeline.id, pipeline.web_url));
+        if let EventFeed::Hub(hub) = &self.feed {
+            let store = hub.store().clone();
+            let (pid, path, id) = (pipeline.project_id.map(|p| p.0).unwrap_or(0), b.gitlab.clone(), pipeline.id.0);
+            let _ = tokio::task::spawn_blocking(move || store.track_pipeline(pid, &path, id)).await;
+        }
+        let status = self.wait(&project, pipeline.id, label, &mut events, outcome).await?;
+        outcome.status = status.to_string();
+        self.reporter.line(label, &format!("pipeline {}: {status}", pipeline.id));
+
+        // Logs of every job, and error.log at the first failed one.
+        let jobs: Vec<_> =
+            self.gitlab.pipeline_jobs(project.clone(), pipeline.id, &JobFilter::default()).try_collect().await?;
+        let dir = run_dir.join(&b.project).join(&b.target);
+        std::fs::create_dir_all(&dir).map_err(|source| cloudci_gitlab::Error::Io { path: dir.clone(), source })?;
+        for job in &jobs {
+            outcome.jobs.insert(job.name.clone(), job.status.to_string());
+            if job.started_at.is_none() {
+                continue;
+            }
+            let text = self.gitlab.job_trace(project.clone(), job.id).await?;
+            let path = dir.join(format!("{}.log", sanitize(&job.name)));
+            std::fs::write(&path, &text).map_err(|source| cloudci_gitlab::Error::Io { path: path.clone(), source })?;
+            if job.status == Status::Failed && !job.allow_failure {
+                let _ = logs::mark_error(run_dir, &path);
+            }
+        }
+        if status == Status::Success
+            && self.actions
+            && self.config.projects[&b.project].after_success.download_artifacts
+        {
+            let dest = self
+                .state_dir
+                .join("artifacts")
+                .join(sanitize(&b.project))
+                .join(&pipeline.sha)
+                .join(sanitize(&b.target));
+            let mut any = false;
+            for job in jobs.iter().filter(|j| j.artifacts_file.is_some()) {
+                let zip = dest.join(format!("{}.zip", sanitize(&job.name)));
+                let size = self.gitlab.download_artifacts(project.clone(), job.id, &zip).await?;
+                unzip(&zip, &dest).map_err(|source| cloudci_gitlab::Error::Io { path: zip.clone(), source })?;
+                self.reporter.line(label, &format!("artifacts of {} ({size} bytes) in {}", job.name, dest.display()));
+                outcome.artifact_job.get_or_insert(job.id.0);
+                any = true;
+            }
+            if any {
+                outcome.artifacts = Some(dest);
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        gitlab_project: &str,
+    ) -> Option<std::pin::Pin<Box<dyn Stream<Item = BuildEvent> + Send>>> {
+        match &self.feed {
+            EventFeed::None => None,
+            EventFeed::Hub(hub) => {
+                let filter = EventFilter { projects: vec![gitlab_project.to_owned()], ..EventFilter::default() };
+                let after = {
+                    let store = hub.store().clone();
+                    tokio::task::spawn_blocking(move || store.last_seq()).await.ok().and_then(Result::ok)
+                };
+                Some(Box::pin(hub.subscribe(filter, after).filter_map(|r| async move { r.ok() })))
+            }
+            EventFeed::Remote { api_url, token } => {
+                match crate::sse_client::subscribe(api_url, token, &format!("project={gitlab_project}")).await {
+                    Ok(s) => Some(Box::pin(s)),
+                    Err(e) => {
+                        tracing::warn!("the daemon's event stream is not available ({e}); polling GitLab");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follows a pipeline until it finishes: from events while they come, from GitLab's API when
+    /// they have been silent for `silence`.
+    async fn wait(
+        &self,
+        project: &ProjectRef,
+        id: PipelineId,
+        label: &str,
+        events: &mut Option<std::pin::Pin<Box<dyn Stream<Item = BuildEvent> + Send>>>,
+        outcome: &mut BuildOutcome,
+    ) -> Result<Status, cloudci_gitlab::Error> {
+        let mut poll_wait = self.silence;
+        loop {
+            let next = match events.as_mut() {
+                Some(stream) => match tokio::time::timeout(poll_wait, stream.next()).await {
+                    Ok(Some(e)) => Some(e),
+                    // Silence.
+                    Err(_) => None,
+                    // The stream ended (the daemon went away): poll from now on.
+                    Ok(None) => {
+                        self.reporter.line(label, "event stream closed; following through GitLab's API");
+                        *events = None;
+                        None
+                    }
+                },
+                None => {
+                    tokio::time::sleep(poll_wait).await;
+                    None
+                }
+            };
+            match next {
+                Some(e) if e.pipeline_id == Some(id.0) => {
+                    poll_wait = self.silence;
+                    let status = e.status().unwrap_or(Status::Created);
+                    match e.kind {
+                        cloudci_webhook::EventKind::Job => {
+                            let name = e.job_name.clone().unwrap_or_default();
+                            outcome.jobs.insert(name.clone(), status.to_string());
+                            self.reporter.line(label, &format!("{name}: {status}"));
+                        }
+                        cloudci_webhook::EventKind::Pipeline if status.is_completed() => return Ok(status),
+                        _ => {}
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    // Silence (or no event feed): ask GitLab, less often the longer it lasts.
+                    let p = self.gitlab.pipeline(project.clone(), id).await?;
+                    if p.status.is_completed() {
+                        return Ok(p.status);
+                    }
+                    poll_wait = (poll_wait * 2).min(Duration::from_secs(30)).max(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// After every target of a project succeeded: the merge request (found or opened once),
+    /// auto-merge, promotion.
+    async fn project_actions(&self, name: &str, outcomes: &mut [BuildOutcome]) {
+        let p = &self.config.projects[name];
+        let project = ProjectRef::parse(&p.gitlab);
+        let Some(first) = outcomes.first() else { return };
+        let (Some(git_ref), Some(sha)) = (first.git_ref.clone(), first.sha.clone()) else { return };
+        let mut mr_url = None;
+        if let Some(mr) = &p.after_success.merge_request
+            && mr.target_branch != git_ref
+        {
+            match self
+                .merge_request(&project, &git_ref, &mr.target_branch, mr.title.as_deref(), p.after_success.auto_merge)
+                .await
+            {
+                Ok(url) => {
+                    self.reporter.line(name, &format!("merge request: {url}"));
+                    mr_url = Some(url);
+                }
+                Err(e) => self.reporter.line(name, &format!("merge request failed: {e}")),
+            }
+        }
+        let mut promoted = None;
+        if let Some(promote) = &p.after_success.promote {
+            let target = ProjectRef::parse(promote.project.as_deref().unwrap_or(&p.gitlab));
+            let artifact_job = outcomes.iter().find_map(|o| o.artifact_job).map(|j| j.to_string()).unwrap_or_default();
+            let mut params = CreatePipeline::new(promote.git_ref.clone())
+                .variable("CLOUDCI_SHA", sha.clone())
+                .variable("CLOUDCI_ARTIFACT_JOB", artifact_job);
+            for (k, v) in &promote.variables {
+                params = params.variable(k.clone(), v.clone());
+            }
+            match self.gitlab.create_pipeline(target, &params).await {
+                Ok(pl) => {
+                    self.reporter.line(name, &format!("promoted: pipeline {} {}", pl.id, pl.web_url));
+                    promoted = Some(pl.web_url);
+                }
+                Err(e) => self.reporter.line(name, &format!("promotion failed: {e}")),
+            }
+        }
+        for o in outcomes.iter_mut() {
+            o.merge_request.clone_from(&mr_url);
+            o.promoted.clone_from(&promoted);
+        }
+    }
+
+    /// The open merge request from `source` into `target`, created if there is none.
+    async fn merge_request(
+        &self,
+        project: &ProjectRef,
+        source: &str,
+        target: &str,
+        title: Option<&str>,
+        auto_merge: bool,
+    ) -> Result<String, cloudci_gitlab::Error> {
+        let filter = MergeRequestFilter {
+            source_branch: Some(source.to_owned()),
+            target_branch: Some(target.to_owned()),
+            state: Some("opened".into()),
+        };
+        let existing: Vec<_> = self.gitlab.merge_requests(project.clone(), &filter).try_collect().await?;
+        let mr = match existing.into_iter().next() {
+            Some(mr) => mr,
+            None => {
+                let params = CreateMergeRequest {
+                    source_branch: source.to_owned(),
+                    target_branch: target.to_owned(),
+                    title: title.map(str::to_owned).unwrap_or_else(|| format!("{source}: built by cloudci")),
+                    description: Some("Opened by cloudci after every target built successfully.".into()),
+                    ..Default::default()
+                };
+                self.gitlab.create_merge_request(project.clone(), &params).await?
+            }
+        };
+        if auto_merge && !mr.merge_when_pipeline_succeeds {
+            self.gitlab
+                .merge(project.clone(), mr.iid, &MergeOptions { auto_merge: true, ..Default::default() })
+                .await?;
+        }
+        Ok(mr.web_url)
+    }
+}
+
+/// A name safe as one path component.
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
+}
+
+/// Extracts `zip` into `dest`, refusing entries that would land outside it.
+fn unzip(zip: &Path, dest: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::open(zip)?;
+    let mut archive = zip::ZipArchive::new(file).map_err(std::io::Error::other)?;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(std::io::Error::other)?;
+        let Some(rel) = entry.enclosed_name() else { continue };
+        let out = dest.join(rel);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&out)?;
+        } else {
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut f = std::fs::File::create(&out)?;
+            std::io::copy(&mut entry, &mut f)?;
+        }
+    }
+    Ok(())
+}
