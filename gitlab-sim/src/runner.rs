@@ -306,6 +306,12 @@ fn zip_paths(root: &Path, paths: &[String], dest: &Path) -> std::io::Result<(usi
     let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     for path in &files {
         let name = path.strip_prefix(root).map_err(|e| Error::other(e.to_string()))?.to_string_lossy().into_owned();
+        // Keep the mode, as the runner's archiver does: a built binary stays executable.
+        #[cfg(unix)]
+        let options = {
+            use std::os::unix::fs::PermissionsExt;
+            options.unix_permissions(std::fs::metadata(path)?.permissions().mode() & 0o777)
+        };
         zip.start_file(name, options).map_err(Error::other)?;
         zip.write_all(&std::fs::read(path)?)?;
     }

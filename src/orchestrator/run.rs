@@ -482,6 +482,11 @@ fn unzip(zip: &Path, dest: &Path) -> std::io::Result<()> {
             }
             let mut f = std::fs::File::create(&out)?;
             std::io::copy(&mut entry, &mut f)?;
+            #[cfg(unix)]
+            if let Some(mode) = entry.unix_mode() {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode & 0o777))?;
+            }
         }
     }
     Ok(())

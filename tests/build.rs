@@ -1,0 +1,275 @@
+//! `cloudci build` and `cloudci demo` as real processes against gitlab-sim.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cloudci_gitlab::types::Status;
+use cloudci_gitlab::{Gitlab, MergeRequestFilter, PipelineFilter, ProjectRef, RetryPolicy};
+use common::*;
+use futures_util::TryStreamExt;
+use gitlab_sim::{Sim, SimConfig};
+use secrecy::SecretString;
+use serde_json::Value;
+
+const TOKEN: &str = "sim-token-for-build";
+
+/// hal fails for target t2 when `FAIL_T2` is in its CI file; fw sleeps a little in its build.
+fn ci(fail_t2: bool, sleep: u32) -> String {
+    let check = if fail_t2 { "    - test \"$TARGET\" != t2\n" } else { "" };
+    format!(
+        "stages: [build, test]\nbuild:\n  stage: build\n  script:\n    - mkdir -p out && echo \"$TARGET $BOARD\" > out/fw.bin\n    - sleep {sleep}\n{check}  artifacts:\n    paths: [out/]\ntest:\n  stage: test\n  script: echo ok\n"
+    )
+}
+
+async fn two_projects(dir: &std::path::Path, fail_t2: bool, fw_sleep: u32, faults: &str) -> Sim {
+    let hal = gitlab_sim::fixtures::repo_with(dir, "hal", &[(".gitlab-ci.yml", &ci(fail_t2, 0))]);
+    let fw = gitlab_sim::fixtures::repo_with(dir, "fw", &[(".gitlab-ci.yml", &ci(false, fw_sleep))]);
+    Sim::start(SimConfig {
+        token: TOKEN.into(),
+        projects: vec![("acme/hal".into(), hal), ("acme/fw".into(), fw)],
+        faults: faults.parse().unwrap(),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+const PROJECTS: &str = r#"
+[targets.t1]
+variables = { TARGET = "t1", BOARD = "b1" }
+[targets.t2]
+variables = { TARGET = "t2", BOARD = "b2" }
+[projects.hal]
+gitlab = "acme/hal"
+targets = ["t1", "t2"]
+[projects.fw]
+gitlab = "acme/fw"
+targets = ["t1", "t2"]
+depends_on = ["hal"]
+after_success = { merge_request = { target_branch = "main" } }
+[groups]
+all = ["fw", "hal"]
+"#;
+
+fn client(url: &str) -> Gitlab {
+    Gitlab::builder(url).private_token(SecretString::from(TOKEN)).retry(RetryPolicy::never()).build().unwrap()
+}
+
+fn build(config: &std::path::Path, url: &str, args: &[&str]) -> (i32, Value, String) {
+    let mut all = vec!["build", "--json"];
+    all.extend_from_slice(args);
+    let out = cloudci(config, url, TOKEN, &all).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+fn statuses(v: &Value) -> Vec<(String, String, String)> {
+    v["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["project"].as_str().unwrap().to_owned(),
+                b["target"].as_str().unwrap().to_owned(),
+                b["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_projects_two_targets_in_dependency_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = two_projects(dir.path(), false, 0, "").await;
+    let (config, _, _) = write_config(dir.path(), PROJECTS, 1);
+    let (code, out, err) = build(&config, sim.url(), &["all", "--ref", "feature"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut s = statuses(&out);
+    s.sort();
+    assert_eq!(
+        s,
+        [
+            ("fw".into(), "t1".into(), "success".into()),
+            ("fw".into(), "t2".into(), "success".into()),
+            ("hal".into(), "t1".into(), "success".into()),
+            ("hal".into(), "t2".into(), "success".into()),
+        ]
+    );
+    // fw started only after every hal pipeline had finished.
+    let gitlab = client(sim.url());
+    let hal: Vec<_> =
+        gitlab.pipelines(ProjectRef::from("acme/hal"), &PipelineFilter::default()).try_collect().await.unwrap();
+    let fw: Vec<_> =
+        gitlab.pipelines(ProjectRef::from("acme/fw"), &PipelineFilter::default()).try_collect().await.unwrap();
+    let mut hal_done = Vec::new();
+    for p in &hal {
+        hal_done.push(gitlab.pipeline("acme/hal", p.id).await.unwrap().finished_at.unwrap().at());
+    }
+    let fw_first = fw.iter().map(|p| p.created_at.clone().unwrap().at()).min().unwrap();
+    assert!(hal_done.iter().all(|t| *t <= fw_first), "fw started before hal finished");
+    // Each pipeline got its target's variables.
+    for p in &fw {
+        let vars = gitlab.pipeline_variables("acme/fw", p.id).await.unwrap();
+        assert!(vars.iter().any(|v| v.key == "TARGET"), "{vars:?}");
+    }
+    // fw's merge request, once; artifacts by commit and target; logs per run.
+    let mrs: Vec<_> =
+        gitlab.merge_requests(ProjectRef::from("acme/fw"), &MergeRequestFilter::default()).try_collect().await.unwrap();
+    assert_eq!(mrs.len(), 1);
+    let fw_t1 = out["builds"].as_array().unwrap().iter().find(|b| b["project"] == "fw" && b["target"] == "t1").unwrap();
+    assert_eq!(fw_t1["merge_request"].as_str(), Some(mrs[0].web_url.as_str()));
+    let artifacts = std::path::PathBuf::from(fw_t1["artifacts"].as_str().unwrap());
+    assert!(artifacts.ends_with(format!("artifacts/fw/{}/t1", fw_t1["sha"].as_str().unwrap())));
+    assert_eq!(std::fs::read_to_string(artifacts.join("out/fw.bin")).unwrap(), "t1 b1\n");
+    let logs = std::path::PathBuf::from(out["logs"].as_str().unwrap());
+    assert!(std::fs::read_to_string(logs.join("fw/t2/build.log")).unwrap().contains("Job succeeded"));
+    assert!(logs.parent().unwrap().join("latest").exists());
+    assert!(!logs.join("error.log").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_skips_its_dependent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = two_projects(dir.path(), true, 0, "").await;
+    let (config, _, _) = write_config(dir.path(), PROJECTS, 1);
+    let (code, out, err) = build(&config, sim.url(), &["fw", "hal", "--ref", "feature"]);
+    assert_eq!(code, 1, "{err}");
+    let mut s = statuses(&out);
+    s.sort();
+    assert_eq!(
+        s,
+        [
+            ("fw".into(), "t1".into(), "skipped".into()),
+            ("fw".into(), "t2".into(), "skipped".into()),
+            ("hal".into(), "t1".into(), "success".into()),
+            ("hal".into(), "t2".into(), "failed".into()),
+        ]
+    );
+    let fw = out["builds"].as_array().unwrap().iter().find(|b| b["project"] == "fw").unwrap();
+    assert_eq!(fw["reason"], "skipped because hal did not succeed");
+    let gitlab = client(sim.url());
+    let fw_pipelines: Vec<_> =
+        gitlab.pipelines(ProjectRef::from("acme/fw"), &PipelineFilter::default()).try_collect().await.unwrap();
+    assert!(fw_pipelines.is_empty(), "a skipped project started pipelines");
+    // error.log points at the failed job's log.
+    let logs = std::path::PathBuf::from(out["logs"].as_str().unwrap());
+    let error = std::fs::read_to_string(logs.join("error.log")).unwrap();
+    assert!(error.contains("$ test \"$TARGET\" != t2") && error.contains("ERROR: Job failed"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_makes_no_request_at_all() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _, _) = write_config(dir.path(), PROJECTS, 1);
+    let out = cloudci(&config, &url, TOKEN, &["build", "all", "--dry-run"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hal = text.find("POST /projects/acme%2Fhal/pipeline").unwrap();
+    let fw = text.find("POST /projects/acme%2Ffw/pipeline").unwrap();
+    assert!(hal < fw, "{text}");
+    assert!(text.contains("once hal succeeded") && text.contains("POST /projects/acme%2Ffw/merge_requests"), "{text}");
+    assert!(text.contains("\"TARGET\"") && text.contains("<default branch>"), "{text}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "dry run reached the server");
+
+    let out = cloudci(&config, &url, TOKEN, &["build", "bootloader"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("known: fw, hal, all"));
+}
+
+/// Every delivery twice, and the same build run twice: still one merge request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_merge_request_is_opened_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = two_projects(dir.path(), false, 0, "duplicate=1").await;
+    let (config, _, _) = write_config(dir.path(), PROJECTS, 5);
+    let _daemon = serve(&config, sim.url(), TOKEN, &[]);
+    for _ in 0..2 {
+        let (code, out, err) = build(&config, sim.url(), &["fw", "--ref", "feature"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
+    let mrs: Vec<_> = client(sim.url())
+        .merge_requests(ProjectRef::from("acme/fw"), &MergeRequestFilter::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(mrs.len(), 1, "{mrs:#?}");
+}
+
+/// `cloudci serve` crashes and comes back while a build runs: the build still ends right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_serve_mid_build_still_ends_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = two_projects(dir.path(), false, 3, "").await;
+    let (config, _, _) = write_config(dir.path(), PROJECTS, 2);
+    let daemon = serve(&config, sim.url(), TOKEN, &[]);
+    let build = cloudci(&config, sim.url(), TOKEN, &["build", "--json", "fw", "--ref", "feature"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let gitlab = client(sim.url());
+    // Wait until fw's pipelines run, then crash the daemon and start it again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ps: Vec<_> =
+            gitlab.pipelines(ProjectRef::from("acme/fw"), &PipelineFilter::default()).try_collect().await.unwrap();
+        if ps.iter().any(|p| p.status == Status::Running) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "fw never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.crash();
+    let _daemon = serve(&config, sim.url(), TOKEN, &[]);
+    let out = tokio::task::spawn_blocking(move || build.wait_with_output()).await.unwrap().unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{json}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(statuses(&json).iter().all(|(_, _, s)| s == "success"), "{json}");
+}
+
+#[test]
+fn the_demo_builds_fetches_and_opens_the_merge_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("demo");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudci"))
+        .args(["demo", "--json", "--dir"])
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let builds = json["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 2);
+    for b in builds {
+        assert_eq!(b["project"], "firmware");
+        assert_eq!(b["status"], "success");
+        assert!(b["pipeline_url"].as_str().unwrap().contains("/demo/firmware/-/pipelines/"));
+        assert!(b["merge_request"].as_str().unwrap().ends_with("/demo/firmware/-/merge_requests/1"));
+    }
+    let host = builds.iter().find(|b| b["target"] == "host").unwrap();
+    let firmware = std::path::PathBuf::from(host["artifacts"].as_str().unwrap()).join("out/firmware-host");
+    let ran = std::process::Command::new(&firmware).output().unwrap();
+    assert!(String::from_utf8_lossy(&ran.stdout).contains("toggles in 10 s at 1 kHz: 20"), "{ran:?}");
+    // The cross build says what it skipped when there is no cross compiler.
+    let cross = builds.iter().find(|b| b["target"] == "cortex-m4").unwrap();
+    let cross_dir = std::path::PathBuf::from(cross["artifacts"].as_str().unwrap()).join("out");
+    let has_compiler = std::process::Command::new("arm-none-eabi-gcc").arg("--version").output().is_ok();
+    assert_eq!(cross_dir.join("SKIPPED.txt").exists(), !has_compiler);
+}
