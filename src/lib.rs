@@ -7,6 +7,7 @@
 //! The GitLab client lives in the `cloudci-gitlab` crate (`gitlab/`).
 
 pub mod api;
+pub mod builds;
 pub mod cli;
 pub mod config;
 pub mod daemon;

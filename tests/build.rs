@@ -132,6 +132,26 @@ async fn two_projects_two_targets_in_dependency_order() {
     assert!(std::fs::read_to_string(logs.join("fw/t2/build.log")).unwrap().contains("Job succeeded"));
     assert!(logs.parent().unwrap().join("latest").exists());
     assert!(!logs.join("error.log").exists());
+
+    // The build store: status, logs, artifacts by build id.
+    let out = cloudci(&config, sim.url(), TOKEN, &["status", "--json"]).output().unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 4);
+    let rec = list.iter().find(|b| b["project"] == "fw" && b["target"] == "t1").unwrap();
+    assert_eq!(rec["status"], "success");
+    assert_eq!(rec["merge_request"].as_str(), Some(mrs[0].web_url.as_str()));
+    assert_eq!(rec["jobs"]["build"]["status"], "success");
+    let id = rec["id"].to_string();
+    let out = cloudci(&config, sim.url(), TOKEN, &["logs", &id, "--job", "build"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("$ mkdir -p out"), "{out:?}");
+    let copy = dir.path().join("copy");
+    let out =
+        cloudci(&config, sim.url(), TOKEN, &["artifacts", &id, "--output", copy.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(copy.join("out/fw.bin")).unwrap(), "t1 b1\n");
+    let out = cloudci(&config, sim.url(), TOKEN, &["status", "999"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,6 +71,7 @@ impl BuildArgs {
         let state = StateDir::new(config.state_dir());
         state.create()?;
         let feed = daemon_feed(&state).await;
+        let records = open_records(&state, &plan)?;
         let reporter: Arc<dyn Reporter> =
             if self.watch || (stderr_is_terminal() && !self.json) { Arc::new(StderrReporter) } else { Arc::new(Quiet) };
         let runner = Runner {
@@ -81,6 +82,7 @@ impl BuildArgs {
             actions: !self.no_actions,
             reporter,
             silence: Duration::from_secs(config.webhook.reconcile_after.clamp(1, 30)),
+            records: Some(records),
         };
         let (run_dir, outcomes) = runner.run(&plan).await?;
         print_outcomes(&outcomes, self.json, Some(&run_dir))?;
@@ -90,6 +92,21 @@ impl BuildArgs {
             Err(Failure::general("some builds did not succeed"))
         }
     }
+}
+
+/// The build store, with a new run holding one queued build per project × target.
+pub(crate) fn open_records(
+    state: &StateDir,
+    plan: &Plan,
+) -> Result<(Arc<dyn crate::builds::BuildStore>, BTreeMap<(String, String), i64>), Failure> {
+    let store = crate::builds::SqliteBuilds::open(&state.root().join("builds.db"))
+        .map_err(|e| Failure::general(e.to_string()))?;
+    let wanted: Vec<(String, String, String)> =
+        plan.builds.values().flatten().map(|b| (b.project.clone(), b.gitlab.clone(), b.target.clone())).collect();
+    let (_, ids) =
+        crate::builds::BuildStore::create_run(&store, &wanted).map_err(|e| Failure::general(e.to_string()))?;
+    let map = wanted.into_iter().zip(ids).map(|((p, _, t), id)| ((p, t), id)).collect();
+    Ok((Arc::new(store), map))
 }
 
 /// The running daemon's event stream, if one answers; else polling.

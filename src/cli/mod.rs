@@ -4,6 +4,7 @@ mod build;
 mod demo;
 mod gitlab;
 mod hooks;
+mod records;
 mod serve;
 mod token;
 
@@ -15,6 +16,7 @@ pub use build::BuildArgs;
 pub use demo::DemoArgs;
 pub use gitlab::GitlabCommand;
 pub use hooks::HooksCommand;
+pub use records::{ArtifactsArgs, LogsArgs, StatusArgs};
 pub use serve::ServeArgs;
 pub use token::TokenCommand;
 
@@ -41,6 +43,12 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the daemon: receive GitLab's webhooks, serve the local API and event stream.
     Serve(ServeArgs),
+    /// Recent builds, or one in detail.
+    Status(StatusArgs),
+    /// A build's job logs.
+    Logs(LogsArgs),
+    /// A build's firmware.
+    Artifacts(ArtifactsArgs),
     /// Tokens for the local API.
     Token(TokenCommand),
     /// cloudci's webhooks on GitLab.
@@ -112,6 +120,9 @@ impl Cli {
             Command::Build(args) => args.run(&config()?).await,
             Command::Demo(args) => args.run().await,
             Command::Serve(args) => args.run(&config()?).await,
+            Command::Status(args) => args.run(&config()?),
+            Command::Logs(args) => args.run(&config()?).await,
+            Command::Artifacts(args) => args.run(&config()?),
             Command::Token(cmd) => cmd.run(&config()?),
             Command::Hooks(cmd) => cmd.run(&config()?).await,
             Command::Gitlab(cmd) => cmd.run().await,

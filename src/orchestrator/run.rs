@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::logs;
 use super::plan::{Plan, PlannedBuild};
+use crate::builds::{BuildStore, JobRecord};
 use crate::config::Config;
 
 /// Where live events come from.
@@ -89,6 +90,9 @@ pub struct BuildOutcome {
     pub reason: Option<String>,
     /// Jobs and their final statuses.
     pub jobs: BTreeMap<String, String>,
+    /// Job ids and log files by name (for the build record).
+    #[serde(skip)]
+    pub job_details: BTreeMap<String, (u64, Option<PathBuf>)>,
 }
 
 impl BuildOutcome {
@@ -107,6 +111,7 @@ impl BuildOutcome {
             promoted: None,
             reason: None,
             jobs: BTreeMap::new(),
+            job_details: BTreeMap::new(),
         }
     }
 
@@ -132,6 +137,8 @@ pub struct Runner {
     pub reporter: Arc<dyn Reporter>,
     /// Poll GitLab after this long without events about a pipeline.
     pub silence: Duration,
+    /// Where build records go, with the id of each `(project, target)` of this run.
+    pub records: Option<(Arc<dyn BuildStore>, BTreeMap<(String, String), i64>)>,
 }
 
 type Done = watch::Receiver<Option<bool>>;
@@ -181,13 +188,17 @@ impl Runner {
             if !ok {
                 self.reporter.line(&name, &format!("skipped: {dep} did not succeed"));
                 let _ = done.send(Some(false));
-                return builds
+                let skipped: Vec<BuildOutcome> = builds
                     .iter()
                     .map(|b| BuildOutcome {
                         reason: Some(format!("skipped because {dep} did not succeed")),
                         ..BuildOutcome::new(b)
                     })
                     .collect();
+                for (b, o) in builds.iter().zip(&skipped) {
+                    self.record(b, o, "skipped", &run_dir).await;
+                }
+                return skipped;
             }
         }
         let outcomes: Vec<BuildOutcome> =
@@ -196,9 +207,50 @@ impl Runner {
         let mut outcomes = outcomes;
         if all_ok && self.actions {
             self.project_actions(&name, &mut outcomes).await;
+            for (b, o) in builds.iter().zip(&outcomes) {
+                self.record(b, o, &o.status, &run_dir).await;
+            }
         }
         let _ = done.send(Some(all_ok));
         outcomes
+    }
+
+    /// Saves where a build stands into the build store, if there is one.
+    async fn record(&self, b: &PlannedBuild, o: &BuildOutcome, status: &str, run_dir: &Path) {
+        let Some((store, ids)) = &self.records else { return };
+        let Some(id) = ids.get(&(b.project.clone(), b.target.clone())).copied() else { return };
+        let store = store.clone();
+        let (o, status, run_dir) = (o.clone(), status.to_owned(), run_dir.display().to_string());
+        let saved = tokio::task::spawn_blocking(move || {
+            let Some(mut r) = store.get(id)? else { return Ok(()) };
+            r.status = status;
+            r.git_ref = o.git_ref;
+            r.sha = o.sha;
+            r.pipeline_id = o.pipeline_id;
+            r.pipeline_url = o.pipeline_url;
+            r.artifacts = o.artifacts.map(|p| p.display().to_string());
+            r.merge_request = o.merge_request;
+            r.promoted = o.promoted;
+            r.reason = o.reason;
+            r.log_dir = Some(run_dir);
+            for (name, status) in &o.jobs {
+                let (job_id, log) = o.job_details.get(name).cloned().unwrap_or((0, None));
+                let entry =
+                    r.jobs.entry(name.clone()).or_insert(JobRecord { id: job_id, status: String::new(), log: None });
+                entry.status.clone_from(status);
+                if job_id != 0 {
+                    entry.id = job_id;
+                }
+                if let Some(log) = log {
+                    entry.log = Some(log.display().to_string());
+                }
+            }
+            store.save(&r)
+        })
+        .await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!("saving build {id}: {e}");
+        }
     }
 
     async fn build(&self, b: &PlannedBuild, run_dir: &Path) -> BuildOutcome {
@@ -212,6 +264,7 @@ impl Runner {
                 outcome.reason = Some(e.to_string());
             }
         }
+        self.record(b, &outcome, &outcome.status, run_dir).await;
         outcome
     }
 
@@ -244,6 +297,7 @@ impl Runner {
         outcome.pipeline_url = Some(pipeline.web_url.clone());
         outcome.sha = Some(pipeline.sha.clone());
         self.reporter.line(label, &format!("pipeline {} started: {}", pipeline.id, pipeline.web_url));
+        self.record(b, outcome, "running", run_dir).await;
         if let EventFeed::Hub(hub) = &self.feed {
             let store = hub.store().clone();
             let (pid, path, id) = (pipeline.project_id.map(|p| p.0).unwrap_or(0), b.gitlab.clone(), pipeline.id.0);
@@ -260,12 +314,14 @@ impl Runner {
         std::fs::create_dir_all(&dir).map_err(|source| cloudci_gitlab::Error::Io { path: dir.clone(), source })?;
         for job in &jobs {
             outcome.jobs.insert(job.name.clone(), job.status.to_string());
+            outcome.job_details.insert(job.name.clone(), (job.id.0, None));
             if job.started_at.is_none() {
                 continue;
             }
             let text = self.gitlab.job_trace(project.clone(), job.id).await?;
             let path = dir.join(format!("{}.log", sanitize(&job.name)));
             std::fs::write(&path, &text).map_err(|source| cloudci_gitlab::Error::Io { path: path.clone(), source })?;
+            outcome.job_details.insert(job.name.clone(), (job.id.0, Some(path.clone())));
             if job.status == Status::Failed && !job.allow_failure {
                 let _ = logs::mark_error(run_dir, &path);
             }
