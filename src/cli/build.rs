@@ -95,10 +95,7 @@ impl BuildArgs {
 }
 
 /// The build store, with a new run holding one queued build per project × target.
-pub(crate) fn open_records(
-    state: &StateDir,
-    plan: &Plan,
-) -> Result<(Arc<dyn crate::builds::BuildStore>, BTreeMap<(String, String), i64>), Failure> {
+pub(crate) fn open_records(state: &StateDir, plan: &Plan) -> Result<orchestrator::Records, Failure> {
     let store = crate::builds::SqliteBuilds::open(&state.root().join("builds.db"))
         .map_err(|e| Failure::general(e.to_string()))?;
     let wanted: Vec<(String, String, String)> =

@@ -138,8 +138,11 @@ pub struct Runner {
     /// Poll GitLab after this long without events about a pipeline.
     pub silence: Duration,
     /// Where build records go, with the id of each `(project, target)` of this run.
-    pub records: Option<(Arc<dyn BuildStore>, BTreeMap<(String, String), i64>)>,
+    pub records: Option<Records>,
 }
+
+/// A build store and the record id of each `(project, target)` of the run.
+pub type Records = (Arc<dyn BuildStore>, BTreeMap<(String, String), i64>);
 
 type Done = watch::Receiver<Option<bool>>;
 
