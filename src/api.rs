@@ -1,10 +1,385 @@
-//! The local API (loopback by default, never behind the tunnel): the event stream for IDE
-//! plugins, the CLI and the dashboard.
+//! The local API (loopback by default, never behind the tunnel), after QMK's compile API: start
+//! builds, read their state, logs, firmware and sources, cancel or retry them, and follow
+//! everything on the event stream. Every route needs `Authorization: Bearer <token>`
+//! (`cloudci token issue`); a token limited to projects sees only those. Errors are
+//! `{"error": "...", "field": "..."}` with 400 (malformed), 401, 403, 404, 422 (does not fit the
+//! configuration) or 503 (no GitLab access configured).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cloudci_gitlab::{ArchiveFormat, Gitlab, JobId, PipelineId, ProjectRef};
+use cloudci_webhook::api::{ApiError, Authorized};
+use cloudci_webhook::auth::TokenKeys;
 use cloudci_webhook::sse::{self, EventsState};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::builds::{BuildRecord, BuildStore, SqliteBuilds};
+use crate::config::Config;
+use crate::orchestrator::{self, EventFeed, Quiet, Request, Runner};
+
+/// What the local routes share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The event side.
+    pub events: EventsState,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// GitLab, when a token is configured.
+    pub gitlab: Option<Gitlab>,
+    /// The build store.
+    pub builds: Arc<SqliteBuilds>,
+    /// The state directory.
+    pub state_dir: PathBuf,
+}
+
+impl FromRef<ApiState> for TokenKeys {
+    fn from_ref(s: &ApiState) -> Self {
+        s.events.keys.clone()
+    }
+}
 
 /// All local routes.
-pub fn router(events: EventsState) -> Router {
-    Router::new().merge(sse::router(events))
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/builds", post(start_builds).get(list_builds))
+        .route("/v1/builds/{id}", get(get_build))
+        .route("/v1/builds/{id}/log", get(build_log))
+        .route("/v1/builds/{id}/download", get(download))
+        .route("/v1/builds/{id}/source", get(source))
+        .route("/v1/builds/{id}/cancel", post(cancel))
+        .route("/v1/builds/{id}/retry", post(retry))
+        .route("/v1/openapi.json", get(openapi))
+        .with_state(state.clone())
+        .merge(sse::router(state.events))
+}
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!("local API: {e}");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the daemon's log)")
+}
+
+fn gitlab_error(e: cloudci_gitlab::Error) -> ApiError {
+    let status = match e.status() {
+        Some(404) => StatusCode::NOT_FOUND,
+        Some(401 | 403) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    ApiError::new(status, format!("GitLab: {e}"))
+}
+
+fn gitlab(s: &ApiState) -> Result<Gitlab, ApiError> {
+    s.gitlab.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no GitLab access configured: set GITLAB_TOKEN and restart `cloudci serve`",
+        )
+    })
+}
+
+/// `POST /v1/builds` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBuilds {
+    /// Project or group names from the configuration.
+    projects: Vec<String>,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    #[serde(default)]
+    targets: Vec<String>,
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+    /// Run the after-success actions (default true).
+    actions: Option<bool>,
+}
+
+async fn start_builds(
+    State(s): State<ApiState>,
+    Authorized(claims): Authorized,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: StartBuilds = serde_json::from_slice(&body).map_err(|e| {
+        let field = e.to_string().split('`').nth(1).map(str::to_owned);
+        let mut err = ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request body: {e}"));
+        err.field = field;
+        err
+    })?;
+    if req.projects.is_empty() {
+        return Err(
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "name at least one project or group").field("projects")
+        );
+    }
+    let request =
+        Request { names: req.projects.clone(), git_ref: req.git_ref, targets: req.targets, variables: req.variables };
+    let plan = orchestrator::plan(&s.config, &request).map_err(|e| {
+        if e.0.starts_with("unknown project") {
+            ApiError::new(StatusCode::NOT_FOUND, e.0).field("projects")
+        } else if e.0.starts_with("target") {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.0).field("targets")
+        } else {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.0)
+        }
+    })?;
+    if let Some(denied) = plan.builds.values().flatten().find(|b| !claims.allows(&b.gitlab)) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, format!("this token may not build {}", denied.gitlab))
+            .field("projects"));
+    }
+    let gitlab = gitlab(&s)?;
+    let wanted: Vec<(String, String, String)> =
+        plan.builds.values().flatten().map(|b| (b.project.clone(), b.gitlab.clone(), b.target.clone())).collect();
+    let store = s.builds.clone();
+    let w = wanted.clone();
+    let (run, ids) =
+        tokio::task::spawn_blocking(move || store.create_run(&w)).await.map_err(internal)?.map_err(internal)?;
+    let map: BTreeMap<(String, String), i64> =
+        wanted.iter().cloned().zip(ids.iter().copied()).map(|((p, _, t), id)| ((p, t), id)).collect();
+    let runner = Runner {
+        gitlab,
+        config: s.config.clone(),
+        state_dir: s.state_dir.clone(),
+        feed: EventFeed::Hub(s.events.hub.clone()),
+        actions: req.actions.unwrap_or(true),
+        reporter: Arc::new(Quiet),
+        silence: Duration::from_secs(s.config.webhook.reconcile_after.clamp(1, 30)),
+        records: Some((s.builds.clone() as Arc<dyn BuildStore>, map)),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = runner.run(&plan).await {
+            tracing::error!(run, "build run failed: {e}");
+        }
+    });
+    let builds: Vec<_> = wanted
+        .iter()
+        .zip(&ids)
+        .map(|((p, _, t), id)| json!({"id": id, "project": p, "target": t, "url": format!("/v1/builds/{id}")}))
+        .collect();
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"run": run, "builds": builds}))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn list_builds(
+    State(s): State<ApiState>,
+    Authorized(claims): Authorized,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let store = s.builds.clone();
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let list = tokio::task::spawn_blocking(move || store.list(limit)).await.map_err(internal)?.map_err(internal)?;
+    let visible: Vec<BuildRecord> = list.into_iter().filter(|b| claims.allows(&b.gitlab)).collect();
+    Ok(axum::Json(visible).into_response())
+}
+
+async fn record(s: &ApiState, claims: &cloudci_webhook::auth::Claims, id: &str) -> Result<BuildRecord, ApiError> {
+    let id: i64 =
+        id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "a build id is a number").field("id"))?;
+    let store = s.builds.clone();
+    let found = tokio::task::spawn_blocking(move || store.get(id)).await.map_err(internal)?.map_err(internal)?;
+    match found {
+        Some(b) if claims.allows(&b.gitlab) => Ok(b),
+        // A build the token may not see does not exist for it.
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no build {id}")).field("id")),
+    }
+}
+
+async fn get_build(
+    State(s): State<ApiState>,
+    Authorized(c): Authorized,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(record(&s, &c, &id).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    job: Option<String>,
+    offset: Option<u64>,
+}
+
+/// The log of one job (`?job=`; default the first failed job, else the last), from `?offset=`.
+/// `X-Next-Offset` says where to continue; `X-Log-Reset: true` that the log restarted.
+async fn build_log(
+    State(s): State<ApiState>,
+    Authorized(c): Authorized,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let b = record(&s, &c, &id).await?;
+    let job = match &q.job {
+        Some(name) => b.jobs.get(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "build {} has no job {name:?}; its jobs: {}",
+                    b.id,
+                    b.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+            .field("job")
+        })?,
+        None => b
+            .jobs
+            .values()
+            .find(|j| j.status == "failed")
+            .or_else(|| b.jobs.values().max_by_key(|j| j.id))
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this build has no jobs yet").field("job"))?,
+    };
+    let chunk = gitlab(&s)?
+        .job_trace_from(ProjectRef::parse(&b.gitlab), JobId(job.id), q.offset.unwrap_or(0))
+        .await
+        .map_err(gitlab_error)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (header::HeaderName::from_static("x-next-offset"), chunk.next_offset.to_string()),
+            (header::HeaderName::from_static("x-log-reset"), chunk.reset.to_string()),
+        ],
+        chunk.data,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct JobQuery {
+    job: Option<String>,
+}
+
+/// The firmware: the artifact archive fetched after success (`?job=` to choose).
+async fn download(
+    State(s): State<ApiState>,
+    Authorized(c): Authorized,
+    Path(id): Path<String>,
+    Query(q): Query<JobQuery>,
+) -> Result<Response, ApiError> {
+    let b = record(&s, &c, &id).await?;
+    let dir =
+        b.artifacts.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("build {} has no artifacts", b.id)))?;
+    let mut zips: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(internal)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "zip"))
+        .collect();
+    zips.sort();
+    let chosen = match &q.job {
+        Some(job) => zips.into_iter().find(|p| p.file_stem().is_some_and(|s| s == job.as_str())),
+        None => zips.into_iter().next(),
+    }
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such artifact archive").field("job"))?;
+    let file = tokio::fs::File::open(&chosen).await.map_err(internal)?;
+    let name = chosen.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/zip".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{}-{}-{name}\"", b.project, b.target)),
+        ],
+        Body::from_stream(file_stream(file)),
+    )
+        .into_response())
+}
+
+fn file_stream(file: tokio::fs::File) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+}
+
+/// The source at the built commit, as GitLab's `.tar.gz` archive.
+async fn source(
+    State(s): State<ApiState>,
+    Authorized(c): Authorized,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let b = record(&s, &c, &id).await?;
+    let sha = b.sha.clone().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the build has no commit yet"))?;
+    let dir = tempfile::tempdir().map_err(internal)?;
+    let path = dir.path().join("source.tar.gz");
+    gitlab(&s)?
+        .download_archive(ProjectRef::parse(&b.gitlab), &sha, ArchiveFormat::TarGz, &path)
+        .await
+        .map_err(gitlab_error)?;
+    let file = tokio::fs::File::open(&path).await.map_err(internal)?;
+    // The open file stays readable after the folder is removed (Unix); keep it until sent anyway.
+    let stream = futures_util::StreamExt::map(file_stream(file), move |chunk| {
+        let _keep = &dir;
+        chunk
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}-{}.tar.gz\"", b.project, &sha[..sha.len().min(8)]),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn pipeline_action(
+    s: &ApiState,
+    c: &cloudci_webhook::auth::Claims,
+    id: &str,
+    retry: bool,
+) -> Result<Response, ApiError> {
+    let mut b = record(s, c, id).await?;
+    let pipeline = b.pipeline_id.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the build has no pipeline yet"))?;
+    let g = gitlab(s)?;
+    let project = ProjectRef::parse(&b.gitlab);
+    let p = if retry {
+        g.retry_pipeline(project, PipelineId(pipeline)).await
+    } else {
+        g.cancel_pipeline(project, PipelineId(pipeline)).await
+    }
+    .map_err(gitlab_error)?;
+    b.status = if retry { "running".into() } else { p.status.to_string() };
+    let store = s.builds.clone();
+    let saved = b.clone();
+    tokio::task::spawn_blocking(move || store.save(&saved)).await.map_err(internal)?.map_err(internal)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(b)).into_response())
+}
+
+async fn cancel(
+    State(s): State<ApiState>,
+    Authorized(c): Authorized,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    pipeline_action(&s, &c, &id, false).await
+}
+
+async fn retry(
+    State(s): State<ApiState>,
+    Authorized(c): Authorized,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    pipeline_action(&s, &c, &id, true).await
 }

@@ -114,7 +114,20 @@ impl Daemon {
         }));
         let api = bind(config.api.listen).await?;
         let api_addr = api.local_addr().map_err(|e| setup(e.to_string()))?;
-        let api_router = crate::api::router(EventsState { hub: hub.clone(), keys: keys.clone() });
+        let api_gitlab = match &gitlab {
+            Some(g) => Some(g.clone()),
+            None => gitlab_client(config).ok(),
+        };
+        let builds = Arc::new(
+            crate::builds::SqliteBuilds::open(&state.root().join("builds.db")).map_err(|e| setup(e.to_string()))?,
+        );
+        let api_router = crate::api::router(crate::api::ApiState {
+            events: EventsState { hub: hub.clone(), keys: keys.clone() },
+            config: Arc::new(config.clone()),
+            gitlab: api_gitlab,
+            builds,
+            state_dir: state.root().to_owned(),
+        });
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(api, api_router).await {
                 tracing::error!("local API stopped: {e}");
