@@ -59,8 +59,27 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/builds/{id}/cancel", post(cancel))
         .route("/v1/builds/{id}/retry", post(retry))
         .route("/v1/openapi.json", get(openapi))
+        .route("/", get(dashboard))
         .with_state(state.clone())
         .merge(sse::router(state.events))
+}
+
+/// The dashboard: one static page that reads `/v1/builds` and follows `/v1/events`. It holds
+/// no data itself, so it needs no token to load; its requests carry the token.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'",
+            ),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 /// The OpenAPI document of this API.

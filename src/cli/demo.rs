@@ -133,12 +133,9 @@ after_success = {{ merge_request = {{ target_branch = "main", title = "Add featu
             && outcomes.iter().all(|o| o.succeeded() && o.artifacts.is_some() && o.merge_request.is_some());
 
         if self.keep_serving {
-            crate::say!(
-                "local API: http://{}/v1/events (token: cloudci --config {} token issue)",
-                daemon.api_addr,
-                root.join("cloudci.toml").display()
-            );
-            crate::say!("simulated GitLab: {}", sim.url());
+            let token = daemon.keys.issue("demo dashboard", vec![], Duration::from_secs(24 * 3600));
+            crate::say!("dashboard: http://{}/?access_token={token}", daemon.api_addr);
+            crate::say!("simulated GitLab: {} (Ctrl-C to stop)", sim.url());
             let _ = tokio::signal::ctrl_c().await;
         }
         daemon.stop(false).await;

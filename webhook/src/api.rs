@@ -58,11 +58,18 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let keys = TokenKeys::from_ref(state);
+        // Browsers' EventSource cannot send headers: the dashboard passes `?access_token=`.
+        // Query strings are never logged.
+        let from_query = parts.uri.query().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned())
+        });
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+            .or(from_query)
             .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer token"))?;
         keys.verify(token.trim()).map(Authorized).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))
     }
