@@ -121,9 +121,20 @@ impl Daemon {
         let builds = Arc::new(
             crate::builds::SqliteBuilds::open(&state.root().join("builds.db")).map_err(|e| setup(e.to_string()))?,
         );
+        let shared_config = Arc::new(config.clone());
+        if let Some(g) = &api_gitlab {
+            tasks.push(tokio::spawn(crate::watchers::rebuild_on_push(
+                shared_config.clone(),
+                g.clone(),
+                hub.clone(),
+                builds.clone(),
+                state.root().to_owned(),
+            )));
+        }
+        tasks.push(tokio::spawn(crate::watchers::notify(shared_config.clone(), hub.clone())));
         let api_router = crate::api::router(crate::api::ApiState {
             events: EventsState { hub: hub.clone(), keys: keys.clone() },
-            config: Arc::new(config.clone()),
+            config: shared_config,
             gitlab: api_gitlab,
             builds,
             state_dir: state.root().to_owned(),

@@ -15,3 +15,4 @@ pub mod orchestrator;
 pub mod output;
 pub mod sse_client;
 pub mod state;
+pub mod watchers;

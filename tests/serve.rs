@@ -214,3 +214,49 @@ async fn rotating_the_secrets_keeps_events_flowing() {
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed[0]["hook"]["alert_status"], "executable");
 }
+
+/// A project with `rebuild_on_push`: a commit to its ref starts a build of it, and the notify
+/// command hears about every finished pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_commits_are_rebuilt_and_final_states_notified() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(dir.path(), "").await;
+    let gitlab = client(sim.url());
+    let notes = dir.path().join("notes.jsonl");
+    let projects = format!(
+        "{PROJECT}ref = \"main\"\nrebuild_on_push = true\n\n[notify]\ncommand = \"cat >> {}\"\n",
+        notes.display()
+    );
+    let (config, _, _) = write_config(dir.path(), &projects, 5);
+    let _daemon = serve(&config, sim.url(), TOKEN, &[]);
+    let repo = dir.path().join("repo");
+    std::fs::write(repo.join("change.txt"), "new code").unwrap();
+    gitlab_sim::fixtures::git(&repo, &["add", "-A"]);
+    gitlab_sim::fixtures::git(&repo, &["commit", "-q", "-m", "New code"]);
+    let head = gitlab_sim::fixtures::git(&repo, &["rev-parse", "HEAD"]);
+    // The sim announces the push; cloudci waits out the debounce and builds the new head.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let built = loop {
+        let filter = cloudci_gitlab::PipelineFilter { sha: Some(head.clone()), ..Default::default() };
+        let ps: Vec<_> = gitlab.pipelines(ProjectRef::from("acme/firmware"), &filter).try_collect().await.unwrap();
+        if let Some(p) = ps.into_iter().find(|p| p.status == Status::Success) {
+            break p;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no rebuild of {head}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(built.source.as_deref(), Some("api"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&notes).unwrap_or_default();
+        let done = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|e| e["kind"] == "pipeline" && e["pipeline_id"] == built.id.0 && e["status"] == "success");
+        if done {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the notify command never heard: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
