@@ -89,3 +89,13 @@ async fn pipelines_as_table_and_json_with_exit_codes() {
     assert_eq!(code, 1, "{err}");
     assert!(!err.contains("CLI-SECRET"));
 }
+
+#[test]
+fn completions_and_help() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudci")).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("_cloudci()") && script.contains("demo") && script.contains("serve"));
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudci")).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -55,6 +55,11 @@ pub enum Command {
     Hooks(HooksCommand),
     /// Talk to GitLab directly: pipelines, jobs, logs, artifacts.
     Gitlab(GitlabCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// A failed command: the one line to print and the exit code.
@@ -126,6 +131,11 @@ impl Cli {
             Command::Token(cmd) => cmd.run(&config()?),
             Command::Hooks(cmd) => cmd.run(&config()?).await,
             Command::Gitlab(cmd) => cmd.run().await,
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "cloudci", &mut std::io::stdout());
+                Ok(())
+            }
         }
     }
 }
