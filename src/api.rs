@@ -160,14 +160,17 @@ async fn start_builds(
             .field("projects"));
     }
     let gitlab = gitlab(&s)?;
-    let wanted: Vec<(String, String, String)> =
-        plan.builds.values().flatten().map(|b| (b.project.clone(), b.gitlab.clone(), b.target.clone())).collect();
-    let store = s.builds.clone();
-    let w = wanted.clone();
-    let (run, ids) =
-        tokio::task::spawn_blocking(move || store.create_run(&w)).await.map_err(internal)?.map_err(internal)?;
-    let map: BTreeMap<(String, String), i64> =
-        wanted.iter().cloned().zip(ids.iter().copied()).map(|((p, _, t), id)| ((p, t), id)).collect();
+    let store: Arc<dyn BuildStore> = s.builds.clone();
+    let planned = plan.clone();
+    let (run, records) = tokio::task::spawn_blocking(move || orchestrator::start_run(store, &planned))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    let builds: Vec<_> = records
+        .1
+        .iter()
+        .map(|((p, t), id)| json!({"id": id, "project": p, "target": t, "url": format!("/v1/builds/{id}")}))
+        .collect();
     let runner = Runner {
         gitlab,
         config: s.config.clone(),
@@ -176,18 +179,13 @@ async fn start_builds(
         actions: req.actions.unwrap_or(true),
         reporter: Arc::new(Quiet),
         silence: Duration::from_secs(s.config.webhook.reconcile_after.clamp(1, 30)),
-        records: Some((s.builds.clone() as Arc<dyn BuildStore>, map)),
+        records: Some(records),
     };
     tokio::spawn(async move {
         if let Err(e) = runner.run(&plan).await {
             tracing::error!(run, "build run failed: {e}");
         }
     });
-    let builds: Vec<_> = wanted
-        .iter()
-        .zip(&ids)
-        .map(|((p, _, t), id)| json!({"id": id, "project": p, "target": t, "url": format!("/v1/builds/{id}")}))
-        .collect();
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"run": run, "builds": builds}))).into_response())
 }
 

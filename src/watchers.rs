@@ -125,16 +125,12 @@ async fn start(
 ) {
     let request = Request { names: vec![project.to_owned()], git_ref: Some(git_ref.to_owned()), ..Request::default() };
     let Ok(plan) = orchestrator::plan(config, &request) else { return };
-    let wanted: Vec<(String, String, String)> =
-        plan.builds.values().flatten().map(|b| (b.project.clone(), b.gitlab.clone(), b.target.clone())).collect();
-    let store = builds.clone();
-    let w = wanted.clone();
-    let Ok(Ok((_, ids))) =
-        tokio::task::spawn_blocking(move || crate::builds::BuildStore::create_run(store.as_ref(), &w)).await
+    let store: Arc<dyn crate::builds::BuildStore> = builds.clone();
+    let planned = plan.clone();
+    let Ok(Ok((_, records))) = tokio::task::spawn_blocking(move || orchestrator::start_run(store, &planned)).await
     else {
         return;
     };
-    let map = wanted.into_iter().zip(ids).map(|((p, _, t), id)| ((p, t), id)).collect();
     let runner = Runner {
         gitlab: gitlab.clone(),
         config: config.clone(),
@@ -143,7 +139,7 @@ async fn start(
         actions: true,
         reporter: Arc::new(Quiet),
         silence: Duration::from_secs(config.webhook.reconcile_after.clamp(1, 30)),
-        records: Some((builds.clone() as Arc<dyn crate::builds::BuildStore>, map)),
+        records: Some(records),
     };
     tokio::spawn(async move {
         if let Err(e) = runner.run(&plan).await {

@@ -98,12 +98,9 @@ impl BuildArgs {
 pub(crate) fn open_records(state: &StateDir, plan: &Plan) -> Result<orchestrator::Records, Failure> {
     let store = crate::builds::SqliteBuilds::open(&state.root().join("builds.db"))
         .map_err(|e| Failure::general(e.to_string()))?;
-    let wanted: Vec<(String, String, String)> =
-        plan.builds.values().flatten().map(|b| (b.project.clone(), b.gitlab.clone(), b.target.clone())).collect();
-    let (_, ids) =
-        crate::builds::BuildStore::create_run(&store, &wanted).map_err(|e| Failure::general(e.to_string()))?;
-    let map = wanted.into_iter().zip(ids).map(|((p, _, t), id)| ((p, t), id)).collect();
-    Ok((Arc::new(store), map))
+    orchestrator::start_run(Arc::new(store), plan)
+        .map(|(_, records)| records)
+        .map_err(|e| Failure::general(e.to_string()))
 }
 
 /// The running daemon's event stream, if one answers; else polling.

@@ -6,4 +6,4 @@ pub mod plan;
 pub mod run;
 
 pub use plan::{Plan, PlannedBuild, Request, plan};
-pub use run::{BuildOutcome, EventFeed, Quiet, Records, Reporter, Runner, StderrReporter};
+pub use run::{BuildOutcome, EventFeed, Quiet, Records, Reporter, Runner, StderrReporter, start_run};

@@ -144,6 +144,16 @@ pub struct Runner {
 /// A build store and the record id of each `(project, target)` of the run.
 pub type Records = (Arc<dyn BuildStore>, BTreeMap<(String, String), i64>);
 
+/// Starts a run in `store`: one queued record per build of `plan`. Returns the run id and the
+/// handle the [`Runner`] saves progress through. Blocking (SQLite).
+pub fn start_run(store: Arc<dyn BuildStore>, plan: &Plan) -> Result<(i64, Records), crate::builds::BuildStoreError> {
+    let wanted: Vec<(String, String, String)> =
+        plan.builds.values().flatten().map(|b| (b.project.clone(), b.gitlab.clone(), b.target.clone())).collect();
+    let (run, ids) = store.create_run(&wanted)?;
+    let map = wanted.into_iter().zip(ids).map(|((p, _, t), id)| ((p, t), id)).collect();
+    Ok((run, (store, map)))
+}
+
 type Done = watch::Receiver<Option<bool>>;
 
 impl Runner {

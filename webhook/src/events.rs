@@ -90,7 +90,8 @@ pub struct BuildEvent {
 }
 
 impl BuildEvent {
-    fn blank(kind: EventKind, project_id: u64, gitlab_event: &str, source: EventSource) -> Self {
+    /// An event with only its kind, project and origin set (`seq` 0 until it is logged).
+    pub fn new(kind: EventKind, project_id: u64, gitlab_event: &str, source: EventSource) -> Self {
         Self {
             seq: 0,
             kind,
@@ -143,7 +144,7 @@ pub fn observe(event: &WebhookEvent, source: EventSource) -> Vec<Observation> {
             let a = &p.object_attributes;
             let max_job_id = p.builds.iter().map(|b| b.id.0).max().unwrap_or(0);
             let base = |kind| {
-                let mut e = BuildEvent::blank(kind, p.project.id.0, &name, source);
+                let mut e = BuildEvent::new(kind, p.project.id.0, &name, source);
                 e.project = Some(p.project.path_with_namespace.clone());
                 e.git_ref = Some(a.git_ref.clone());
                 e.sha = Some(a.sha.clone());
@@ -169,7 +170,7 @@ pub fn observe(event: &WebhookEvent, source: EventSource) -> Vec<Observation> {
         }
         WebhookEvent::Job(j) => {
             let base = |kind| {
-                let mut e = BuildEvent::blank(kind, j.project_id.0, &name, source);
+                let mut e = BuildEvent::new(kind, j.project_id.0, &name, source);
                 e.project = Some(j.project.path_with_namespace.clone());
                 e.git_ref = Some(j.git_ref.clone());
                 e.sha = Some(j.sha.clone());
@@ -195,7 +196,7 @@ pub fn observe(event: &WebhookEvent, source: EventSource) -> Vec<Observation> {
         }
         WebhookEvent::MergeRequest(m) => {
             let a = &m.object_attributes;
-            let mut e = BuildEvent::blank(EventKind::MergeRequest, m.project.id.0, &name, source);
+            let mut e = BuildEvent::new(EventKind::MergeRequest, m.project.id.0, &name, source);
             e.project = Some(m.project.path_with_namespace.clone());
             e.git_ref = Some(a.source_branch.clone());
             e.merge_request_iid = Some(a.iid.0);
@@ -206,7 +207,7 @@ pub fn observe(event: &WebhookEvent, source: EventSource) -> Vec<Observation> {
             out.push(Observation { event: e, max_job_id: 0 });
         }
         WebhookEvent::Push(p) | WebhookEvent::TagPush(p) => {
-            let mut e = BuildEvent::blank(EventKind::Push, p.project_id.0, &name, source);
+            let mut e = BuildEvent::new(EventKind::Push, p.project_id.0, &name, source);
             e.project = Some(p.project.path_with_namespace.clone());
             e.git_ref = Some(
                 p.git_ref
@@ -220,14 +221,14 @@ pub fn observe(event: &WebhookEvent, source: EventSource) -> Vec<Observation> {
             out.push(Observation { event: e, max_job_id: 0 });
         }
         WebhookEvent::Deployment(d) => {
-            let mut e = BuildEvent::blank(EventKind::Other, d.project.id.0, &name, source);
+            let mut e = BuildEvent::new(EventKind::Other, d.project.id.0, &name, source);
             e.project = Some(d.project.path_with_namespace.clone());
             e.status = Some(d.status.clone());
             out.push(Observation { event: e, max_job_id: 0 });
         }
         WebhookEvent::Other { body, .. } => {
             let project_id = event.project_id().map(|p| p.0).unwrap_or(0);
-            let mut e = BuildEvent::blank(EventKind::Other, project_id, &name, source);
+            let mut e = BuildEvent::new(EventKind::Other, project_id, &name, source);
             e.project = body.pointer("/project/path_with_namespace").and_then(|v| v.as_str()).map(str::to_owned);
             out.push(Observation { event: e, max_job_id: 0 });
         }

@@ -65,27 +65,13 @@ impl Reconciler {
             .try_collect()
             .await?;
         let max_job_id = jobs.iter().map(|j| j.id.0).max().unwrap_or(0);
-        let blank = |kind| BuildEvent {
-            seq: 0,
-            kind,
-            project_id,
-            project: path.clone(),
-            git_ref: Some(pipeline.git_ref.clone()),
-            sha: Some(pipeline.sha.clone()),
-            pipeline_id: Some(id),
-            job_id: None,
-            job_name: None,
-            stage: None,
-            status: None,
-            previous_status: None,
-            failure_reason: None,
-            merge_request_iid: None,
-            action: None,
-            url: None,
-            retry: false,
-            gitlab_event: "poll".into(),
-            source: EventSource::Poll,
-            received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        let blank = |kind| {
+            let mut e = BuildEvent::new(kind, project_id, "poll", EventSource::Poll);
+            e.project.clone_from(&path);
+            e.git_ref = Some(pipeline.git_ref.clone());
+            e.sha = Some(pipeline.sha.clone());
+            e.pipeline_id = Some(id);
+            e
         };
         let mut out = Vec::new();
         let mut jobs = jobs;
