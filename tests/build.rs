@@ -293,3 +293,27 @@ fn the_demo_builds_fetches_and_opens_the_merge_request() {
     let has_compiler = std::process::Command::new("arm-none-eabi-gcc").arg("--version").output().is_ok();
     assert_eq!(cross_dir.join("SKIPPED.txt").exists(), !has_compiler);
 }
+
+/// A pipeline blocked on a required manual job does not finish by itself: the build says so
+/// instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_waiting_for_a_person_is_reported_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = "stages: [build, deploy]\nbuild:\n  stage: build\n  script: 'true'\ngate:\n  stage: deploy\n  script: 'true'\n  when: manual\n  allow_failure: false\n";
+    let hal = gitlab_sim::fixtures::repo_with(dir.path(), "hal", &[(".gitlab-ci.yml", gated)]);
+    let fw = gitlab_sim::fixtures::repo_with(dir.path(), "fw", &[(".gitlab-ci.yml", &ci(false, 0))]);
+    let sim = Sim::start(SimConfig {
+        token: TOKEN.into(),
+        projects: vec![("acme/hal".into(), hal), ("acme/fw".into(), fw)],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let (config, _, _) = write_config(dir.path(), PROJECTS, 1);
+    let (code, out, err) = build(&config, sim.url(), &["hal", "--target", "t1"]);
+    assert_eq!(code, 1, "{err}");
+    let b = &out["builds"][0];
+    assert_eq!(b["status"], "manual", "{out}");
+    assert_eq!(b["reason"], "waiting for a manual job to be started on GitLab");
+    assert_eq!(b["jobs"]["gate"], "manual");
+}

@@ -318,6 +318,9 @@ impl Runner {
         }
         let status = self.wait(&project, pipeline.id, label, &mut events, outcome).await?;
         outcome.status = status.to_string();
+        if status.is_blocked() {
+            outcome.reason = Some("waiting for a manual job to be started on GitLab".into());
+        }
         self.reporter.line(label, &format!("pipeline {}: {status}", pipeline.id));
 
         // Logs of every job, and error.log at the first failed one.
@@ -430,7 +433,7 @@ impl Runner {
                             outcome.jobs.insert(name.clone(), status.to_string());
                             self.reporter.line(label, &format!("{name}: {status}"));
                         }
-                        cloudci_webhook::EventKind::Pipeline if status.is_completed() => return Ok(status),
+                        cloudci_webhook::EventKind::Pipeline if settled(&status) => return Ok(status),
                         _ => {}
                     }
                 }
@@ -438,7 +441,7 @@ impl Runner {
                 None => {
                     // Silence (or no event feed): ask GitLab, less often the longer it lasts.
                     let p = self.gitlab.pipeline(project.clone(), id).await?;
-                    if p.status.is_completed() {
+                    if settled(&p.status) {
                         return Ok(p.status);
                     }
                     poll_wait = (poll_wait * 2).min(Duration::from_secs(30)).max(Duration::from_millis(500));
@@ -528,6 +531,12 @@ impl Runner {
         }
         Ok(mr.web_url)
     }
+}
+
+/// Finished, or blocked on a person (a required manual job): either way, nothing more happens
+/// without someone acting, so the build reports where it stands instead of waiting forever.
+fn settled(status: &Status) -> bool {
+    status.is_completed() || status.is_blocked()
 }
 
 /// A name safe as one path component.

@@ -52,10 +52,12 @@ impl Hub {
         filter: EventFilter,
         after: Option<u64>,
     ) -> impl Stream<Item = Result<BuildEvent, crate::store::StoreError>> + Send + 'static + use<> {
-        // Subscribe before reading the log position, so nothing falls between the two.
+        // Subscribe before reading the log position, so nothing falls between the two; "from
+        // now" means from this call, not from the first poll of the stream.
         let rx = self.live.subscribe();
         let store = self.store.clone();
-        let state = Sub { store, rx, filter, last: after, catch_up: true, queue: Vec::new() };
+        let last = after.or_else(|| store.last_seq().ok());
+        let state = Sub { store, rx, filter, last, catch_up: true, queue: Vec::new() };
         futures_util::stream::unfold(state, |mut sub| async move {
             match sub.next().await {
                 Ok(e) => Some((Ok(e), sub)),
