@@ -180,6 +180,7 @@ async fn start_builds(
         reporter: Arc::new(Quiet),
         silence: Duration::from_secs(s.config.webhook.reconcile_after.clamp(1, 30)),
         records: Some(records),
+        follow_logs: false,
     };
     tokio::spawn(async move {
         if let Err(e) = runner.run(&plan).await {

@@ -140,6 +140,7 @@ async fn start(
         reporter: Arc::new(Quiet),
         silence: Duration::from_secs(config.webhook.reconcile_after.clamp(1, 30)),
         records: Some(records),
+        follow_logs: false,
     };
     tokio::spawn(async move {
         if let Err(e) = runner.run(&plan).await {

@@ -317,3 +317,16 @@ async fn a_pipeline_waiting_for_a_person_is_reported_not_waited_on() {
     assert_eq!(b["reason"], "waiting for a manual job to be started on GitLab");
     assert_eq!(b["jobs"]["gate"], "manual");
 }
+
+/// `--watch` shows job changes and the jobs' output as it comes, also without a daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_shows_jobs_and_their_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = two_projects(dir.path(), false, 2, "").await;
+    let (config, _, _) = write_config(dir.path(), PROJECTS, 1);
+    let (code, out, err) = build(&config, sim.url(), &["fw", "--target", "t1", "--watch"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("[fw/t1] build: running"), "{err}");
+    assert!(err.contains("[fw/t1 build] $ mkdir -p out"), "{err}");
+    assert!(err.contains("[fw/t1] pipeline ") && err.contains(": success"), "{err}");
+}

@@ -83,6 +83,7 @@ impl BuildArgs {
             reporter,
             silence: Duration::from_secs(config.webhook.reconcile_after.clamp(1, 30)),
             records: Some(records),
+            follow_logs: self.watch,
         };
         let (run_dir, outcomes) = runner.run(&plan).await?;
         print_outcomes(&outcomes, self.json, Some(&run_dir))?;

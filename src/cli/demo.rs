@@ -118,6 +118,7 @@ after_success = {{ merge_request = {{ target_branch = "main", title = "Add featu
             reporter: show.clone(),
             silence: Duration::from_secs(5),
             records: Some(super::build::open_records(&crate::state::StateDir::new(config.state_dir()), &plan)?),
+            follow_logs: false,
         };
         let (run_dir, outcomes) = runner.run(&plan).await?;
         for o in &outcomes {

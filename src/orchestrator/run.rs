@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudci_gitlab::types::{CreateMergeRequest, CreatePipeline, MergeOptions, Status};
-use cloudci_gitlab::{Gitlab, JobFilter, MergeRequestFilter, PipelineId, ProjectRef};
+use cloudci_gitlab::{Gitlab, JobFilter, JobId, MergeRequestFilter, PipelineId, ProjectRef};
 use cloudci_webhook::{BuildEvent, EventFilter, Hub};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -139,6 +139,10 @@ pub struct Runner {
     pub silence: Duration,
     /// Where build records go, with the id of each `(project, target)` of this run.
     pub records: Option<Records>,
+    /// Follow running jobs' logs as they grow: into the run's log files and, line by line, to the
+    /// reporter. (GitLab's API sends the whole log on every read, so this costs a full download
+    /// per poll; it is for watching, not the default.)
+    pub follow_logs: bool,
 }
 
 /// A build store and the record id of each `(project, target)` of the run.
@@ -316,7 +320,8 @@ impl Runner {
             let (pid, path, id) = (pipeline.project_id.map(|p| p.0).unwrap_or(0), b.gitlab.clone(), pipeline.id.0);
             let _ = tokio::task::spawn_blocking(move || store.track_pipeline(pid, &path, id)).await;
         }
-        let status = self.wait(&project, pipeline.id, label, &mut events, outcome).await?;
+        let log_dir = run_dir.join(&b.project).join(&b.target);
+        let status = self.wait(&project, pipeline.id, label, &mut events, outcome, &log_dir).await?;
         outcome.status = status.to_string();
         if status.is_blocked() {
             outcome.reason = Some("waiting for a manual job to be started on GitLab".into());
@@ -403,8 +408,10 @@ impl Runner {
         label: &str,
         events: &mut Option<std::pin::Pin<Box<dyn Stream<Item = BuildEvent> + Send>>>,
         outcome: &mut BuildOutcome,
+        log_dir: &Path,
     ) -> Result<Status, cloudci_gitlab::Error> {
         let mut poll_wait = self.silence;
+        let mut followed = std::collections::BTreeSet::new();
         loop {
             let next = match events.as_mut() {
                 Some(stream) => match tokio::time::timeout(poll_wait, stream.next()).await {
@@ -430,8 +437,8 @@ impl Runner {
                     match e.kind {
                         cloudci_webhook::EventKind::Job => {
                             let name = e.job_name.clone().unwrap_or_default();
-                            outcome.jobs.insert(name.clone(), status.to_string());
-                            self.reporter.line(label, &format!("{name}: {status}"));
+                            let job = e.job_id.unwrap_or(0);
+                            self.job_seen(project, label, log_dir, outcome, &mut followed, &name, job, &status);
                         }
                         cloudci_webhook::EventKind::Pipeline if settled(&status) => return Ok(status),
                         _ => {}
@@ -444,9 +451,45 @@ impl Runner {
                     if settled(&p.status) {
                         return Ok(p.status);
                     }
+                    // Without events, job changes are seen here (one more request per poll).
+                    let jobs: Vec<_> =
+                        self.gitlab.pipeline_jobs(project.clone(), id, &JobFilter::default()).try_collect().await?;
+                    for j in jobs {
+                        if outcome.jobs.get(&j.name) != Some(&j.status.to_string()) {
+                            self.job_seen(project, label, log_dir, outcome, &mut followed, &j.name, j.id.0, &j.status);
+                        }
+                    }
                     poll_wait = (poll_wait * 2).min(Duration::from_secs(30)).max(Duration::from_millis(500));
                 }
             }
+        }
+    }
+
+    /// A job's new status: recorded, reported, and its log followed once it runs (when asked).
+    #[allow(clippy::too_many_arguments)]
+    fn job_seen(
+        &self,
+        project: &ProjectRef,
+        label: &str,
+        log_dir: &Path,
+        outcome: &mut BuildOutcome,
+        followed: &mut std::collections::BTreeSet<u64>,
+        name: &str,
+        job: u64,
+        status: &Status,
+    ) {
+        outcome.jobs.insert(name.to_owned(), status.to_string());
+        self.reporter.line(label, &format!("{name}: {status}"));
+        let started = *status == Status::Running || status.is_completed();
+        if self.follow_logs && started && job != 0 && followed.insert(job) {
+            tokio::spawn(follow_log(
+                self.gitlab.clone(),
+                project.clone(),
+                JobId(job),
+                log_dir.join(format!("{}.log", sanitize(name))),
+                format!("{label} {name}"),
+                self.reporter.clone(),
+            ));
         }
     }
 
@@ -530,6 +573,47 @@ impl Runner {
                 .await?;
         }
         Ok(mr.web_url)
+    }
+}
+
+/// Appends a running job's new output to `path` and reports it line by line, until the job ends.
+async fn follow_log(
+    gitlab: Gitlab,
+    project: ProjectRef,
+    job: JobId,
+    path: PathBuf,
+    label: String,
+    reporter: Arc<dyn Reporter>,
+) {
+    use tokio::io::AsyncWriteExt;
+    if let Some(dir) = path.parent() {
+        let _ = tokio::fs::create_dir_all(dir).await;
+    }
+    let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await else { return };
+    let mut offset = 0;
+    let mut partial = String::new();
+    loop {
+        // Status first: output written before the job ended is in the read that follows.
+        let finished = match gitlab.job(project.clone(), job).await {
+            Ok(j) => j.status.is_completed(),
+            Err(e) => {
+                tracing::debug!("following a log: {e}");
+                true
+            }
+        };
+        if let Ok(chunk) = gitlab.job_trace_from(project.clone(), job, offset).await {
+            offset = chunk.next_offset;
+            let _ = file.write_all(&chunk.data).await;
+            partial.push_str(&String::from_utf8_lossy(&chunk.data));
+            while let Some(end) = partial.find('\n') {
+                let line: String = partial.drain(..=end).collect();
+                reporter.line(&label, line.trim_end());
+            }
+        }
+        if finished {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
