@@ -330,3 +330,40 @@ async fn watching_shows_jobs_and_their_output() {
     assert!(err.contains("[fw/t1 build] $ mkdir -p out"), "{err}");
     assert!(err.contains("[fw/t1] pipeline ") && err.contains(": success"), "{err}");
 }
+
+/// auto_merge and promote: the merge request is set to merge (and merges, its pipeline having
+/// passed), and the promotion pipeline gets the sha and the artifact job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_merge_and_promotion_happen_and_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = two_projects(dir.path(), false, 0, "").await;
+    let projects = PROJECTS.replace(
+        "after_success = { merge_request = { target_branch = \"main\" } }",
+        "after_success = { merge_request = { target_branch = \"main\" }, auto_merge = true, promote = { ref = \"main\", variables = { SUITE = \"hil\" } } }",
+    );
+    let (config, _, _) = write_config(dir.path(), &projects, 1);
+    let (code, out, err) = build(&config, sim.url(), &["fw", "--ref", "feature", "--target", "t1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let gitlab = client(sim.url());
+    let mrs: Vec<_> =
+        gitlab.merge_requests(ProjectRef::from("acme/fw"), &MergeRequestFilter::default()).try_collect().await.unwrap();
+    assert_eq!(mrs.len(), 1);
+    assert_eq!(mrs[0].state, "merged", "the pipeline had passed, so auto-merge merged it");
+    let sha = out["builds"][0]["sha"].as_str().unwrap().to_owned();
+    let on_main: Vec<_> = gitlab
+        .pipelines(ProjectRef::from("acme/fw"), &PipelineFilter { git_ref: Some("main".into()), ..Default::default() })
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(on_main.len(), 1, "one promotion pipeline");
+    let vars = gitlab.pipeline_variables("acme/fw", on_main[0].id).await.unwrap();
+    let var = |k: &str| vars.iter().find(|v| v.key == k).map(|v| v.value.clone()).unwrap_or_default();
+    assert_eq!(var("CLOUDCI_SHA"), sha);
+    assert_eq!(var("SUITE"), "hil");
+    let job: u64 = var("CLOUDCI_ARTIFACT_JOB").parse().unwrap();
+    assert!(gitlab.job("acme/fw", cloudci_gitlab::JobId(job)).await.unwrap().artifacts_file.is_some());
+    // Recorded and visible.
+    let status = cloudci(&config, sim.url(), TOKEN, &["status", "--json"]).output().unwrap();
+    let list: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(list[0]["promoted"].as_str().unwrap().contains(&format!("/pipelines/{}", on_main[0].id)), "{list}");
+}

@@ -271,7 +271,13 @@ fn inherited_env() -> Vec<(String, String)> {
 fn script_text(before: &[String], script: &[String]) -> String {
     let mut text = String::from("set -eo pipefail\nexec 2>&1\n");
     for line in before.iter().chain(script) {
-        let shown = line.replace('\'', r"'\''");
+        // Like the runner: a multi-line entry is shown by its first line only.
+        let trimmed = line.trim_end();
+        let shown = match trimmed.split_once('\n') {
+            Some((first, _)) => format!("{first} # collapsed multi-line command"),
+            None => trimmed.to_owned(),
+        };
+        let shown = shown.replace('\'', r"'\''");
         text.push_str(&format!("printf '%s\\n' '$ {shown}'\n{line}\n"));
     }
     text

@@ -48,8 +48,8 @@ impl DemoArgs {
         let temp = tempfile::Builder::new().prefix("cloudci-demo-").tempdir()?;
         let root = self.dir.clone().unwrap_or_else(|| temp.path().to_owned());
         std::fs::create_dir_all(&root)?;
-        let show: Arc<dyn Reporter> =
-            if !self.json || stderr_is_terminal() { Arc::new(StderrReporter) } else { Arc::new(Quiet) };
+        let verbose = !self.json || stderr_is_terminal();
+        let show: Arc<dyn Reporter> = if verbose { Arc::new(StderrReporter) } else { Arc::new(Quiet) };
         show.line("demo", &format!("working in {}", root.display()));
 
         // The example firmware as a git repository, with a `feature` branch to build and merge.
@@ -118,7 +118,8 @@ after_success = {{ merge_request = {{ target_branch = "main", title = "Add featu
             reporter: show.clone(),
             silence: Duration::from_secs(5),
             records: Some(super::build::open_records(&crate::state::StateDir::new(config.state_dir()), &plan)?),
-            follow_logs: false,
+            // Status and the jobs' output as they come, for whoever is watching.
+            follow_logs: verbose,
         };
         let (run_dir, outcomes) = runner.run(&plan).await?;
         for o in &outcomes {
