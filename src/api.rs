@@ -383,6 +383,21 @@ async fn pipeline_action(
     let store = s.builds.clone();
     let saved = b.clone();
     tokio::task::spawn_blocking(move || store.save(&saved)).await.map_err(internal)?.map_err(internal)?;
+    // Follow the pipeline to its new final state, so the record does not stay "running".
+    let follow = (g, s.builds.clone(), b.clone(), Duration::from_secs(s.config.webhook.reconcile_after.clamp(1, 30)));
+    tokio::spawn(async move {
+        let (g, store, mut b, every) = follow;
+        let project = ProjectRef::parse(&b.gitlab);
+        loop {
+            tokio::time::sleep(every.min(Duration::from_secs(5))).await;
+            let Ok(p) = g.pipeline(project.clone(), PipelineId(pipeline)).await else { continue };
+            if p.status.is_completed() || p.status.is_blocked() {
+                b.status = p.status.to_string();
+                let _ = tokio::task::spawn_blocking(move || store.save(&b)).await;
+                return;
+            }
+        }
+    });
     Ok((StatusCode::ACCEPTED, axum::Json(b)).into_response())
 }
 

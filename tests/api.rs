@@ -117,6 +117,18 @@ async fn ide_plugin_flow_over_the_local_api() {
 
     let retry = http.post(format!("{api}/v1/builds/{id}/retry")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(retry.status(), 202);
+    assert_eq!(retry.json::<Value>().await.unwrap()["status"], "running");
+    // The retried pipeline (nothing failed, so nothing reran) is followed back to its final state.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let b: Value =
+            http.get(format!("{api}/v1/builds/{id}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        if b["status"] == "success" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{b}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let cancel = http.post(format!("{api}/v1/builds/{id}/cancel")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(cancel.status(), 202);
 

@@ -171,6 +171,35 @@ async fn a_delivery_acknowledged_before_a_crash_is_delivered_after_restart() {
     drop(daemon);
 }
 
+/// Flags override the file: the listeners and the public URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_override_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _, file_api_port) = write_config(dir.path(), "", 30);
+    let (hook, api) = (free_port(), free_port());
+    let _daemon = serve(
+        &config,
+        "http://127.0.0.1:9",
+        TOKEN,
+        &[
+            "--listen",
+            &format!("127.0.0.1:{hook}"),
+            "--public-url",
+            &format!("http://127.0.0.1:{hook}"),
+            "--api-listen",
+            &format!("127.0.0.1:{api}"),
+        ],
+    );
+    let mut events = Events::open(api, &token(&config), "").await;
+    assert!(events.next(Duration::from_millis(100)).await.is_none());
+    assert!(
+        reqwest::Client::new().get(format!("http://127.0.0.1:{file_api_port}/v1/openapi.json")).send().await.is_err()
+    );
+    let out = cloudci(&config, "http://127.0.0.1:9", TOKEN, &["hooks", "show", "--json"]).output().unwrap();
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(shown["url"].as_str().unwrap().starts_with(&format!("http://127.0.0.1:{hook}/hooks/")));
+}
+
 #[test]
 fn bad_configs_name_the_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,11 +15,33 @@ pub struct ServeArgs {
     /// Do not register hooks on GitLab (receive only what is already pointed here).
     #[arg(long)]
     no_hooks: bool,
+    /// The public listener, over `[webhook] listen`.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// The URL GitLab reaches the listener at (implies no tunnel), over `[webhook] public_url`.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// The local API's address, over `[api] listen`.
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<std::net::SocketAddr>,
 }
 
 impl ServeArgs {
     /// Runs until SIGINT or SIGTERM.
     pub async fn run(self, config: &Config) -> Result<(), Failure> {
+        // Flags override the file.
+        let mut config = config.clone();
+        if let Some(addr) = self.listen {
+            config.webhook.listen = addr;
+        }
+        if let Some(url) = &self.public_url {
+            config.webhook.public_url = Some(url.clone());
+            config.webhook.tunnel = Some(crate::config::TunnelKind::None);
+        }
+        if let Some(addr) = self.api_listen {
+            config.api.listen = addr;
+        }
+        let config = &config;
         let daemon = Daemon::start(config, !self.no_hooks).await.map_err(Failure::from)?;
         crate::say!("receiving GitLab webhooks at {}/hooks/… (listening on {})", daemon.public_url, daemon.public_addr);
         crate::say!("local API at http://{} (event stream: /v1/events)", daemon.api_addr);
