@@ -367,3 +367,24 @@ async fn auto_merge_and_promotion_happen_and_are_recorded() {
     let list: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert!(list[0]["promoted"].as_str().unwrap().contains(&format!("/pipelines/{}", on_main[0].id)), "{list}");
 }
+
+/// Writes that fail before or after GitLab carried them out (a proxy's 502): every build still
+/// gets exactly one pipeline, and the project exactly one merge request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_failures_never_duplicate_a_pipeline_or_merge_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = two_projects(dir.path(), false, 0, "api_5xx_after=0.7,api_5xx=0.1").await;
+    let (config, _, _) = write_config(dir.path(), PROJECTS, 1);
+    let (code, out, err) = build(&config, sim.url(), &["all", "--ref", "feature", "--watch"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("checking whether GitLab started it"), "the fault never hit a create:\n{err}");
+    let gitlab = client(sim.url());
+    for project in ["acme/hal", "acme/fw"] {
+        let ps: Vec<_> =
+            gitlab.pipelines(ProjectRef::from(project), &PipelineFilter::default()).try_collect().await.unwrap();
+        assert_eq!(ps.len(), 2, "{project}: {ps:#?}");
+    }
+    let mrs: Vec<_> =
+        gitlab.merge_requests(ProjectRef::from("acme/fw"), &MergeRequestFilter::default()).try_collect().await.unwrap();
+    assert_eq!(mrs.len(), 1);
+}

@@ -222,7 +222,13 @@ async fn guard(Ax(shared): Sh, headers: HeaderMap, uri: Uri, req: Request, next:
         return (StatusCode::BAD_GATEWAY, [("content-type", "text/html")], "<html><body>502 Bad Gateway</body></html>")
             .into_response();
     }
-    next.run(req).await
+    let is_post = req.method() == axum::http::Method::POST;
+    let resp = next.run(req).await;
+    if is_post && resp.status().is_success() && faults.chance(faults.spec.api_5xx_after) {
+        return (StatusCode::BAD_GATEWAY, [("content-type", "text/html")], "<html><body>502 Bad Gateway</body></html>")
+            .into_response();
+    }
+    resp
 }
 
 async fn fallback() -> ApiError {

@@ -9,6 +9,8 @@
 //! - `reorder=P`: a delivery is held back up to 1 s more, so later events overtake it.
 //! - `api_429=P`: an API call is answered 429 `Retry later` with `Retry-After: 1`.
 //! - `api_5xx=P`: an API call is answered 502 before it is carried out.
+//! - `api_5xx_after=P`: a POST is carried out, then answered 502 (a proxy that timed out): the
+//!   client cannot tell whether it happened.
 //! - `pipeline_limit=N`: at most N pipelines per project per minute, then 429.
 //! - `no_auto_disable`: hooks are never auto-disabled after failures.
 //! - `disable_backoff_ms=N`: the first auto-disable lasts N ms instead of GitLab's minute.
@@ -34,6 +36,8 @@ pub struct FaultSpec {
     pub api_429: f64,
     /// Probability an API call gets 502.
     pub api_5xx: f64,
+    /// Probability a POST gets 502 after it was carried out.
+    pub api_5xx_after: f64,
     /// Pipelines per project per minute.
     pub pipeline_limit: Option<u32>,
     /// Never auto-disable hooks.
@@ -63,6 +67,7 @@ impl std::str::FromStr for FaultSpec {
                 "reorder" => f.reorder = prob()?,
                 "api_429" => f.api_429 = prob()?,
                 "api_5xx" => f.api_5xx = prob()?,
+                "api_5xx_after" => f.api_5xx_after = prob()?,
                 "delay" => {
                     let (a, b) = value.split_once("..").unwrap_or((value, value));
                     let (a, b) = (a.parse::<u64>(), b.parse::<u64>());
@@ -76,7 +81,7 @@ impl std::str::FromStr for FaultSpec {
                 "disable_backoff_ms" => f.disable_backoff_ms = Some(int()?),
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?} (known: drop, duplicate, delay, reorder, api_429, api_5xx, pipeline_limit, no_auto_disable, disable_backoff_ms)"
+                        "unknown fault {other:?} (known: drop, duplicate, delay, reorder, api_429, api_5xx, api_5xx_after, pipeline_limit, no_auto_disable, disable_backoff_ms)"
                     ));
                 }
             }

@@ -142,10 +142,13 @@ pub(super) fn dry_run(config: &Config, plan: &Plan, actions: bool) -> Vec<String
                         "<default branch>".into()
                     }
                 };
-                let body = serde_json::json!({
-                    "ref": git_ref,
-                    "variables": b.variables.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v, "variable_type": "env_var"})).collect::<Vec<_>>(),
-                });
+                let mut variables: Vec<serde_json::Value> = b
+                    .variables
+                    .iter()
+                    .map(|(k, v)| serde_json::json!({"key": k, "value": v, "variable_type": "env_var"}))
+                    .collect();
+                variables.push(serde_json::json!({"key": orchestrator::run::REQUEST_VARIABLE, "value": "<random id>", "variable_type": "env_var"}));
+                let body = serde_json::json!({"ref": git_ref, "variables": variables});
                 lines.push(format!("POST {path}/pipeline  {body}  # {}/{}", b.project, b.target));
                 lines.push(format!(
                     "GET  {path}/pipelines/<id>  (when webhooks are silent) and /pipelines/<id>/jobs, /jobs/<id>/trace"

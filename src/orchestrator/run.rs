@@ -232,6 +232,60 @@ impl Runner {
         outcomes
     }
 
+    /// Starts the pipeline. When GitLab may or may not have done it ([`Error::MaybeApplied`]),
+    /// looks for a pipeline carrying this request's id and adopts it, or tries again when there
+    /// is none — never two pipelines for one build.
+    async fn start_pipeline(
+        &self,
+        project: &ProjectRef,
+        params: &CreatePipeline,
+        label: &str,
+    ) -> Result<cloudci_gitlab::types::Pipeline, cloudci_gitlab::Error> {
+        let since = chrono::Utc::now() - chrono::Duration::seconds(10);
+        let request = params.variables.iter().find(|v| v.key == REQUEST_VARIABLE).map(|v| v.value.clone());
+        let mut attempts = 0;
+        loop {
+            match self.gitlab.create_pipeline(project.clone(), params).await {
+                Ok(p) => return Ok(p),
+                Err(e @ cloudci_gitlab::Error::MaybeApplied { .. }) if attempts < 3 => {
+                    attempts += 1;
+                    self.reporter.line(label, &format!("{e}; checking whether GitLab started it"));
+                    if let Some(id) = &request
+                        && let Some(p) = self.find_pipeline(project, &params.git_ref, id, since).await?
+                    {
+                        self.reporter.line(label, &format!("it did: pipeline {}", p.id));
+                        return Ok(p);
+                    }
+                    self.reporter.line(label, "it did not; starting it again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn find_pipeline(
+        &self,
+        project: &ProjectRef,
+        git_ref: &str,
+        request: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<cloudci_gitlab::types::Pipeline>, cloudci_gitlab::Error> {
+        let filter = cloudci_gitlab::PipelineFilter {
+            git_ref: Some(git_ref.to_owned()),
+            source: Some("api".into()),
+            updated_after: Some(since),
+            ..Default::default()
+        };
+        let candidates: Vec<_> = self.gitlab.pipelines(project.clone(), &filter).take(50).try_collect().await?;
+        for c in candidates {
+            let vars = self.gitlab.pipeline_variables(project.clone(), c.id).await?;
+            if vars.iter().any(|v| v.key == REQUEST_VARIABLE && v.value == request) {
+                return self.gitlab.pipeline(project.clone(), c.id).await.map(Some);
+            }
+        }
+        Ok(None)
+    }
+
     /// Saves where a build stands into the build store, if there is one.
     async fn record(&self, b: &PlannedBuild, o: &BuildOutcome, status: &str, run_dir: &Path) {
         let Some((store, ids)) = &self.records else { return };
@@ -309,7 +363,10 @@ impl Runner {
         for (k, v) in &b.variables {
             params = params.variable(k.clone(), v.clone());
         }
-        let pipeline = self.gitlab.create_pipeline(project.clone(), &params).await?;
+        // Names this request, so that after an ambiguous failure the pipeline it may have
+        // created can be recognised (and not started a second time).
+        params = params.variable(REQUEST_VARIABLE, cloudci_webhook::secrets::random_token(12));
+        let pipeline = self.start_pipeline(&project, &params, label).await?;
         outcome.pipeline_id = Some(pipeline.id.0);
         outcome.pipeline_url = Some(pipeline.web_url.clone());
         outcome.sha = Some(pipeline.sha.clone());
@@ -553,18 +610,24 @@ impl Runner {
             target_branch: Some(target.to_owned()),
             state: Some("opened".into()),
         };
-        let existing: Vec<_> = self.gitlab.merge_requests(project.clone(), &filter).try_collect().await?;
-        let mr = match existing.into_iter().next() {
-            Some(mr) => mr,
-            None => {
-                let params = CreateMergeRequest {
-                    source_branch: source.to_owned(),
-                    target_branch: target.to_owned(),
-                    title: title.map(str::to_owned).unwrap_or_else(|| format!("{source}: built by cloudci")),
-                    description: Some("Opened by cloudci after every target built successfully.".into()),
-                    ..Default::default()
-                };
-                self.gitlab.create_merge_request(project.clone(), &params).await?
+        let params = CreateMergeRequest {
+            source_branch: source.to_owned(),
+            target_branch: target.to_owned(),
+            title: title.map(str::to_owned).unwrap_or_else(|| format!("{source}: built by cloudci")),
+            description: Some("Opened by cloudci after every target built successfully.".into()),
+            ..Default::default()
+        };
+        // Find, else open; after an ambiguous failure, find again before opening again.
+        let mut attempts = 0;
+        let mr = loop {
+            let existing: Vec<_> = self.gitlab.merge_requests(project.clone(), &filter).try_collect().await?;
+            if let Some(mr) = existing.into_iter().next() {
+                break mr;
+            }
+            match self.gitlab.create_merge_request(project.clone(), &params).await {
+                Ok(mr) => break mr,
+                Err(cloudci_gitlab::Error::MaybeApplied { .. }) if attempts < 3 => attempts += 1,
+                Err(e) => return Err(e),
             }
         };
         if auto_merge && !mr.merge_when_pipeline_succeeds {
@@ -616,6 +679,9 @@ async fn follow_log(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
+
+/// The CI variable holding the id of the request that started a pipeline.
+pub const REQUEST_VARIABLE: &str = "CLOUDCI_REQUEST";
 
 /// Finished, or blocked on a person (a required manual job): either way, nothing more happens
 /// without someone acting, so the build reports where it stands instead of waiting forever.
