@@ -378,7 +378,12 @@ async fn ambiguous_failures_never_duplicate_a_pipeline_or_merge_request() {
     let (code, out, err) = build(&config, sim.url(), &["all", "--ref", "feature", "--watch"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("checking whether GitLab started it"), "the fault never hit a create:\n{err}");
-    let gitlab = client(sim.url());
+    // The sim fails reads too: this checking client retries them, as cloudci's does.
+    let gitlab = Gitlab::builder(sim.url())
+        .private_token(SecretString::from(TOKEN))
+        .retry(RetryPolicy { base: Duration::from_millis(20), ..RetryPolicy::default() })
+        .build()
+        .unwrap();
     for project in ["acme/hal", "acme/fw"] {
         let ps: Vec<_> =
             gitlab.pipelines(ProjectRef::from(project), &PipelineFilter::default()).try_collect().await.unwrap();
