@@ -58,6 +58,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/builds/{id}/source", get(source))
         .route("/v1/builds/{id}/cancel", post(cancel))
         .route("/v1/builds/{id}/retry", post(retry))
+        .route("/v1/watch", post(watch))
         .route("/v1/openapi.json", get(openapi))
         .route("/", get(dashboard))
         .with_state(state.clone())
@@ -188,6 +189,36 @@ async fn start_builds(
         }
     });
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"run": run, "builds": builds}))).into_response())
+}
+
+/// `POST /v1/watch` body: a pipeline started elsewhere (by `cloudci build`) that the daemon
+/// should follow, polling GitLab if its webhooks stay silent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Watch {
+    project_id: u64,
+    project: String,
+    pipeline_id: u64,
+}
+
+async fn watch(
+    State(s): State<ApiState>,
+    Authorized(claims): Authorized,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let w: Watch = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))?;
+    if !claims.allows(&w.project) {
+        return Err(
+            ApiError::new(StatusCode::FORBIDDEN, format!("this token may not watch {}", w.project)).field("project")
+        );
+    }
+    let store = s.events.hub.store().clone();
+    tokio::task::spawn_blocking(move || store.track_pipeline(w.project_id, &w.project, w.pipeline_id))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Debug, Deserialize)]

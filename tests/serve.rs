@@ -289,3 +289,27 @@ async fn new_commits_are_rebuilt_and_final_states_notified() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A build started by the CLI is handed to the daemon, whose reconciler reports its final state
+/// to every subscriber even when GitLab's deliveries never arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_builds_are_watched_by_the_daemon_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(dir.path(), "drop=1").await;
+    let (config, _, api_port) = write_config(dir.path(), PROJECT, 1);
+    let _daemon = serve(&config, sim.url(), TOKEN, &[]);
+    let mut events = Events::open(api_port, &token(&config), "").await;
+    let out = cloudci(&config, sim.url(), TOKEN, &["build", "firmware", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = summary["builds"][0]["pipeline_url"].as_str().unwrap().rsplit('/').next().unwrap().parse::<u64>().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let e = events.next(left).await.expect("the daemon never reported the CLI's pipeline");
+        if e["kind"] == "pipeline" && e["pipeline_id"] == id && e["status"] == "success" {
+            assert_eq!(e["source"], "poll", "no webhook was delivered, so it came from polling");
+            break;
+        }
+    }
+}

@@ -372,10 +372,26 @@ impl Runner {
         outcome.sha = Some(pipeline.sha.clone());
         self.reporter.line(label, &format!("pipeline {} started: {}", pipeline.id, pipeline.web_url));
         self.record(b, outcome, "running", run_dir).await;
-        if let EventFeed::Hub(hub) = &self.feed {
-            let store = hub.store().clone();
-            let (pid, path, id) = (pipeline.project_id.map(|p| p.0).unwrap_or(0), b.gitlab.clone(), pipeline.id.0);
-            let _ = tokio::task::spawn_blocking(move || store.track_pipeline(pid, &path, id)).await;
+        // Tell the daemon, so its reconciler covers this pipeline if the webhooks stay silent.
+        let (pid, path, id) = (pipeline.project_id.map(|p| p.0).unwrap_or(0), b.gitlab.clone(), pipeline.id.0);
+        match &self.feed {
+            EventFeed::Hub(hub) => {
+                let store = hub.store().clone();
+                let _ = tokio::task::spawn_blocking(move || store.track_pipeline(pid, &path, id)).await;
+            }
+            EventFeed::Remote { api_url, token } => {
+                let sent = reqwest::Client::new()
+                    .post(format!("{api_url}/v1/watch"))
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({"project_id": pid, "project": path, "pipeline_id": id}))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                if !sent.is_ok_and(|r| r.status().is_success()) {
+                    tracing::warn!(pipeline.id = id, "the daemon did not take the pipeline to watch");
+                }
+            }
+            EventFeed::None => {}
         }
         let log_dir = run_dir.join(&b.project).join(&b.target);
         let status = self.wait(&project, pipeline.id, label, &mut events, outcome, &log_dir).await?;
