@@ -29,7 +29,7 @@ pub const MAX_BODY: usize = 25 * 1024 * 1024;
 /// What the public listener needs.
 #[derive(Debug, Clone)]
 pub struct Receiver {
-    secrets: Arc<std::sync::RwLock<HookSecrets>>,
+    secrets: Arc<std::sync::RwLock<Arc<HookSecrets>>>,
     hub: Hub,
     wake: Arc<Notify>,
     probe: Arc<str>,
@@ -40,7 +40,7 @@ impl Receiver {
     /// value: `GET /probe/{probe}` answers 204, so a tunnel can be checked end to end.
     pub fn new(secrets: HookSecrets, hub: Hub, probe: String) -> Self {
         Self {
-            secrets: Arc::new(std::sync::RwLock::new(secrets)),
+            secrets: Arc::new(std::sync::RwLock::new(Arc::new(secrets))),
             hub,
             wake: Arc::new(Notify::new()),
             probe: probe.into(),
@@ -49,7 +49,7 @@ impl Receiver {
 
     /// Replaces the secrets (token or path rotation) without a restart.
     pub fn set_secrets(&self, secrets: HookSecrets) {
-        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = secrets;
+        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(secrets);
     }
 
     /// The processor that turns stored deliveries into events.
