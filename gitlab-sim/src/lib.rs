@@ -317,11 +317,6 @@ impl Sim {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
-
-    /// How many jobs are running now (for tests and benchmarks).
-    pub fn running_jobs(&self) -> usize {
-        self.shared.lock().jobs.values().filter(|j| j.status == Status::Running).count()
-    }
 }
 
 impl Drop for Sim {

@@ -126,7 +126,7 @@ impl LogsArgs {
             None
         };
         for (name, job) in jobs {
-            if jobs_header_needed(&self.job) {
+            if self.job.is_none() {
                 crate::say!("==> {name} ({}) <==", job.status);
             }
             match (&job.log, &gitlab) {
@@ -154,10 +154,6 @@ impl LogsArgs {
         }
         Ok(())
     }
-}
-
-fn jobs_header_needed(job: &Option<String>) -> bool {
-    job.is_none()
 }
 
 /// A build's firmware: copy its artifacts folder.

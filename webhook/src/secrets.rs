@@ -79,15 +79,6 @@ impl SecretFiles {
         self.write(name, &value)?;
         Ok(SecretString::from(value))
     }
-
-    /// Removes `name` if present.
-    pub fn remove(&self, name: &str) -> Result<(), SecretFileError> {
-        let path = self.path(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SecretFileError { path, source: e }),
-            _ => Ok(()),
-        }
-    }
 }
 
 /// Creates `dir` (and parents) with mode 0700 for the last component.

@@ -294,15 +294,6 @@ impl Store {
         })?;
         Ok(rows.filter_map(Result::ok).collect())
     }
-
-    /// The last accepted status of a pipeline.
-    pub fn pipeline_status(&self, pipeline_id: u64) -> Result<Option<Status>, StoreError> {
-        let s: Option<String> = self
-            .conn()
-            .query_row("SELECT status FROM pipelines WHERE id = ?1", [pipeline_id as i64], |r| r.get(0))
-            .optional()?;
-        Ok(s.map(|s| Status::parse(&s)))
-    }
 }
 
 fn known_pipeline(tx: &rusqlite::Transaction<'_>, id: u64) -> Result<Option<Known>, rusqlite::Error> {
