@@ -147,7 +147,7 @@ async fn a_delivery_acknowledged_before_a_crash_is_delivered_after_restart() {
     let out = cloudci(&config, "http://127.0.0.1:9", TOKEN, &["hooks", "show", "--json"]).output().unwrap();
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(shown["url"].as_str().unwrap().starts_with(&format!("http://127.0.0.1:{hook_port}/hooks/")));
-    let samples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/gitlab-reference/samples");
+    let samples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("gitlab/tests/fixtures");
     let body = std::fs::read(samples.join("webhook-pipeline-event.json")).unwrap();
     let resp = reqwest::Client::new()
         .post(shown["url"].as_str().unwrap())

@@ -10,7 +10,7 @@ use common::*;
 use serde_json::{Value, json};
 
 fn sample(name: &str) -> Value {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/gitlab-reference/samples");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gitlab/tests/fixtures");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap();
     if let Value::Array(items) = v { items.into_iter().next().unwrap() } else { v }
 }

@@ -48,7 +48,7 @@ fn client(url: &str) -> Gitlab {
 }
 
 fn sample_keys(name: &str) -> BTreeSet<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/gitlab-reference/samples");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gitlab/tests/fixtures");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap();
     v.as_object().unwrap().keys().cloned().collect()
 }
@@ -146,8 +146,7 @@ async fn deliveries_carry_gitlabs_headers_and_the_samples_keys() {
         .unwrap();
     let sample: Value = serde_json::from_str(
         &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/gitlab-reference/samples/webhook-pipeline-event.json"),
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gitlab/tests/fixtures/webhook-pipeline-event.json"),
         )
         .unwrap(),
     )

@@ -1,4 +1,5 @@
-//! Every verbatim GitLab sample in `shared/gitlab-reference/samples` decodes into its type and
+//! Every verbatim GitLab sample in `tests/fixtures` (from GitLab's docs; see its `SOURCES.md`)
+//! decodes into its type and
 //! serializes back to the same JSON (a `null` and an absent key count as the same; numbers compare
 //! by value, so `17` and `17.0` are equal).
 
@@ -13,7 +14,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 fn samples_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/gitlab-reference/samples");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     assert!(dir.is_dir(), "the shared samples are missing: expected {}", dir.display());
     dir
 }

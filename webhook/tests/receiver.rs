@@ -48,7 +48,7 @@ async fn stack(db: &std::path::Path, signing: bool) -> Stack {
 }
 
 fn samples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/gitlab-reference/samples")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gitlab/tests/fixtures")
 }
 
 struct Post<'a> {
