@@ -173,3 +173,138 @@ pub struct HookDelivery {
     #[serde(flatten)]
     pub extra: Extra,
 }
+
+/// `response_status` of a logged delivery. GitLab stores it in a string column, so the events API
+/// sends `"200"`; a delivery that got no answer (timeout, connection failure, body over 25 MB) is
+/// `"internal error"`. A number is accepted too (older versions, other servers) and kept as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HookResponseStatus {
+    /// Sent as a JSON number.
+    Number(u16),
+    /// Sent as text: a code (`"200"`) or `"internal error"`.
+    Text(String),
+}
+
+impl HookResponseStatus {
+    /// GitLab's text for a delivery that got no HTTP answer.
+    pub const INTERNAL_ERROR: &'static str = "internal error";
+
+    /// The HTTP status, when an answer came.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Self::Number(n) => Some(*n),
+            Self::Text(t) => t.trim().parse().ok(),
+        }
+    }
+
+    /// True when the receiver answered 2xx or 3xx: GitLab counts those as delivered and resets
+    /// the hook's failure count.
+    pub fn delivered(&self) -> bool {
+        self.code().is_some_and(|c| (200..400).contains(&c))
+    }
+
+    /// True when no HTTP answer came (`internal error`).
+    pub fn is_internal_error(&self) -> bool {
+        matches!(self, Self::Text(t) if t == Self::INTERNAL_ERROR)
+    }
+}
+
+impl fmt::Display for HookResponseStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// One entry of a hook's delivery log (`GET /projects/:id/hooks/:hook_id/events`, GitLab 17.3+),
+/// the typed form of [`HookDelivery`]. GitLab lists the past 7 days, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HookEvent {
+    /// Log entry id (what [`crate::Gitlab::resend_hook_event`] takes).
+    pub id: u64,
+    /// The URL it was sent to (credentials masked).
+    pub url: String,
+    /// What triggered it, e.g. `pipeline_hooks`, `job_hooks`, `push_hooks`.
+    pub trigger: String,
+    /// Headers sent; `X-Gitlab-Token` and custom header values show as `[REDACTED]`.
+    #[serde(default)]
+    pub request_headers: std::collections::BTreeMap<String, String>,
+    /// The payload sent (`{"oversize": true}` when it was too big to keep).
+    #[serde(default)]
+    pub request_data: serde_json::Value,
+    /// The receiver's status, or `internal error`.
+    pub response_status: HookResponseStatus,
+    /// The receiver's body (GitLab keeps up to 8 KB).
+    #[serde(default)]
+    pub response_body: Option<String>,
+    /// Seconds the delivery took.
+    #[serde(default)]
+    pub execution_duration: Option<f64>,
+    /// Everything else GitLab sent (`response_headers`, ...).
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl HookEvent {
+    /// A request header's value, looked up case-insensitively.
+    pub fn request_header(&self, name: &str) -> Option<&str> {
+        self.request_headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The delivery's `Idempotency-Key` (= `webhook-id`; GitLab 17.4+), the same on every resend:
+    /// what a receiver de-duplicates on.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.request_header("Idempotency-Key").or_else(|| self.request_header("webhook-id"))
+    }
+
+    /// The event name (`X-Gitlab-Event`), e.g. `Pipeline Hook`.
+    pub fn event_name(&self) -> Option<&str> {
+        self.request_header("X-Gitlab-Event")
+    }
+}
+
+/// A `status` filter value of the delivery log, as `lib/api/hooks/events.rb` accepts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookEventStatus {
+    /// `successful`: 200-299.
+    Successful,
+    /// `client_failure`: 400-499.
+    ClientFailure,
+    /// `server_failure`: 500-599 and `internal error` (no answer at all).
+    ServerFailure,
+    /// One HTTP status code (GitLab accepts the codes Rack knows).
+    Code(u16),
+}
+
+impl HookEventStatus {
+    /// The query value.
+    pub fn as_query(&self) -> String {
+        match self {
+            Self::Successful => "successful".into(),
+            Self::ClientFailure => "client_failure".into(),
+            Self::ServerFailure => "server_failure".into(),
+            Self::Code(c) => c.to_string(),
+        }
+    }
+}
+
+/// Filters for `GET /projects/:id/hooks/:hook_id/events`. Unset fields are not sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HookEventFilter {
+    /// Only entries with this status or status category.
+    pub status: Option<HookEventStatus>,
+}
+
+/// The answer to `POST /projects/:id/hooks/:hook_id/events/:hook_event_id/resend` (201): the
+/// receiver's status for the resent delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HookEventResend {
+    /// The receiver's HTTP status (a number here, unlike the log's text).
+    pub response_status: HookResponseStatus,
+    /// Everything else GitLab sent.
+    #[serde(flatten)]
+    pub extra: Extra,
+}

@@ -16,7 +16,10 @@ mod time;
 mod user;
 
 pub use branch::{Branch, BranchCommit};
-pub use hook::{HookDelivery, HookEvents, HookParams, ProjectHook};
+pub use hook::{
+    HookDelivery, HookEvent, HookEventFilter, HookEventResend, HookEventStatus, HookEvents, HookParams,
+    HookResponseStatus, ProjectHook,
+};
 pub use job::{ArtifactsFile, Job, JobArtifact, JobCommit, JobPipeline, JobScope};
 pub use merge_request::{CreateMergeRequest, MergeOptions, MergeRequest, MergeRequestPipeline};
 pub use pipeline::{CreatePipeline, DetailedStatus, Pipeline, PipelineBasic, PipelineVariable, VariableType};
