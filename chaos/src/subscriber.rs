@@ -1,0 +1,177 @@
+//! The subscriber: `GET /v1/events` with a Bearer token, as an IDE plugin would follow it. When
+//! the connection drops (serve killed) it reconnects every 200 ms and resumes with
+//! `Last-Event-ID` = the id of the last event it got. Every event is recorded with the time it
+//! arrived.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+
+/// One event as the subscriber received it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Received {
+    pub(crate) seq: u64,
+    pub(crate) kind: String,
+    pub(crate) pipeline_id: Option<u64>,
+    pub(crate) job_id: Option<u64>,
+    pub(crate) job_name: Option<String>,
+    pub(crate) status: Option<String>,
+    pub(crate) retry: bool,
+    /// `webhook` or `poll`.
+    pub(crate) source: Option<String>,
+    pub(crate) received: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    events: Vec<Received>,
+    last_event: Option<Instant>,
+    connects: u32,
+}
+
+/// What the subscriber counted besides the events.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stats {
+    pub(crate) connects: u32,
+}
+
+/// A running subscriber.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    shared: Arc<Mutex<Shared>>,
+    started: Instant,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Subscriber {
+    pub(crate) fn start(url: String, token: String) -> Self {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let task = tokio::spawn(follow(url, token, shared.clone()));
+        Self { shared, started: Instant::now(), task }
+    }
+
+    /// Every event so far, in arrival order.
+    pub(crate) fn snapshot(&self) -> Vec<Received> {
+        lock(&self.shared).events.clone()
+    }
+
+    /// Time since the last event (or since the start, before any).
+    pub(crate) fn quiet_for(&self) -> Duration {
+        lock(&self.shared).last_event.unwrap_or(self.started).elapsed()
+    }
+
+    /// Stops following.
+    pub(crate) fn stop(self) -> Stats {
+        self.task.abort();
+        Stats { connects: lock(&self.shared).connects }
+    }
+}
+
+async fn follow(url: String, token: String, shared: Arc<Mutex<Shared>>) {
+    let http = match reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chaos: subscriber: {e}");
+            return;
+        }
+    };
+    let mut last_id: Option<String> = None;
+    loop {
+        let mut req = http.get(&url).bearer_auth(&token).header("Accept", "text/event-stream");
+        if let Some(id) = &last_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        if let Ok(resp) = req.send().await
+            && resp.status() == reqwest::StatusCode::OK
+        {
+            lock(&shared).connects += 1;
+            let mut stream = resp.bytes_stream();
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(end) = find_frame_end(&buf) {
+                    let frame: Vec<u8> = buf.drain(..end).collect();
+                    if let Some((id, e)) = parse_frame(&String::from_utf8_lossy(&frame)) {
+                        if let Some(id) = id {
+                            last_id = Some(id);
+                        }
+                        if let Some(e) = e {
+                            let mut s = lock(&shared);
+                            s.events.push(e);
+                            s.last_event = Some(Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The end of the first complete frame (after its blank line), if there is one.
+fn find_frame_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A frame's `id:` and, when it carries `data:`, the event. Comments (heartbeats) give nothing.
+fn parse_frame(frame: &str) -> Option<(Option<String>, Option<Received>)> {
+    let mut id = None;
+    let mut data = String::new();
+    for line in frame.lines() {
+        if let Some(v) = line.strip_prefix("id:") {
+            id = Some(v.trim().to_owned());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    if id.is_none() && data.is_empty() {
+        return None;
+    }
+    let event = (!data.is_empty()).then(|| serde_json::from_str::<Value>(&data).ok()).flatten().map(|v| Received {
+        seq: v["seq"].as_u64().or_else(|| id.as_deref().and_then(|i| i.parse().ok())).unwrap_or(0),
+        kind: v["kind"].as_str().unwrap_or("").to_owned(),
+        pipeline_id: v["pipeline_id"].as_u64(),
+        job_id: v["job_id"].as_u64(),
+        job_name: v["job_name"].as_str().map(str::to_owned),
+        status: v["status"].as_str().map(str::to_owned),
+        retry: v["retry"].as_bool().unwrap_or(false),
+        source: v["source"].as_str().map(str::to_owned),
+        received: Utc::now(),
+    });
+    Some((id, event))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_split_and_parsed() {
+        let raw = b": heartbeat\n\nid: 7\nevent: job\ndata: {\"seq\":7,\"kind\":\"job\",\"job_id\":3,\"status\":\"running\",\"retry\":false}\n\nid: 8";
+        let end = find_frame_end(raw).unwrap();
+        assert!(parse_frame(std::str::from_utf8(&raw[..end]).unwrap()).is_none());
+        let rest = &raw[end..];
+        let end2 = find_frame_end(rest).unwrap();
+        let (id, e) = parse_frame(std::str::from_utf8(&rest[..end2]).unwrap()).unwrap();
+        assert_eq!(id.as_deref(), Some("7"));
+        let e = e.unwrap();
+        assert_eq!((e.seq, e.job_id, e.status.as_deref()), (7, Some(3), Some("running")));
+        assert!(find_frame_end(&rest[end2..]).is_none());
+    }
+}
