@@ -269,6 +269,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/projects/{id}/hooks/{hid}", get(get_hook).put(edit_hook).delete(delete_hook))
         .route("/projects/{id}/hooks/{hid}/test/{trigger}", post(test_hook))
         .route("/projects/{id}/hooks/{hid}/events", get(hook_events))
+        .route("/projects/{id}/hooks/{hid}/events/{eid}/resend", post(resend_hook_event))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared);
@@ -453,10 +454,29 @@ fn time_param(params: &Params, key: &str) -> Result<Option<DateTime<Utc>>, ApiEr
     }
 }
 
+/// Grape's answer to a parameter outside its `values:` (Grape's default shape, like [`missing`]).
+fn invalid(param: &str) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, json!({"error": format!("{param} does not have a valid value")}))
+}
+
+/// `GET /projects/:id/pipelines` with GitLab's filters (FACTS §3.2) and `order_by` (`id`, `status`,
+/// `ref`, `updated_at`, `user_id`; default `id`) with `sort` (`asc`, `desc`; default `desc`). Ties
+/// are broken by id in the same direction (GitLab leaves them to the database).
 async fn list_pipelines(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): OriginalUri, params: Params) -> ApiResult {
     let pid = project_id(&s, &id)?;
     let updated_after = time_param(&params, "updated_after")?;
     let updated_before = time_param(&params, "updated_before")?;
+    let created_after = time_param(&params, "created_after")?;
+    let created_before = time_param(&params, "created_before")?;
+    let order_by = params.str("order_by").unwrap_or("id");
+    if !matches!(order_by, "id" | "status" | "ref" | "updated_at" | "user_id") {
+        return Err(invalid("order_by"));
+    }
+    let descending = match params.str("sort").unwrap_or("desc") {
+        "desc" => true,
+        "asc" => false,
+        _ => return Err(invalid("sort")),
+    };
     let state = s.lock();
     let mut list: Vec<_> = state
         .pipelines
@@ -469,6 +489,8 @@ async fn list_pipelines(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): Ori
         .filter(|_| params.str("username").is_none_or(|x| x == "root"))
         .filter(|p| updated_after.is_none_or(|t| p.updated_at > t))
         .filter(|p| updated_before.is_none_or(|t| p.updated_at < t))
+        .filter(|p| created_after.is_none_or(|t| p.created_at > t))
+        .filter(|p| created_before.is_none_or(|t| p.created_at < t))
         .filter(|p| match params.str("scope") {
             Some("running") => p.status == Status::Running,
             Some("pending") => p.status == Status::Pending,
@@ -476,7 +498,17 @@ async fn list_pipelines(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): Ori
             _ => true,
         })
         .collect();
-    if params.str("sort") != Some("asc") {
+    list.sort_by(|a, b| {
+        let primary = match order_by {
+            "status" => a.status.as_str().cmp(b.status.as_str()),
+            "ref" => a.git_ref.cmp(&b.git_ref),
+            "updated_at" => a.updated_at.cmp(&b.updated_at),
+            // Every sim pipeline is started by user 1 (root).
+            _ => std::cmp::Ordering::Equal,
+        };
+        primary.then(a.id.cmp(&b.id))
+    });
+    if descending {
         list.reverse();
     }
     let items = list.iter().map(|p| s.render.pipeline_basic(&state, p)).collect();
@@ -569,6 +601,7 @@ fn clone_job(s: &Shared, state: &mut crate::state::State, old: u64, fx: &mut Eff
     state.jobs.insert(new_id, job);
     if let Some(p) = state.pipelines.get_mut(&pipeline_id) {
         p.jobs.push(new_id);
+        p.updated_at = Utc::now();
     }
     let body = crate::state::Payloads::job_hook(&s.render, state, &state.jobs[&new_id]);
     fx.events.push(Outgoing { project_id: state.jobs[&new_id].project_id, kind: EventKind::Job, body });
@@ -752,6 +785,7 @@ async fn create_mr(Ax(s): Sh, Path(id): Path<String>, params: Params) -> ApiResu
     repo.resolve(&target).await.filter(|r| !r.tag).ok_or_else(|| {
         ApiError(StatusCode::BAD_REQUEST, json!({"message": [format!("Target branch \"{target}\" does not exist")]}))
     })?;
+    let last_commit = repo.commit(&source_head.sha).await.ok();
     let mut state = s.lock();
     if let Some(existing) = state
         .merge_requests
@@ -787,6 +821,7 @@ async fn create_mr(Ax(s): Sh, Path(id): Path<String>, params: Params) -> ApiResu
             created_at: now,
             updated_at: now,
             merged_at: None,
+            last_commit,
         },
     );
     let mr = &state.merge_requests[&mr_id];
@@ -820,11 +855,15 @@ async fn refresh_mr_sha(s: &Arc<Shared>, pid: u64, iid: u64) {
         (state.projects[idx(pid)].repo.clone(), mr.source_branch.clone())
     };
     if let Some(head) = repo.resolve(&branch).await {
+        let commit = repo.commit(&head.sha).await.ok();
         let mut state = s.lock();
         if let Ok(mr_id) = mr_of(&state, pid, iid)
             && let Some(mr) = state.merge_requests.get_mut(&mr_id)
         {
             mr.sha = head.sha;
+            if commit.is_some() {
+                mr.last_commit = commit;
+            }
         }
     }
 }
@@ -1081,6 +1120,30 @@ async fn test_hook(Ax(s): Sh, Path((id, hid, trigger)): Path<(String, u64, Strin
     ok(StatusCode::CREATED, json!({"message": "201 Created"}))
 }
 
+/// Rack 3's `HTTP_STATUS_CODES`: the codes GitLab's `status` filter accepts besides the categories.
+const RACK_STATUS_CODES: &[u16] = &[
+    100, 101, 102, 103, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308, 400,
+    401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423, 424, 425, 426,
+    428, 429, 431, 451, 500, 501, 502, 503, 504, 505, 506, 507, 508, 511,
+];
+
+/// Whether a log entry's `response_status` matches one `status` filter value, as
+/// `WebHooks::WebHookLogsFinder#string_filter_to_code` maps them: `successful` is 200-299,
+/// `client_failure` 400-499, `server_failure` 500-599 *and* `internal error` (no answer at all);
+/// a code matches itself.
+fn status_matches(filter: &str, logged: &str) -> bool {
+    let code = logged.parse::<u16>().ok();
+    match filter {
+        "successful" => code.is_some_and(|c| (200..300).contains(&c)),
+        "client_failure" => code.is_some_and(|c| (400..500).contains(&c)),
+        "server_failure" => code.is_some_and(|c| (500..600).contains(&c)) || logged == "internal error",
+        exact => exact == logged,
+    }
+}
+
+/// `GET /projects/:id/hooks/:hook_id/events` (`lib/api/hooks/events.rb`): the past 7 days from
+/// the start of the day (`WebHookLog.recent(7)`), newest first; `status` is a list (comma-separated
+/// or `status[]=`) of codes or categories; `per_page` is 1-20 (default 20), anything else is a 400.
 async fn hook_events(
     Ax(s): Sh,
     Path((id, hid)): Path<(String, u64)>,
@@ -1088,12 +1151,37 @@ async fn hook_events(
     params: Params,
 ) -> ApiResult {
     let pid = project_id(&s, &id)?;
+    if let Some(per_page) = params.string("per_page")
+        && !per_page.parse::<u32>().is_ok_and(|n| (1..=20).contains(&n))
+    {
+        return Err(invalid("per_page"));
+    }
+    let filters: Vec<String> = match params.0.get("status") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).map(str::to_owned).collect(),
+        Some(Value::String(list)) => list.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect(),
+        Some(Value::Number(n)) => vec![n.to_string()],
+        Some(_) => return Err(invalid("status")),
+    };
+    let valid = |f: &str| {
+        matches!(f, "successful" | "client_failure" | "server_failure")
+            || f.parse::<u16>().is_ok_and(|c| RACK_STATUS_CODES.contains(&c))
+    };
+    if !filters.iter().all(|f| valid(f)) {
+        return Err(invalid("status"));
+    }
+    let since = (Utc::now() - chrono::Duration::days(7)).date_naive().and_hms_opt(0, 0, 0).map(|t| t.and_utc());
     let state = s.lock();
     hook_of(&state, pid, hid)?;
-    let items = state.hooks[&hid]
+    let mut logs: Vec<&crate::state::DeliveryLog> = state.hooks[&hid]
         .deliveries
         .iter()
-        .rev()
+        .filter(|d| since.is_none_or(|t| d.created_at >= t))
+        .filter(|d| filters.is_empty() || filters.iter().any(|f| status_matches(f, &d.response_status)))
+        .collect();
+    logs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    let items = logs
+        .iter()
         .map(|d| {
             json!({
                 "id": d.id, "url": d.url, "trigger": d.trigger, "request_headers": d.request_headers,
@@ -1104,4 +1192,52 @@ async fn hook_events(
         .collect();
     drop(state);
     Ok(paginate(&uri, &params, &s.render.base, items))
+}
+
+/// `POST /projects/:id/hooks/:hook_id/events/:hook_event_id/resend` (`lib/api/hooks/resend_hook.rb`,
+/// `WebHooks::Events::ResendService`):
+/// - rate limited first (`web_hook_event_resend`: 5 per minute, scoped to the hook's project and
+///   the user; the docs say "per hook and user", the code scopes by project): 429
+///   `{"message":{"error":"This endpoint has been requested too many times. Try again later."}}`
+///   with `Retry-After: 60` (the limit's interval, as `too_many_requests!` sets it);
+/// - a log entry of another hook, or none: 404 `{"message":"404 Not found"}`;
+/// - the hook's URL changed since: 422 with GitLab's message;
+/// - a disabled hook: not sent (`WebHookService` is not forced), 422 `{"message":"Hook disabled"}`;
+/// - sent, with an answer: 201 `{"response_status": <code>}`; sent with no answer (timeout,
+///   connection failure): logged as `internal error`, 422 with the error's text.
+async fn resend_hook_event(Ax(s): Sh, Path((id, hid, eid)): Path<(String, u64, u64)>) -> ApiResult {
+    let pid = project_id(&s, &id)?;
+    let original = {
+        let mut state = s.lock();
+        hook_of(&state, pid, hid)?;
+        let window = state.resend_limits.entry(pid).or_default();
+        if !window.allow(std::time::Instant::now(), 5, std::time::Duration::from_secs(60)) {
+            let body =
+                json!({"message": {"error": "This endpoint has been requested too many times. Try again later."}});
+            return Ok((StatusCode::TOO_MANY_REQUESTS, [("retry-after", "60")], axum::Json(body)).into_response());
+        }
+        let hook = &state.hooks[&hid];
+        let original = hook
+            .deliveries
+            .iter()
+            .find(|d| d.id == eid)
+            .cloned()
+            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, json!({"message": "404 Not found"})))?;
+        if original.url != hook.url {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"message": "The hook URL has changed, and this log entry cannot be retried"}),
+            ));
+        }
+        original
+    };
+    match crate::webhooks::resend(s.clone(), hid, &original).await {
+        crate::webhooks::Outcome::Answered(code) => ok(StatusCode::CREATED, json!({"response_status": code})),
+        crate::webhooks::Outcome::NotSent => {
+            Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, json!({"message": "Hook disabled"})))
+        }
+        crate::webhooks::Outcome::Failed(why) => {
+            Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, json!({"message": why})))
+        }
+    }
 }

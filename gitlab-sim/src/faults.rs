@@ -1,9 +1,15 @@
-//! Seeded, reproducible fault injection: lost, repeated, late and reordered webhook deliveries;
+//! Seeded, reproducible fault injection: dropped, lost, repeated, late and reordered webhook deliveries;
 //! throttled and failing API calls; gitlab.com's per-minute pipeline creation limit.
 //!
 //! A spec is a comma-separated list, e.g.
-//! `drop=0.1,duplicate=0.2,delay=50..400,reorder=0.3,api_429=0.05,api_5xx=0.05,pipeline_limit=25`:
-//! - `drop=P`: a delivery is not sent (GitLab's rate limiter drops silently).
+//! `drop=0.1,lost=0.05,duplicate=0.2,delay=50..400,reorder=0.3,api_429=0.05,api_5xx=0.05,pipeline_limit=25`:
+//! - `drop=P`: a delivery is never sent and never logged, as when GitLab's per-namespace webhook
+//!   rate limit refuses to enqueue it (FACTS §1.5: "dropped silently", nothing in the delivery log,
+//!   no failure counted). Only catching up through the API finds what it carried.
+//! - `lost=P`: a delivery GitLab sends that never reaches the receiver (connection reset, timeout):
+//!   the receiver sees nothing, GitLab logs it as a failure with `response_status: "internal
+//!   error"` (as it logs timeouts) and counts it toward auto-disabling. The delivery log shows it,
+//!   and it can be resent.
 //! - `duplicate=P`: a delivery is sent twice with the same `Idempotency-Key` (a Sidekiq retry).
 //! - `delay=A..B`: every delivery waits A to B milliseconds.
 //! - `reorder=P`: a delivery is held back up to 1 s more, so later events overtake it.
@@ -26,6 +32,8 @@ use rand::{RngExt, SeedableRng};
 pub struct FaultSpec {
     /// Probability a delivery is dropped.
     pub drop: f64,
+    /// Probability a delivery is sent but never arrives (logged as `internal error`).
+    pub lost: f64,
     /// Probability a delivery is sent twice.
     pub duplicate: f64,
     /// Delay range for every delivery, in ms.
@@ -63,6 +71,7 @@ impl std::str::FromStr for FaultSpec {
             let int = || value.parse::<u64>().map_err(|_| format!("fault {key}: {value:?} is not a whole number"));
             match key {
                 "drop" => f.drop = prob()?,
+                "lost" => f.lost = prob()?,
                 "duplicate" => f.duplicate = prob()?,
                 "reorder" => f.reorder = prob()?,
                 "api_429" => f.api_429 = prob()?,
@@ -81,7 +90,7 @@ impl std::str::FromStr for FaultSpec {
                 "disable_backoff_ms" => f.disable_backoff_ms = Some(int()?),
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?} (known: drop, duplicate, delay, reorder, api_429, api_5xx, api_5xx_after, pipeline_limit, no_auto_disable, disable_backoff_ms)"
+                        "unknown fault {other:?} (known: drop, lost, duplicate, delay, reorder, api_429, api_5xx, api_5xx_after, pipeline_limit, no_auto_disable, disable_backoff_ms)"
                     ));
                 }
             }
@@ -125,8 +134,12 @@ mod tests {
 
     #[test]
     fn parses_and_rejects() {
-        let f: FaultSpec = "drop=0.1, duplicate=0.5,delay=10..20,pipeline_limit=25,no_auto_disable".parse().unwrap();
+        let f: FaultSpec =
+            "drop=0.1, lost=0.25, duplicate=0.5,delay=10..20,pipeline_limit=25,no_auto_disable".parse().unwrap();
         assert_eq!(f.drop, 0.1);
+        assert_eq!(f.lost, 0.25);
+        assert!("lost=1.5".parse::<FaultSpec>().unwrap_err().contains("lost"));
+        assert!("lost".parse::<FaultSpec>().is_err(), "lost needs a probability");
         assert_eq!(f.delay_ms, Some(10..21));
         assert_eq!(f.pipeline_limit, Some(25));
         assert!(f.no_auto_disable);

@@ -317,6 +317,18 @@ impl Sim {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Moves every logged delivery of hook `hook_id` `by` into the past, as if the sim had been
+    /// running that long: for tests of the delivery log's 7-day window (FACTS §1.5). Entries moved
+    /// past GitLab's 14-day retention are pruned at the next delivery.
+    pub fn age_hook_deliveries(&self, hook_id: u64, by: Duration) {
+        let by = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        if let Some(hook) = self.shared.lock().hooks.get_mut(&hook_id) {
+            for d in &mut hook.deliveries {
+                d.created_at -= by;
+            }
+        }
+    }
 }
 
 impl Drop for Sim {

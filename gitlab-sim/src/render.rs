@@ -349,12 +349,28 @@ impl Render {
             "git_http_url": format!("{web}.git"), "visibility_level": 0})
     }
 
-    /// A Merge Request Hook body.
+    /// A Merge Request Hook body, with every key of GitLab's sample
+    /// (`webhook-merge-request-event.json`). The sim has no milestones, time tracking, approval
+    /// rules or edits by other users: those keys carry GitLab's values for "none" (`null`, `0`,
+    /// `[]`). `changes` stays empty (GitLab may send it empty too, FACTS §2.3).
     pub(crate) fn merge_request_hook(&self, state: &State, mr: &MergeRequest, action: &str) -> Value {
         let project = &state.projects[usize::try_from(mr.project_id - 1).unwrap_or(0)];
         let proj = self.hook_project(project);
         let head =
             state.pipelines.values().rev().find(|p| p.project_id == mr.project_id && p.git_ref == mr.source_branch);
+        let last_commit = match &mr.last_commit {
+            Some(c) => self.hook_commit(project, c),
+            None => json!({"id": mr.sha}),
+        };
+        // The user who merged, or who set auto-merge (GitLab records the one who "set to merge").
+        let merge_user_id = (mr.state == "merged" || mr.auto_merge).then_some(1);
+        // GitLab keeps the API's `remove_source_branch` as `merge_params.force_remove_source_branch`.
+        let merge_params = if mr.remove_source_branch {
+            json!({"force_remove_source_branch": "1"})
+        } else {
+            json!({"force_remove_source_branch": "0"})
+        };
+        let now = Some(Utc::now());
         json!({
             "object_kind": "merge_request", "event_type": "merge_request", "user": self.hook_user(),
             "project": proj.clone(),
@@ -367,10 +383,20 @@ impl Render {
                 "draft": false, "merge_status": "can_be_merged", "detailed_merge_status": "mergeable",
                 "merge_when_pipeline_succeeds": mr.auto_merge, "head_pipeline_id": head.map(|h| h.id),
                 "merge_commit_sha": mr.merge_commit_sha, "squash_commit_sha": null, "merge_error": null,
+                "merge_params": merge_params, "merge_user_id": merge_user_id,
                 "created_at": hook_time(Some(mr.created_at)), "updated_at": hook_time(Some(mr.updated_at)),
+                "prepared_at": hook_time(Some(mr.created_at)),
+                "last_edited_at": null, "last_edited_by_id": null,
+                "updated_by_id": if action == "open" { Value::Null } else { json!(1) },
+                "milestone_id": null, "time_estimate": 0, "total_time_spent": 0, "time_change": 0,
+                "human_time_estimate": null, "human_total_time_spent": null, "human_time_change": null,
+                "blocking_discussions_resolved": true,
+                // The sim's only user owns every project: never a first-time contributor.
+                "first_contribution": false,
                 "url": format!("{}/-/merge_requests/{}", self.project_web(project), mr.iid),
                 "source": proj.clone(), "target": proj, "labels": [], "system": false, "action": action,
-                "last_commit": {"id": mr.sha}
+                "actioned_at": hook_time(now), "approval_rules": [],
+                "last_commit": last_commit
             },
             "labels": [], "changes": {}, "assignees": [], "reviewers": [],
             "repository": self.hook_repository(project)

@@ -157,27 +157,46 @@ pub struct MergeRequest {
     pub updated_at: DateTime<Utc>,
     /// Merge time.
     pub merged_at: Option<DateTime<Utc>>,
+    /// The source head's commit, for the hook's `last_commit` (when it could be read).
+    pub last_commit: Option<CommitInfo>,
 }
 
-/// One logged delivery (what `GET /hooks/:id/events` lists).
+/// One logged delivery (what `GET /hooks/:id/events` lists, and what a resend repeats).
 #[derive(Debug, Clone)]
 pub struct DeliveryLog {
     /// Log id.
     pub id: u64,
+    /// When it was logged (after the answer). GitLab lists the past 7 days
+    /// (`WebHookLog::MAX_RECENT_DAYS`).
+    pub created_at: DateTime<Utc>,
     /// URL.
     pub url: String,
     /// `pipeline_hooks`, `job_hooks`, ...
     pub trigger: String,
+    /// The event kind (`X-Gitlab-Event` of a resend).
+    pub kind: EventKind,
     /// Headers sent, token redacted.
     pub request_headers: BTreeMap<String, String>,
-    /// Body sent.
+    /// The `Idempotency-Key` (= `webhook-id`) it was sent with; a resend reuses it.
+    pub idempotency_key: String,
+    /// Body sent, as bytes (a resend sends exactly these).
+    pub body: Arc<Vec<u8>>,
+    /// Body sent, as JSON (`request_data`).
     pub request_data: Value,
-    /// Status, or `internal error`.
-    pub response_status: Value,
-    /// Response body (first 8 KB).
+    /// The HTTP status as text (`"200"`, as GitLab's string column holds it), or `internal error`
+    /// when no answer came (connection failure, timeout).
+    pub response_status: String,
+    /// Response body (first 8 KB); empty for an internal error, as GitLab's `InternalErrorResponse`.
     pub response_body: String,
     /// Seconds.
     pub execution_duration: f64,
+}
+
+impl DeliveryLog {
+    /// The status as a number, when an HTTP answer came.
+    pub fn status_code(&self) -> Option<u16> {
+        self.response_status.parse().ok()
+    }
 }
 
 /// A project hook.
@@ -217,6 +236,29 @@ pub struct Hook {
     pub disabled_until: Option<DateTime<Utc>>,
     /// Delivery log, newest last.
     pub deliveries: VecDeque<DeliveryLog>,
+}
+
+/// GitLab's application rate limiter for one key and scope: a count that starts with the first
+/// request and expires one interval later (`Gitlab::ApplicationRateLimiter`, Redis `INCR` +
+/// `EXPIRE`). Refused requests count too.
+#[derive(Debug, Default, Clone)]
+pub struct RateWindow {
+    /// Start of the current window.
+    pub started: Option<Instant>,
+    /// Requests in it.
+    pub count: u32,
+}
+
+impl RateWindow {
+    /// Counts a request; false when it is over `limit` in the window of `interval`.
+    pub fn allow(&mut self, now: Instant, limit: u32, interval: std::time::Duration) -> bool {
+        if self.started.is_none_or(|t| now.duration_since(t) >= interval) {
+            self.started = Some(now);
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        self.count <= limit
+    }
 }
 
 impl Hook {
@@ -326,6 +368,8 @@ pub struct State {
     pub last_id: LastIds,
     /// Pipeline creations in the last minute, per project.
     pub recent_creations: HashMap<u64, VecDeque<Instant>>,
+    /// Resend requests (`web_hook_event_resend`: 5 per minute), per project (the sim has one user).
+    pub resend_limits: HashMap<u64, RateWindow>,
 }
 
 /// Id counters.
@@ -449,6 +493,15 @@ impl State {
             _ => {}
         }
         job.status = status;
+        let pipeline_id = job.pipeline_id;
+        // Every job transition touches the pipeline's `updated_at`, even when the pipeline's own
+        // status stays the same. Whether GitLab writes the pipeline row then is not established
+        // (its status update is a no-op for an unchanged status): this is the conservative choice,
+        // so `updated_after` never misses a pipeline whose jobs moved. Code that must also work on
+        // GitLab should not rely on it for job-only changes.
+        if let Some(p) = self.pipelines.get_mut(&pipeline_id) {
+            p.updated_at = now;
+        }
         fx.events.push(self.job_event(render, job_id));
         fx
     }

@@ -1,5 +1,6 @@
 //! Sends webhooks as GitLab does: one POST per delivery with GitLab's headers, a 10 s timeout,
-//! no retries, 2xx and 3xx count as success, and auto-disabling after 4 consecutive failures.
+//! no retries, 2xx and 3xx count as success, and auto-disabling after 4 consecutive failures;
+//! every attempt is logged for `GET /hooks/:id/events`, and a logged delivery can be resent.
 //! Each delivery runs on its own task, so a slow receiver never holds up the sim.
 
 use std::collections::BTreeMap;
@@ -20,8 +21,9 @@ use crate::state::{DeliveryLog, EventKind, Outgoing};
 
 /// GitLab's delivery timeout.
 pub(crate) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Delivery log entries kept per hook.
-const LOG_LIMIT: usize = 200;
+/// Delivery log entries kept per hook: GitLab keeps them all for 14 days; the sim keeps at most
+/// this many (a difference only above it).
+const LOG_LIMIT: usize = 50_000;
 
 /// A random version-4 UUID, as GitLab's `SecureRandom.uuid`.
 pub(crate) fn uuid() -> String {
@@ -69,8 +71,21 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, event: Outgoing) {
     }
 }
 
+/// What became of one HTTP attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Not sent: the hook is gone, or disabled and the delivery not forced.
+    NotSent,
+    /// The receiver answered with this status.
+    Answered(u16),
+    /// Sent, but no answer came (connection failure, timeout, or the `lost` fault). Logged as
+    /// `internal error`; the text is what GitLab's API answers a resend with (GitLab's is Ruby's
+    /// exception message, e.g. `Net::ReadTimeout`).
+    Failed(String),
+}
+
 /// Sends one delivery (and its fault-injected duplicate). `forced` is a test delivery, sent even
-/// to a disabled hook.
+/// to a disabled hook and never subject to delivery faults.
 pub(crate) async fn deliver(
     shared: Arc<Shared>,
     hook_id: u64,
@@ -80,6 +95,8 @@ pub(crate) async fn deliver(
     forced: bool,
 ) -> Option<u16> {
     let faults = &shared.faults;
+    // `drop`: GitLab's per-namespace rate limit refuses to enqueue the delivery. Nothing is sent,
+    // nothing logged, no failure counted (FACTS §1.5).
     if !forced && faults.chance(faults.spec.drop) {
         tracing::debug!(hook.id = hook_id, "fault: delivery dropped");
         return None;
@@ -95,28 +112,43 @@ pub(crate) async fn deliver(
     let times = if !forced && faults.chance(faults.spec.duplicate) { 2 } else { 1 };
     let mut last = None;
     for _ in 0..times {
-        last = send_once(&shared, hook_id, kind, &body, &event_uuid, &idempotency_key, forced).await;
+        let outcome = send_once(&shared, hook_id, kind, &body, &event_uuid, &idempotency_key, forced).await;
+        last = match outcome {
+            Outcome::Answered(status) => Some(status),
+            _ => None,
+        };
     }
     last
+}
+
+/// Resends a logged delivery as GitLab's `ResendService` does: the same body and `Idempotency-Key`
+/// (so `webhook-id` too), a new `X-Gitlab-Webhook-UUID`, a fresh `webhook-timestamp` and signature,
+/// and a new `X-Gitlab-Event-UUID` (the resend is a new API request, and that header comes from
+/// the request's recursion-detection id). Not forced: a disabled hook is not sent to. Logged as a
+/// new entry; a failure counts toward auto-disabling. The `lost` fault applies; `drop`,
+/// `duplicate`, `delay` and `reorder` (which model GitLab's asynchronous queue) do not, since a
+/// resend is sent synchronously while the API request waits.
+pub(crate) async fn resend(shared: Arc<Shared>, hook_id: u64, original: &DeliveryLog) -> Outcome {
+    send_once(&shared, hook_id, original.kind, &original.body, &uuid(), &original.idempotency_key, false).await
 }
 
 async fn send_once(
     shared: &Arc<Shared>,
     hook_id: u64,
     kind: EventKind,
-    body: &[u8],
+    body: &Arc<Vec<u8>>,
     event_uuid: &str,
     idempotency_key: &str,
     forced: bool,
-) -> Option<u16> {
+) -> Outcome {
     let now = Utc::now();
     let (url, token, signing) = {
         let state = shared.lock();
-        let hook = state.hooks.get(&hook_id)?;
+        let Some(hook) = state.hooks.get(&hook_id) else { return Outcome::NotSent };
         // GitLab does not even enqueue deliveries for a disabled hook.
         if !forced && hook.alert_status(now) != "executable" {
             tracing::debug!(hook.id = hook_id, "hook disabled; delivery not sent");
-            return None;
+            return Outcome::NotSent;
         }
         (hook.url.clone(), hook.token.clone(), hook.signing_token.clone())
     };
@@ -138,27 +170,34 @@ async fn send_once(
     if let Some(token) = &token {
         headers.push(("X-Gitlab-Token", token.replace(['\r', '\n'], "")));
     }
-    let mut request = shared.http.post(&url).timeout(DELIVERY_TIMEOUT).body(body.to_vec());
-    for (k, v) in &headers {
-        request = request.header(*k, v);
-    }
     let started = Instant::now();
-    let result = request.send().await;
-    let (status, response_body) = match result {
-        Ok(resp) => {
-            let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
-            (Some(status.as_u16()), text.chars().take(8 * 1024).collect::<String>())
+    let faults = &shared.faults;
+    // (status, body) when an answer came; else the failure's text.
+    let answer: Result<(u16, String), String> = if !forced && faults.chance(faults.spec.lost) {
+        tracing::debug!(hook.id = hook_id, "fault: delivery lost on the way");
+        Err("Connection reset by peer".to_owned())
+    } else {
+        let mut request = shared.http.post(&url).timeout(DELIVERY_TIMEOUT).body(body.to_vec());
+        for (k, v) in &headers {
+            request = request.header(*k, v);
         }
-        Err(e) => (None, if e.is_timeout() { "timed out".to_owned() } else { "connection failed".to_owned() }),
+        match request.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap_or_default();
+                Ok((status, text.chars().take(8 * 1024).collect::<String>()))
+            }
+            Err(e) if e.is_timeout() => Err("Net::ReadTimeout".to_owned()),
+            Err(_) => Err("Failed to open TCP connection".to_owned()),
+        }
     };
-    let ok = status.is_some_and(|s| (200..400).contains(&s));
+    let ok = matches!(answer, Ok((s, _)) if (200..400).contains(&s));
     let mut state = shared.lock();
     state.last_id.delivery += 1;
     let log_id = state.last_id.delivery;
     let no_auto_disable = shared.faults.spec.no_auto_disable;
     let first_backoff = shared.faults.spec.disable_backoff_ms.unwrap_or(60_000);
-    let hook = state.hooks.get_mut(&hook_id)?;
+    let Some(hook) = state.hooks.get_mut(&hook_id) else { return Outcome::NotSent };
     if ok {
         hook.recent_failures = 0;
         hook.disabled_until = None;
@@ -176,20 +215,33 @@ async fn send_once(
         .iter()
         .map(|(k, v)| ((*k).to_owned(), if *k == "X-Gitlab-Token" { "[REDACTED]".to_owned() } else { v.clone() }))
         .collect();
+    let (response_status, response_body, outcome) = match answer {
+        Ok((status, text)) => (status.to_string(), text, Outcome::Answered(status)),
+        Err(why) => ("internal error".to_owned(), String::new(), Outcome::Failed(why)),
+    };
+    // Like GitLab's `WebHookLog`, the entry's id and `created_at` are given when it is written,
+    // after the answer (or the failure) came.
+    let logged_at = Utc::now();
     hook.deliveries.push_back(DeliveryLog {
         id: log_id,
+        created_at: logged_at,
         url,
         trigger: kind.trigger().to_owned(),
+        kind,
         request_headers: logged,
+        idempotency_key: idempotency_key.to_owned(),
+        body: body.clone(),
         request_data: serde_json::from_slice(body).unwrap_or(Value::Null),
-        response_status: status.map(Value::from).unwrap_or_else(|| Value::from("internal error")),
+        response_status,
         response_body,
         execution_duration: started.elapsed().as_secs_f64(),
     });
-    if hook.deliveries.len() > LOG_LIMIT {
+    // GitLab keeps log partitions for 14 days (`retain_for: 14.days`); the cap bounds memory.
+    let retain = logged_at - chrono::Duration::days(14);
+    while hook.deliveries.front().is_some_and(|d| d.created_at < retain) || hook.deliveries.len() > LOG_LIMIT {
         hook.deliveries.pop_front();
     }
-    status
+    outcome
 }
 
 #[cfg(test)]

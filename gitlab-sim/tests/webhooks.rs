@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
-use cloudci_gitlab::types::{CreatePipeline, HookEvents, HookParams, Status};
+use cloudci_gitlab::types::{CreateMergeRequest, CreatePipeline, HookEvents, HookParams, Status};
 use cloudci_gitlab::webhook::WebhookEvent;
 use cloudci_gitlab::{Gitlab, RetryPolicy};
 use common::*;
@@ -53,6 +53,18 @@ fn sample_keys(name: &str) -> BTreeSet<String> {
     v.as_object().unwrap().keys().cloned().collect()
 }
 
+fn sample(name: &str) -> Value {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/gitlab-reference/samples");
+    serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+}
+
+/// The title of the `feature` branch's head commit.
+fn mr_sample_title(repo: &std::path::Path) -> String {
+    let out =
+        std::process::Command::new("git").args(["log", "-1", "--format=%s", "feature"]).current_dir(repo).output();
+    String::from_utf8(out.unwrap().stdout).unwrap().trim().to_owned()
+}
+
 fn keys(v: &Value) -> BTreeSet<String> {
     v.as_object().unwrap().keys().cloned().collect()
 }
@@ -73,6 +85,19 @@ async fn deliveries_carry_gitlabs_headers_and_the_samples_keys() {
     gitlab.create_hook("acme/firmware", &hook).await.unwrap();
 
     let p = gitlab.create_pipeline("acme/firmware", &CreatePipeline::new("main").variable("BOARD", "b")).await.unwrap();
+    let mr = gitlab
+        .create_merge_request(
+            "acme/firmware",
+            &CreateMergeRequest {
+                source_branch: "feature".into(),
+                target_branch: "main".into(),
+                title: "Add feature".into(),
+                remove_source_branch: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     // A push made outside the sim (a developer's commit) is noticed and announced.
     std::fs::write(repo.join("more.txt"), "x").unwrap();
     git(&repo, &["add", "-A"]);
@@ -84,7 +109,8 @@ async fn deliveries_carry_gitlabs_headers_and_the_samples_keys() {
                 && serde_json::from_slice::<Value>(&d.body).unwrap()["object_attributes"]["status"] == "success"
         });
         let pushed = d.iter().any(|d| d.headers["x-gitlab-event"] == "Push Hook");
-        (pipeline_done && pushed).then_some(())
+        let opened = d.iter().any(|d| d.headers["x-gitlab-event"] == "Merge Request Hook");
+        (pipeline_done && pushed && opened).then_some(())
     })
     .await;
 
@@ -124,6 +150,7 @@ async fn deliveries_carry_gitlabs_headers_and_the_samples_keys() {
             "Pipeline Hook" => "webhook-pipeline-event.json",
             "Job Hook" => "webhook-job-event.json",
             "Push Hook" => "webhook-push-event.json",
+            "Merge Request Hook" => "webhook-merge-request-event.json",
             other => panic!("unexpected {other}"),
         };
         if keys_seen.insert(sample) {
@@ -136,7 +163,38 @@ async fn deliveries_carry_gitlabs_headers_and_the_samples_keys() {
         }
         seen_kinds.insert(event);
     }
-    assert_eq!(seen_kinds, BTreeSet::from(["Job Hook".into(), "Pipeline Hook".into(), "Push Hook".into()]));
+    assert_eq!(
+        seen_kinds,
+        BTreeSet::from(["Job Hook".into(), "Merge Request Hook".into(), "Pipeline Hook".into(), "Push Hook".into()])
+    );
+
+    // The Merge Request Hook carries every key of GitLab's sample, nested ones too.
+    let mr_body: Value = deliveries
+        .iter()
+        .find(|d| d.headers["x-gitlab-event"] == "Merge Request Hook")
+        .map(|d| serde_json::from_slice(&d.body).unwrap())
+        .unwrap();
+    let mr_sample = sample("webhook-merge-request-event.json");
+    for part in ["object_attributes", "project", "user"] {
+        let missing: Vec<_> = keys(&mr_sample[part]).difference(&keys(&mr_body[part])).cloned().collect();
+        assert!(missing.is_empty(), "merge request {part} lacks {missing:?}");
+    }
+    for part in ["last_commit", "source", "target"] {
+        let missing: Vec<_> = keys(&mr_sample["object_attributes"][part])
+            .difference(&keys(&mr_body["object_attributes"][part]))
+            .cloned()
+            .collect();
+        assert!(missing.is_empty(), "merge request object_attributes.{part} lacks {missing:?}");
+    }
+    let attrs = &mr_body["object_attributes"];
+    assert_eq!(attrs["iid"], mr.iid.0);
+    assert_eq!(attrs["action"], "open");
+    assert_eq!(attrs["merge_params"]["force_remove_source_branch"], "1");
+    assert_eq!(attrs["last_commit"]["id"].as_str().unwrap().len(), 40);
+    assert_eq!(attrs["last_commit"]["title"], mr_sample_title(&repo));
+    assert!(attrs["milestone_id"].is_null() && attrs["human_time_estimate"].is_null());
+    assert_eq!(attrs["time_estimate"], 0);
+    assert_eq!(attrs["blocking_discussions_resolved"], true);
 
     // Nested keys too: the pipeline's object_attributes and builds, the job's commit.
     let pipeline_body: Value = deliveries
@@ -186,7 +244,8 @@ async fn deliveries_carry_gitlabs_headers_and_the_samples_keys() {
         .unwrap();
     assert!(!log.is_empty());
     assert_eq!(log[0]["request_headers"]["X-Gitlab-Token"], "[REDACTED]");
-    assert_eq!(log[0]["response_status"], 200);
+    // A string, as GitLab's `response_status` column holds it (samples/api-hook-events-list.json).
+    assert_eq!(log[0]["response_status"], "200");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
