@@ -25,7 +25,8 @@ struct Args {
     /// A project: GROUP/NAME=PATH_TO_GIT_REPO. Repeatable; ids are 1, 2, ... in order.
     #[arg(long = "project", value_name = "GROUP/NAME=PATH", required = true, value_parser = parse_project)]
     projects: Vec<(String, PathBuf)>,
-    /// Faults to inject, e.g. drop=0.1,duplicate=0.1,delay=0..500,reorder=0.2,api_429=0.05.
+    /// Faults to inject, e.g. drop=0.1,lost=0.05,duplicate=0.1,delay=0..500,reorder=0.2,api_429=0.05
+    /// (`drop`: never sent nor logged; `lost`: sent, never arrives, logged as `internal error`).
     #[arg(long, default_value = "")]
     faults: FaultSpec,
     /// Seed for the faults' random choices.
