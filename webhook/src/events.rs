@@ -124,14 +124,31 @@ impl BuildEvent {
 
 /// A candidate change, before the state machine judges it: the event it would become, plus the
 /// evidence the state machine needs.
+///
+/// A delivery's observations are judged together: its job observations (id, name, status) are
+/// the evidence for its pipeline observation, which is how the state machine tells a retry (a
+/// new id for a known job name) from a late or reordered delivery ([`crate::tracker`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     /// The event, `seq` 0.
     pub event: BuildEvent,
-    /// For pipeline observations: the highest job id the delivery mentions (retried jobs get new,
-    /// higher ids, so this tells a real retry from a late delivery).
+    /// The highest job id the observation mentions (a job's own id). Informational: the state
+    /// machine reads the jobs from the delivery's job observations instead, since ids alone cannot
+    /// tell a retried job from a sibling.
     pub max_job_id: u64,
 }
+
+impl Observation {
+    /// Whether this is a pipeline status read from a Job Hook's `commit.status`: rendered when
+    /// that job changed, so weaker evidence than a Pipeline Hook or a poll (see
+    /// [`crate::tracker`]).
+    pub fn is_weak(&self) -> bool {
+        self.event.kind == EventKind::Pipeline && self.event.gitlab_event == JOB_HOOK
+    }
+}
+
+/// `X-Gitlab-Event` of a Job Hook, as [`WebhookEvent::event_name`] gives it.
+const JOB_HOOK: &str = "Job Hook";
 
 /// Turns a parsed delivery into observations: a pipeline event yields the pipeline and each of
 /// its jobs (so a lost job delivery is made up for); a job event yields the job and its pipeline

@@ -11,6 +11,7 @@
 //!
 //! The calls are synchronous (SQLite is); async callers run them with `spawn_blocking`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -18,7 +19,7 @@ use cloudci_gitlab::types::Status;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::events::{BuildEvent, EventKind, Observation};
-use crate::tracker::{Known, Verdict, judge, next};
+use crate::tracker::{JobMention, PipelineEvidence, PipelineKnown, Verdict, basis_of, judge_job, judge_pipeline};
 
 /// How hard commits are pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,8 +141,8 @@ CREATE TABLE IF NOT EXISTS pipelines (
     project_id INTEGER NOT NULL,
     project TEXT,
     status TEXT NOT NULL,
-    max_job_id INTEGER NOT NULL,
-    retry_floor INTEGER NOT NULL,
+    max_job_id INTEGER NOT NULL DEFAULT 0,
+    retry_floor INTEGER NOT NULL DEFAULT 0,
     last_heard INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS jobs (
@@ -149,7 +150,31 @@ CREATE TABLE IF NOT EXISTS jobs (
     pipeline_id INTEGER,
     status TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cursors (
+    project_id INTEGER PRIMARY KEY,
+    unix_secs INTEGER NOT NULL
+);
 ";
+
+/// Columns added after the first release, for databases created before them. `pipelines.basis`
+/// is the JSON object (job name → id) of the jobs the evidence for the status mentioned
+/// ([`crate::tracker::PipelineKnown::basis`]); `max_job_id` and `retry_floor` are no longer read.
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("pipelines", "basis", "TEXT NOT NULL DEFAULT '{}'"), ("jobs", "name", "TEXT"), ("jobs", "stage", "TEXT")];
+
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    for (table, column, decl) in ADDED_COLUMNS {
+        let present: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (pipeline_id, name)")
+}
 
 impl Store {
     /// Opens (creating if needed) the database at `path`.
@@ -168,6 +193,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -280,7 +306,10 @@ impl Store {
         let mut stmt = conn.prepare(&format!(
             "SELECT project_id, project, id, status, last_heard FROM pipelines p
              WHERE status NOT IN ('success','failed','canceled','skipped')
-                OR EXISTS (SELECT 1 FROM jobs j WHERE j.pipeline_id = p.id AND j.status IN ({unsettled}))
+                OR EXISTS (SELECT 1 FROM jobs j WHERE j.pipeline_id = p.id AND j.status IN ({unsettled})
+                           -- A retried attempt's lost delivery is no reason to poll: GitLab's job
+                           -- list shows only the newest attempt.
+                           AND NOT EXISTS (SELECT 1 FROM jobs n WHERE n.pipeline_id = p.id AND n.name = j.name AND n.id > j.id))
              ORDER BY id"
         ))?;
         let rows = stmt.query_map([], |r| {
@@ -294,24 +323,89 @@ impl Store {
         })?;
         Ok(rows.filter_map(Result::ok).collect())
     }
+
+    /// The time (Unix seconds) up to which cloudci knows it heard everything of `project_id`,
+    /// for catching up after an outage; `None` before the first catch-up.
+    pub fn catch_up_cursor(&self, project_id: u64) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT unix_secs FROM cursors WHERE project_id = ?1", [project_id as i64], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Records that everything of `project_id` up to `unix_secs` has been heard.
+    pub fn set_catch_up_cursor(&self, project_id: u64, unix_secs: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO cursors (project_id, unix_secs) VALUES (?1, ?2) ON CONFLICT (project_id) DO UPDATE SET unix_secs = ?2",
+            params![project_id as i64, unix_secs],
+        )?;
+        Ok(())
+    }
+
+    /// When the newest stored delivery was received (Unix seconds); `None` when there is none.
+    pub fn last_delivery_at(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT CAST(strftime('%s', MAX(received_at)) AS INTEGER) FROM deliveries",
+            [],
+            |r| r.get(0),
+        )?)
+    }
 }
 
-fn known_pipeline(tx: &rusqlite::Transaction<'_>, id: u64) -> Result<Option<Known>, rusqlite::Error> {
-    tx.query_row("SELECT status, max_job_id, retry_floor FROM pipelines WHERE id = ?1", [id as i64], |r| {
-        Ok(Known {
+fn known_pipeline(tx: &rusqlite::Transaction<'_>, id: u64) -> Result<Option<PipelineKnown>, rusqlite::Error> {
+    tx.query_row("SELECT status, basis FROM pipelines WHERE id = ?1", [id as i64], |r| {
+        Ok(PipelineKnown {
             status: Status::parse(&r.get::<_, String>(0)?),
-            max_job_id: r.get::<_, i64>(1)? as u64,
-            retry_floor: r.get::<_, i64>(2)? as u64,
+            // An unreadable basis only costs the ability to recognise a retry by name.
+            basis: serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or_default(),
         })
     })
     .optional()
 }
 
-fn known_job(tx: &rusqlite::Transaction<'_>, id: u64) -> Result<Option<Known>, rusqlite::Error> {
-    tx.query_row("SELECT status FROM jobs WHERE id = ?1", [id as i64], |r| {
-        Ok(Known { status: Status::parse(&r.get::<_, String>(0)?), max_job_id: id, retry_floor: 0 })
-    })
-    .optional()
+fn known_job(tx: &rusqlite::Transaction<'_>, id: u64) -> Result<Option<Status>, rusqlite::Error> {
+    tx.query_row("SELECT status FROM jobs WHERE id = ?1", [id as i64], |r| Ok(Status::parse(&r.get::<_, String>(0)?)))
+        .optional()
+}
+
+/// What the log knows of a job a delivery mentions: its job-level verdict and its name's other
+/// attempts in the pipeline.
+fn mention(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: u64,
+    id: u64,
+    name: Option<&str>,
+    status: &Status,
+) -> Result<JobMention, rusqlite::Error> {
+    let other_attempts = match name {
+        Some(name) => tx
+            .query_row(
+                "SELECT MIN(id), MAX(id) FROM jobs WHERE pipeline_id = ?1 AND name = ?2 AND id <> ?3",
+                params![pipeline as i64, name, id as i64],
+                |r| Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?)),
+            )?
+            .map(|(min, max)| (min as u64, max as u64)),
+        None => None,
+    };
+    let verdict = judge_job(known_job(tx, id)?.as_ref(), status);
+    Ok(JobMention { id, name: name.map(str::to_owned), status: status.clone(), other_attempts, verdict })
+}
+
+/// The highest job id known to be a retry attempt in the pipeline (0: never retried), counting
+/// the delivery's own mentions.
+fn newest_retry_attempt(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: u64,
+    mentions: &[JobMention],
+) -> Result<u64, rusqlite::Error> {
+    let stored: Option<i64> = tx.query_row(
+        "SELECT MAX(j.id) FROM jobs j WHERE j.pipeline_id = ?1 AND j.name IS NOT NULL
+         AND EXISTS (SELECT 1 FROM jobs o WHERE o.pipeline_id = ?1 AND o.name = j.name AND o.id < j.id)",
+        [pipeline as i64],
+        |r| r.get(0),
+    )?;
+    let mentioned = mentions.iter().filter(|m| m.is_retry_attempt()).map(|m| m.id).max().unwrap_or(0);
+    Ok((stored.unwrap_or(0) as u64).max(mentioned))
 }
 
 /// The state machine over the tables: judge each observation, record what is accepted, log it.
@@ -320,42 +414,69 @@ fn apply(
     delivery_id: Option<i64>,
     observations: Vec<Observation>,
 ) -> Result<Vec<BuildEvent>, StoreError> {
+    // The jobs a delivery mentions are its pipeline observation's evidence, judged against the
+    // log as it was before the delivery (its own job observations are applied in the same loop).
+    let mut mentions: HashMap<u64, Vec<JobMention>> = HashMap::new();
+    for obs in &observations {
+        let e = &obs.event;
+        if let (EventKind::Job, Some(p), Some(id), Some(status)) = (e.kind, e.pipeline_id, e.job_id, e.status()) {
+            mentions.entry(p).or_default().push(mention(tx, p, id, e.job_name.as_deref(), &status)?);
+        }
+    }
     let mut logged = Vec::new();
     for obs in observations {
+        let weak = obs.is_weak();
         let mut event = obs.event;
         let status = event.status();
         match (event.kind, event.pipeline_id, event.job_id, &status) {
             (EventKind::Pipeline, Some(id), _, Some(status)) => {
                 let known = known_pipeline(tx, id)?;
-                let verdict = judge(known.as_ref(), status, obs.max_job_id);
+                let mentions = mentions.get(&id).map(Vec::as_slice).unwrap_or_default();
+                let evidence =
+                    PipelineEvidence { mentions, weak, newest_retry_attempt: newest_retry_attempt(tx, id, mentions)? };
+                let verdict = judge_pipeline(known.as_ref(), status, &evidence);
                 // Anything heard of a pipeline proves GitLab is talking, even a duplicate.
                 tx.execute("UPDATE pipelines SET last_heard = strftime('%s','now') WHERE id = ?1", [id as i64])?;
+                // The basis follows the newest evidence for the status, also when it repeats it.
+                let basis = serde_json::to_string(&basis_of(mentions)).unwrap_or_else(|_| "{}".into());
+                if verdict == Verdict::Duplicate && !mentions.is_empty() {
+                    tx.execute("UPDATE pipelines SET basis = ?2 WHERE id = ?1", params![id as i64, basis])?;
+                }
                 if !verdict.accepted() {
                     continue;
                 }
-                let k = next(known.as_ref(), status, obs.max_job_id, verdict);
+                let max_job_id = mentions.iter().map(|m| m.id).max().unwrap_or(0) as i64;
                 tx.execute(
-                    "INSERT INTO pipelines (id, project_id, project, status, max_job_id, retry_floor, last_heard) VALUES (?1, ?2, ?6, ?3, ?4, ?5, strftime('%s','now'))
-                     ON CONFLICT (id) DO UPDATE SET status = ?3, max_job_id = ?4, retry_floor = ?5, last_heard = strftime('%s','now'), project = COALESCE(?6, project)",
-                    params![id as i64, event.project_id as i64, k.status.as_str(), k.max_job_id as i64, k.retry_floor as i64, event.project],
+                    "INSERT INTO pipelines (id, project_id, project, status, max_job_id, retry_floor, basis, last_heard) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, strftime('%s','now'))
+                     ON CONFLICT (id) DO UPDATE SET status = ?4, max_job_id = MAX(max_job_id, ?5),
+                         basis = CASE WHEN ?7 THEN basis ELSE ?6 END, last_heard = strftime('%s','now'), project = COALESCE(?3, project)",
+                    params![id as i64, event.project_id as i64, event.project, status.as_str(), max_job_id, basis, mentions.is_empty()],
                 )?;
                 event.previous_status = known.map(|k| k.status.to_string());
                 event.retry = verdict == Verdict::Retry;
             }
             (EventKind::Job, pipeline, Some(id), Some(status)) => {
                 let known = known_job(tx, id)?;
-                let verdict = judge(known.as_ref(), status, id);
+                let verdict = judge_job(known.as_ref(), status);
                 if let Some(p) = pipeline {
                     tx.execute("UPDATE pipelines SET last_heard = strftime('%s','now') WHERE id = ?1", [p as i64])?;
                 }
+                // Names are what tell a retry from a sibling: keep them even from a late delivery
+                // (rows stored before names were kept have none).
+                tx.execute(
+                    "UPDATE jobs SET name = COALESCE(name, ?2), stage = COALESCE(stage, ?3) WHERE id = ?1",
+                    params![id as i64, event.job_name, event.stage],
+                )?;
                 if !verdict.accepted() {
                     continue;
                 }
                 tx.execute(
-                    "INSERT INTO jobs (id, pipeline_id, status) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO UPDATE SET status = ?3",
-                    params![id as i64, pipeline.map(|p| p as i64), status.as_str()],
+                    "INSERT INTO jobs (id, pipeline_id, status, name, stage) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (id) DO UPDATE SET status = ?3, pipeline_id = COALESCE(?2, pipeline_id), name = COALESCE(?4, name), stage = COALESCE(?5, stage)",
+                    params![id as i64, pipeline.map(|p| p as i64), status.as_str(), event.job_name, event.stage],
                 )?;
-                event.previous_status = known.map(|k| k.status.to_string());
+                event.previous_status = known.map(|k| k.to_string());
+                event.retry = verdict == Verdict::Retry;
             }
             // Merge requests, pushes and the rest have no state to protect: each delivery (already
             // de-duplicated by key) is one event.
@@ -378,4 +499,65 @@ fn apply(
         logged.push(event);
     }
     Ok(logged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(key: &str) -> NewDelivery {
+        NewDelivery { dedup_key: key.into(), event: "Job Hook".into(), headers: "{}".into(), body: b"{}".to_vec() }
+    }
+
+    #[test]
+    fn catch_up_cursors_are_kept_per_project_and_move_both_ways() {
+        let store = Store::in_memory().unwrap();
+        assert_eq!(store.catch_up_cursor(7).unwrap(), None);
+        store.set_catch_up_cursor(7, 1_700_000_000).unwrap();
+        store.set_catch_up_cursor(8, 5).unwrap();
+        assert_eq!(store.catch_up_cursor(7).unwrap(), Some(1_700_000_000));
+        // The caller decides; a cursor set back (a clock fix) is stored as given.
+        store.set_catch_up_cursor(7, 1_600_000_000).unwrap();
+        assert_eq!(store.catch_up_cursor(7).unwrap(), Some(1_600_000_000));
+        assert_eq!(store.catch_up_cursor(8).unwrap(), Some(5));
+    }
+
+    #[test]
+    fn last_delivery_at_is_the_newest_received_at() {
+        let store = Store::in_memory().unwrap();
+        assert_eq!(store.last_delivery_at().unwrap(), None);
+        store.insert_delivery(&delivery("a")).unwrap();
+        store.insert_delivery(&delivery("b")).unwrap();
+        store
+            .conn()
+            .execute("UPDATE deliveries SET received_at = '2023-11-14T22:13:20.500Z' WHERE dedup_key = 'a'", [])
+            .unwrap();
+        store
+            .conn()
+            .execute("UPDATE deliveries SET received_at = '2001-09-09T01:46:40.000Z' WHERE dedup_key = 'b'", [])
+            .unwrap();
+        assert_eq!(store.last_delivery_at().unwrap(), Some(1_700_000_000));
+    }
+
+    #[test]
+    fn a_database_from_before_job_names_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE pipelines (id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, project TEXT, status TEXT NOT NULL, max_job_id INTEGER NOT NULL, retry_floor INTEGER NOT NULL, last_heard INTEGER NOT NULL);
+                 CREATE TABLE jobs (id INTEGER PRIMARY KEY, pipeline_id INTEGER, status TEXT NOT NULL);
+                 INSERT INTO pipelines VALUES (5, 1, 'a/b', 'running', 9, 0, 0);
+                 INSERT INTO jobs VALUES (9, 5, 'running');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path, Durability::Normal).unwrap();
+        let active = store.active_pipelines().unwrap();
+        assert_eq!(active.len(), 1);
+        store.track_pipeline(1, "a/b", 6).unwrap();
+        store.set_catch_up_cursor(1, 3).unwrap();
+        assert_eq!(store.active_pipelines().unwrap().len(), 2);
+    }
 }
