@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -16,7 +15,8 @@ use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cloudci_gitlab::{ArchiveFormat, Gitlab, JobId, PipelineId, ProjectRef};
+use cloudci_gitlab::types::Status;
+use cloudci_gitlab::{ArchiveFormat, Gitlab, JobId, ProjectRef};
 use cloudci_webhook::api::{ApiError, Authorized};
 use cloudci_webhook::auth::TokenKeys;
 use cloudci_webhook::sse::{self, EventsState};
@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::builds::{BuildRecord, BuildStore, SqliteBuilds};
 use crate::config::Config;
-use crate::orchestrator::{self, EventFeed, Quiet, Request, Runner};
+use crate::orchestrator::{Orchestrator, OrchestratorError, PlanError, Request};
 
 /// What the local routes share.
 #[derive(Clone)]
@@ -36,7 +36,10 @@ pub struct ApiState {
     pub config: Arc<Config>,
     /// GitLab, when a token is configured.
     pub gitlab: Option<Gitlab>,
-    /// The build store.
+    /// The daemon's orchestrator (there is one when GitLab is configured): starts, retries and
+    /// cancels builds.
+    pub orchestrator: Option<Orchestrator>,
+    /// The build store (read here; written by the orchestrator).
     pub builds: Arc<SqliteBuilds>,
     /// The state directory.
     pub state_dir: PathBuf,
@@ -104,13 +107,42 @@ fn gitlab_error(e: cloudci_gitlab::Error) -> ApiError {
     ApiError::new(status, format!("GitLab: {e}"))
 }
 
+fn no_gitlab() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no GitLab access configured: set GITLAB_TOKEN and restart `cloudci serve`",
+    )
+}
+
 fn gitlab(s: &ApiState) -> Result<Gitlab, ApiError> {
-    s.gitlab.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no GitLab access configured: set GITLAB_TOKEN and restart `cloudci serve`",
-        )
-    })
+    s.gitlab.clone().ok_or_else(no_gitlab)
+}
+
+fn orchestrator(s: &ApiState) -> Result<&Orchestrator, ApiError> {
+    s.orchestrator.as_ref().ok_or_else(no_gitlab)
+}
+
+/// The HTTP answer for each kind of failure.
+fn orchestrator_error(e: OrchestratorError) -> ApiError {
+    match e {
+        OrchestratorError::Plan(p) => plan_error(p),
+        OrchestratorError::Gitlab(g) => gitlab_error(g),
+        OrchestratorError::NoBuild(id) => ApiError::new(StatusCode::NOT_FOUND, format!("no build {id}")).field("id"),
+        OrchestratorError::NoPipeline(_) => ApiError::new(StatusCode::CONFLICT, "the build has no pipeline yet"),
+        OrchestratorError::NoDefaultBranch(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).field("ref")
+        }
+        other => internal(other),
+    }
+}
+
+fn plan_error(e: PlanError) -> ApiError {
+    let field = match &e {
+        PlanError::NothingNamed => "projects",
+        PlanError::UnknownName { .. } => return ApiError::new(StatusCode::NOT_FOUND, e.to_string()).field("projects"),
+        PlanError::UnknownTarget { .. } => "targets",
+    };
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).field(field)
 }
 
 /// `POST /v1/builds` body.
@@ -140,55 +172,20 @@ async fn start_builds(
         err.field = field;
         err
     })?;
-    if req.projects.is_empty() {
-        return Err(
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "name at least one project or group").field("projects")
-        );
-    }
     let request =
         Request { names: req.projects.clone(), git_ref: req.git_ref, targets: req.targets, variables: req.variables };
-    let plan = orchestrator::plan(&s.config, &request).map_err(|e| {
-        if e.0.starts_with("unknown project") {
-            ApiError::new(StatusCode::NOT_FOUND, e.0).field("projects")
-        } else if e.0.starts_with("target") {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.0).field("targets")
-        } else {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.0)
-        }
-    })?;
+    let plan = crate::orchestrator::plan(&s.config, &request).map_err(plan_error)?;
     if let Some(denied) = plan.builds.values().flatten().find(|b| !claims.allows(&b.gitlab)) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, format!("this token may not build {}", denied.gitlab))
             .field("projects"));
     }
-    let gitlab = gitlab(&s)?;
-    let store: Arc<dyn BuildStore> = s.builds.clone();
-    let planned = plan.clone();
-    let (run, records) = tokio::task::spawn_blocking(move || orchestrator::start_run(store, &planned))
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
-    let builds: Vec<_> = records
-        .1
+    let started = orchestrator(&s)?.start(&plan, req.actions.unwrap_or(true)).await.map_err(orchestrator_error)?;
+    let builds: Vec<_> = started
+        .builds
         .iter()
-        .map(|((p, t), id)| json!({"id": id, "project": p, "target": t, "url": format!("/v1/builds/{id}")}))
+        .map(|(id, p, t)| json!({"id": id, "project": p, "target": t, "url": format!("/v1/builds/{id}")}))
         .collect();
-    let runner = Runner {
-        gitlab,
-        config: s.config.clone(),
-        state_dir: s.state_dir.clone(),
-        feed: EventFeed::Hub(s.events.hub.clone()),
-        actions: req.actions.unwrap_or(true),
-        reporter: Arc::new(Quiet),
-        silence: Duration::from_secs(s.config.webhook.reconcile_after.clamp(1, 30)),
-        records: Some(records),
-        follow_logs: false,
-    };
-    tokio::spawn(async move {
-        if let Err(e) = runner.run(&plan).await {
-            tracing::error!(run, "build run failed: {e}");
-        }
-    });
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"run": run, "builds": builds}))).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"run": started.run, "builds": builds}))).into_response())
 }
 
 /// `POST /v1/watch` body: a pipeline started elsewhere (by `cloudci build`) that the daemon
@@ -288,7 +285,7 @@ async fn build_log(
         None => b
             .jobs
             .values()
-            .find(|j| j.status == "failed")
+            .find(|j| j.status == Status::Failed)
             .or_else(|| b.jobs.values().max_by_key(|j| j.id))
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this build has no jobs yet").field("job"))?,
     };
@@ -400,35 +397,11 @@ async fn pipeline_action(
     id: &str,
     retry: bool,
 ) -> Result<Response, ApiError> {
-    let mut b = record(s, c, id).await?;
-    let pipeline = b.pipeline_id.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the build has no pipeline yet"))?;
-    let g = gitlab(s)?;
-    let project = ProjectRef::parse(&b.gitlab);
-    let p = if retry {
-        g.retry_pipeline(project, PipelineId(pipeline)).await
-    } else {
-        g.cancel_pipeline(project, PipelineId(pipeline)).await
-    }
-    .map_err(gitlab_error)?;
-    b.status = if retry { "running".into() } else { p.status.to_string() };
-    let store = s.builds.clone();
-    let saved = b.clone();
-    tokio::task::spawn_blocking(move || store.save(&saved)).await.map_err(internal)?.map_err(internal)?;
-    // Follow the pipeline to its new final state, so the record does not stay "running".
-    let follow = (g, s.builds.clone(), b.clone(), Duration::from_secs(s.config.webhook.reconcile_after.clamp(1, 30)));
-    tokio::spawn(async move {
-        let (g, store, mut b, every) = follow;
-        let project = ProjectRef::parse(&b.gitlab);
-        loop {
-            tokio::time::sleep(every.min(Duration::from_secs(5))).await;
-            let Ok(p) = g.pipeline(project.clone(), PipelineId(pipeline)).await else { continue };
-            if p.status.is_completed() || p.status.is_blocked() {
-                b.status = p.status.to_string();
-                let _ = tokio::task::spawn_blocking(move || store.save(&b)).await;
-                return;
-            }
-        }
-    });
+    let b = record(s, c, id).await?;
+    let orchestrator = orchestrator(s)?;
+    // The orchestrator follows the pipeline to its new end and records it like any build.
+    let b = if retry { orchestrator.retry(b.id).await } else { orchestrator.cancel(b.id).await }
+        .map_err(orchestrator_error)?;
     Ok((StatusCode::ACCEPTED, axum::Json(b)).into_response())
 }
 

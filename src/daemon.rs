@@ -122,20 +122,33 @@ impl Daemon {
             crate::builds::SqliteBuilds::open(&state.root().join("builds.db")).map_err(|e| setup(e.to_string()))?,
         );
         let shared_config = Arc::new(config.clone());
-        if let Some(g) = &api_gitlab {
+        // The daemon's one orchestrator: it owns the builds started here and resumes them.
+        let orchestrator = api_gitlab.as_ref().map(|g| {
+            crate::orchestrator::Orchestrator::new(
+                shared_config.clone(),
+                g.clone(),
+                builds.clone(),
+                crate::orchestrator::EventFeed::Hub(hub.clone()),
+                state.root(),
+            )
+        });
+        if let (Some(g), Some(o)) = (&api_gitlab, &orchestrator) {
             tasks.push(tokio::spawn(crate::watchers::rebuild_on_push(
                 shared_config.clone(),
                 g.clone(),
                 hub.clone(),
-                builds.clone(),
-                state.root().to_owned(),
+                o.clone(),
             )));
         }
         tasks.push(tokio::spawn(crate::watchers::notify(shared_config.clone(), hub.clone())));
+        // `cloudci build` on this machine talks to this daemon with this token.
+        let cli_token = keys.issue("cloudci CLI", vec![], Duration::from_secs(30 * 24 * 3600));
+        state.write_cli_token(&cli_token).map_err(|e| setup(e.to_string()))?;
         let api_router = crate::api::router(crate::api::ApiState {
             events: EventsState { hub: hub.clone(), keys: keys.clone() },
             config: shared_config,
             gitlab: api_gitlab,
+            orchestrator: orchestrator.clone(),
             builds,
             state_dir: state.root().to_owned(),
         });
@@ -144,6 +157,10 @@ impl Daemon {
                 tracing::error!("local API stopped: {e}");
             }
         }));
+        // Builds a stop or crash left unfinished are carried on, each step once.
+        if let Some(o) = orchestrator {
+            tasks.push(tokio::spawn(async move { o.resume().await }));
+        }
         tasks.push(tokio::spawn(receiver.processor().run()));
 
         let tunnel = open_tunnel(config, public_addr).await?;

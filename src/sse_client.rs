@@ -1,23 +1,54 @@
-//! Reading a daemon's `/v1/events` as a stream of events.
+//! Talking to a running daemon's local API: its event stream, and the builds it carries (what
+//! `cloudci build` uses when a daemon answers, so each pipeline has one owner).
+
+use std::time::Duration;
 
 use cloudci_webhook::BuildEvent;
 use futures_util::{Stream, StreamExt};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::builds::BuildRecord;
+use crate::state::StateDir;
+
+/// A failure talking to the daemon. Never carries the token.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonClientError {
+    /// The daemon could not be reached (or the connection broke).
+    #[error("the daemon at {url} is not reachable: {message}")]
+    Unreachable {
+        /// Its API URL.
+        url: String,
+        /// The transport's message (without the URL's query).
+        message: String,
+    },
+    /// It answered with an error.
+    #[error("the daemon answered {status}: {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// Its `error` text.
+        message: String,
+    },
+    /// It answered something that is not what its API documents.
+    #[error("the daemon's answer is not understood: {0}")]
+    Malformed(String),
+}
 
 /// Subscribes to `{api_url}/v1/events?{query}` with a bearer token.
 pub async fn subscribe(
     api_url: &str,
     token: &str,
     query: &str,
-) -> Result<impl Stream<Item = BuildEvent> + Send + use<>, String> {
+) -> Result<impl Stream<Item = BuildEvent> + Send + use<>, DaemonClientError> {
     cloudci_gitlab::install_tls_provider();
     let resp = reqwest::Client::new()
         .get(format!("{}/v1/events?{query}", api_url.trim_end_matches('/')))
         .bearer_auth(token)
         .send()
         .await
-        .map_err(|e| e.without_url().to_string())?;
+        .map_err(|e| unreachable(api_url, e))?;
     if !resp.status().is_success() {
-        return Err(format!("{} answered {}", api_url, resp.status()));
+        return Err(DaemonClientError::Refused { status: resp.status().as_u16(), message: String::new() });
     }
     let bytes = resp.bytes_stream();
     Ok(futures_util::stream::unfold((bytes, String::new()), |(mut bytes, mut buf)| async move {
@@ -36,4 +67,117 @@ pub async fn subscribe(
             }
         }
     }))
+}
+
+fn unreachable(url: &str, e: reqwest::Error) -> DaemonClientError {
+    DaemonClientError::Unreachable { url: url.to_owned(), message: e.without_url().to_string() }
+}
+
+/// A running daemon's builds API.
+#[derive(Clone)]
+pub struct DaemonClient {
+    /// `http://127.0.0.1:8788`
+    pub api_url: String,
+    token: SecretString,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for DaemonClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonClient").field("api_url", &self.api_url).finish_non_exhaustive()
+    }
+}
+
+/// What `POST /v1/builds` answers.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct StartedBuilds {
+    /// Run id.
+    pub run: i64,
+    /// The builds.
+    pub builds: Vec<StartedBuild>,
+}
+
+/// One build of [`StartedBuilds`].
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct StartedBuild {
+    /// Build id.
+    pub id: i64,
+    /// Project name.
+    pub project: String,
+    /// Target name.
+    pub target: String,
+}
+
+impl DaemonClient {
+    /// The daemon whose state directory is `state`, if one answers. Its token: `CLOUDCI_TOKEN`,
+    /// else the one the daemon wrote for the CLI.
+    pub async fn find(state: &StateDir) -> Option<Self> {
+        let info = state.hook_info()?;
+        let token = match std::env::var("CLOUDCI_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+            Some(t) => SecretString::from(t),
+            None => state.cli_token().ok()??,
+        };
+        cloudci_gitlab::install_tls_provider();
+        let client = Self { api_url: info.api_url, token, http: reqwest::Client::new() };
+        let alive = client
+            .http
+            .get(format!("{}/v1/builds?limit=1", client.api_url))
+            .bearer_auth(client.token.expose_secret())
+            .timeout(Duration::from_millis(1500))
+            .send()
+            .await;
+        match alive {
+            Ok(r) if r.status().is_success() => Some(client),
+            Ok(r) => {
+                tracing::warn!("the daemon at {} refused the CLI's token ({})", client.api_url, r.status());
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The token, for the event stream.
+    pub fn token(&self) -> &str {
+        self.token.expose_secret()
+    }
+
+    async fn answer<T: serde::de::DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, DaemonClientError> {
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| unreachable(&self.api_url, e))?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(DaemonClientError::Refused { status: status.as_u16(), message });
+        }
+        serde_json::from_slice(&body).map_err(|e| DaemonClientError::Malformed(e.to_string()))
+    }
+
+    /// `POST /v1/builds`
+    pub async fn start(&self, body: &serde_json::Value) -> Result<StartedBuilds, DaemonClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/builds", self.api_url))
+            .bearer_auth(self.token.expose_secret())
+            .json(body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.api_url, e))?;
+        self.answer(resp).await
+    }
+
+    /// `GET /v1/builds/{id}`
+    pub async fn build(&self, id: i64) -> Result<BuildRecord, DaemonClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/builds/{id}", self.api_url))
+            .bearer_auth(self.token.expose_secret())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.api_url, e))?;
+        self.answer(resp).await
+    }
 }

@@ -14,6 +14,7 @@ const HOOK_TOKEN: &str = "hook-token";
 const SIGNING_TOKEN: &str = "signing-token";
 const JWT_KEY: &str = "jwt-key";
 const INSTANCE: &str = "instance-id";
+const CLI_TOKEN: &str = "cli-token";
 
 /// What the daemon publishes about its hook endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +87,17 @@ impl StateDir {
     /// The key local API tokens are signed with (256 bits).
     pub fn jwt_key(&self) -> Result<SecretString, SecretFileError> {
         self.secrets.get_or_create(JWT_KEY, 32)
+    }
+
+    /// Saves the local API token the daemon issues at start for `cloudci build` on this machine
+    /// (mode 0600, like every secret here), so the CLI never needs the signing key.
+    pub fn write_cli_token(&self, token: &str) -> Result<(), SecretFileError> {
+        self.secrets.write(CLI_TOKEN, token)
+    }
+
+    /// The token the running daemon issued for the CLI, if it wrote one.
+    pub fn cli_token(&self) -> Result<Option<SecretString>, SecretFileError> {
+        self.secrets.read(CLI_TOKEN)
     }
 
     /// The path secrets the receiver accepts: current, then the one before a rotation.

@@ -10,9 +10,8 @@ use cloudci_webhook::{BuildEvent, EventFilter, EventKind, Hub};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::builds::SqliteBuilds;
 use crate::config::Config;
-use crate::orchestrator::{self, EventFeed, Quiet, Request, Runner};
+use crate::orchestrator::{Orchestrator, Request};
 
 /// How long a burst of pushes is gathered before one rebuild starts.
 pub const DEBOUNCE: Duration = Duration::from_secs(3);
@@ -22,13 +21,7 @@ pub const HEAD_POLL: Duration = Duration::from_secs(60);
 /// Starts builds for `rebuild_on_push` projects when their ref gets new commits: on a Push Hook,
 /// or, when webhooks are silent, when polling shows the branch head moved. Pushes within
 /// [`DEBOUNCE`] of each other make one rebuild.
-pub async fn rebuild_on_push(
-    config: Arc<Config>,
-    gitlab: Gitlab,
-    hub: Hub,
-    builds: Arc<SqliteBuilds>,
-    state_dir: std::path::PathBuf,
-) {
+pub async fn rebuild_on_push(config: Arc<Config>, gitlab: Gitlab, hub: Hub, orchestrator: Orchestrator) {
     let watched: Vec<(String, String, Option<String>)> = config
         .projects
         .iter()
@@ -100,7 +93,7 @@ pub async fn rebuild_on_push(
                     heads.insert(name.clone(), sha.clone());
                     let git_ref = refs[&name].clone();
                     tracing::info!(project = %name, %sha, "new commits: rebuilding");
-                    start(&config, &gitlab, &hub, &builds, &state_dir, &name, &git_ref).await;
+                    start(&orchestrator, &name, &git_ref).await;
                 }
             }
         }
@@ -114,39 +107,16 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn start(
-    config: &Arc<Config>,
-    gitlab: &Gitlab,
-    hub: &Hub,
-    builds: &Arc<SqliteBuilds>,
-    state_dir: &std::path::Path,
-    project: &str,
-    git_ref: &str,
-) {
+/// A daemon build of `project` at `git_ref`, carried on in the background.
+async fn start(orchestrator: &Orchestrator, project: &str, git_ref: &str) {
     let request = Request { names: vec![project.to_owned()], git_ref: Some(git_ref.to_owned()), ..Request::default() };
-    let Ok(plan) = orchestrator::plan(config, &request) else { return };
-    let store: Arc<dyn crate::builds::BuildStore> = builds.clone();
-    let planned = plan.clone();
-    let Ok(Ok((_, records))) = tokio::task::spawn_blocking(move || orchestrator::start_run(store, &planned)).await
-    else {
-        return;
+    let started = match orchestrator.plan(&request) {
+        Ok(plan) => orchestrator.start(&plan, true).await,
+        Err(e) => Err(e.into()),
     };
-    let runner = Runner {
-        gitlab: gitlab.clone(),
-        config: config.clone(),
-        state_dir: state_dir.to_owned(),
-        feed: EventFeed::Hub(hub.clone()),
-        actions: true,
-        reporter: Arc::new(Quiet),
-        silence: Duration::from_secs(config.webhook.reconcile_after.clamp(1, 30)),
-        records: Some(records),
-        follow_logs: false,
-    };
-    tokio::spawn(async move {
-        if let Err(e) = runner.run(&plan).await {
-            tracing::warn!("rebuild failed: {e}");
-        }
-    });
+    if let Err(e) = started {
+        tracing::warn!(project, "rebuild failed: {e}");
+    }
 }
 
 /// On every pipeline that reaches a final state: runs `[notify] command` with the event as JSON on

@@ -1,17 +1,21 @@
 //! `cloudci build`
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use cloudci_gitlab::encode_segment;
+use futures_util::StreamExt;
 
 use super::Failure;
 use crate::config::Config;
 use crate::daemon::gitlab_client;
-use crate::orchestrator::{self, BuildOutcome, EventFeed, Plan, Quiet, Reporter, Request, Runner, StderrReporter};
+use crate::orchestrator::{
+    self, BuildOutcome, EventFeed, Orchestrator, Plan, Quiet, Reporter, Request, StderrReporter,
+};
 use crate::output::{Table, print_json, stderr_is_terminal};
+use crate::sse_client::{DaemonClient, DaemonClientError};
 use crate::state::StateDir;
 
 /// Build projects (or groups) for their targets: one pipeline per project × target, in
@@ -51,8 +55,18 @@ fn parse_var(raw: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))
 }
 
+impl From<orchestrator::OrchestratorError> for Failure {
+    fn from(e: orchestrator::OrchestratorError) -> Self {
+        match e {
+            orchestrator::OrchestratorError::Gitlab(g) => g.into(),
+            orchestrator::OrchestratorError::Plan(p) => Self::usage(p.to_string()),
+            other => Self::general(other.to_string()),
+        }
+    }
+}
+
 impl BuildArgs {
-    /// Runs it.
+    /// Runs it: through the daemon when one answers (it owns the builds), else in this process.
     pub async fn run(self, config: &Config) -> Result<(), Failure> {
         let request = Request {
             names: self.names.clone(),
@@ -60,33 +74,31 @@ impl BuildArgs {
             targets: self.targets.clone(),
             variables: self.vars.iter().cloned().collect(),
         };
-        let plan = orchestrator::plan(config, &request).map_err(|e| Failure::usage(e.0))?;
+        let plan = orchestrator::plan(config, &request).map_err(|e| Failure::usage(e.to_string()))?;
         if self.dry_run {
             for line in dry_run(config, &plan, !self.no_actions) {
                 crate::say!("{line}");
             }
             return Ok(());
         }
-        let gitlab = gitlab_client(config)?;
         let state = StateDir::new(config.state_dir());
         state.create()?;
-        let feed = daemon_feed(&state).await;
-        let records = open_records(&state, &plan)?;
-        let reporter: Arc<dyn Reporter> =
-            if self.watch || (stderr_is_terminal() && !self.json) { Arc::new(StderrReporter) } else { Arc::new(Quiet) };
-        let runner = Runner {
-            gitlab,
-            config: Arc::new(config.clone()),
-            state_dir: state.root().to_owned(),
-            feed,
-            actions: !self.no_actions,
-            reporter,
-            silence: Duration::from_secs(config.webhook.reconcile_after.clamp(1, 30)),
-            records: Some(records),
-            follow_logs: self.watch,
+        let progress = self.watch || (stderr_is_terminal() && !self.json);
+        let reporter: Arc<dyn Reporter> = if progress { Arc::new(StderrReporter) } else { Arc::new(Quiet) };
+        let (log_dir, outcomes) = match DaemonClient::find(&state).await {
+            Some(daemon) => through_daemon(&daemon, &state, &request, !self.no_actions, reporter, progress).await?,
+            None => {
+                let store = crate::builds::SqliteBuilds::open(&state.root().join("builds.db"))
+                    .map_err(|e| Failure::general(e.to_string()))?;
+                let config = Arc::new(config.clone());
+                let gitlab = gitlab_client(&config)?;
+                let orchestrator = Orchestrator::new(config, gitlab, Arc::new(store), EventFeed::None, state.root())
+                    .with_reporter(reporter, self.watch);
+                let finished = orchestrator.run(&plan, !self.no_actions).await?;
+                (finished.log_dir, finished.outcomes)
+            }
         };
-        let (run_dir, outcomes) = runner.run(&plan).await?;
-        print_outcomes(&outcomes, self.json, Some(&run_dir))?;
+        print_outcomes(&outcomes, self.json, Some(&log_dir))?;
         if outcomes.iter().all(BuildOutcome::succeeded) {
             Ok(())
         } else {
@@ -95,30 +107,125 @@ impl BuildArgs {
     }
 }
 
-/// The build store, with a new run holding one queued build per project × target.
-pub(crate) fn open_records(state: &StateDir, plan: &Plan) -> Result<orchestrator::Records, Failure> {
-    let store = crate::builds::SqliteBuilds::open(&state.root().join("builds.db"))
-        .map_err(|e| Failure::general(e.to_string()))?;
-    orchestrator::start_run(Arc::new(store), plan)
-        .map(|(_, records)| records)
-        .map_err(|e| Failure::general(e.to_string()))
+fn daemon_failure(e: DaemonClientError) -> Failure {
+    let code = match &e {
+        DaemonClientError::Refused { status: 401 | 403, .. } => 3,
+        DaemonClientError::Refused { status: 404, .. } => 4,
+        DaemonClientError::Refused { status: 400 | 422, .. } => 2,
+        _ => 1,
+    };
+    Failure { message: e.to_string(), code }
 }
 
-/// The running daemon's event stream, if one answers; else polling.
-async fn daemon_feed(state: &StateDir) -> EventFeed {
-    let Some(info) = state.hook_info() else { return EventFeed::None };
-    let Ok(key) = state.jwt_key() else { return EventFeed::None };
-    let token =
-        cloudci_webhook::auth::TokenKeys::new(&key).issue("cloudci build", vec![], Duration::from_secs(24 * 3600));
-    cloudci_gitlab::install_tls_provider();
-    let alive = reqwest::Client::new()
-        .get(format!("{}/v1/events?since=999999999999", info.api_url))
-        .bearer_auth(&token)
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success());
-    if alive { EventFeed::Remote { api_url: info.api_url, token } } else { EventFeed::None }
+/// How long the daemon may stay unreachable (a restart) before the CLI gives up on it.
+const DAEMON_PATIENCE: Duration = Duration::from_secs(120);
+
+/// The builds started by the daemon and followed through its API: its records say where each
+/// stands, its event stream gives the progress lines. This process polls nothing on GitLab.
+async fn through_daemon(
+    daemon: &DaemonClient,
+    state: &StateDir,
+    request: &Request,
+    actions: bool,
+    reporter: Arc<dyn Reporter>,
+    progress: bool,
+) -> Result<(std::path::PathBuf, Vec<BuildOutcome>), Failure> {
+    let body = serde_json::json!({
+        "projects": request.names,
+        "ref": request.git_ref,
+        "targets": request.targets,
+        "variables": request.variables,
+        "actions": actions,
+    });
+    let started = daemon.start(&body).await.map_err(daemon_failure)?;
+    let mut daemon = daemon.clone();
+    let labels: BTreeMap<i64, String> =
+        started.builds.iter().map(|b| (b.id, format!("{}/{}", b.project, b.target))).collect();
+    let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(BTreeMap::<u64, String>::new());
+    let lines = progress.then(|| tokio::spawn(progress_lines(daemon.clone(), pipelines_rx, reporter.clone())));
+    let mut records: BTreeMap<i64, crate::builds::BuildRecord> = BTreeMap::new();
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
+    loop {
+        let mut pending = false;
+        for (&id, label) in &labels {
+            if records.get(&id).is_some_and(|r| r.status.is_final()) {
+                continue;
+            }
+            match daemon.build(id).await {
+                Ok(r) => {
+                    unreachable_since = None;
+                    if let Some(p) = r.pipeline_id
+                        && records.get(&id).is_none_or(|b| b.pipeline_id.is_none())
+                    {
+                        let url = r.pipeline_url.clone().unwrap_or_default();
+                        reporter.line(label, &format!("pipeline {p} started: {url}"));
+                        pipelines_tx.send_modify(|m| {
+                            m.insert(p, label.clone());
+                        });
+                    }
+                    if r.status.is_final() {
+                        let p = r.pipeline_id.map(|p| format!("pipeline {p}")).unwrap_or_else(|| "build".into());
+                        reporter.line(label, &format!("{p}: {}", r.status));
+                    }
+                    pending |= !r.status.is_final();
+                    records.insert(id, r);
+                }
+                Err(DaemonClientError::Unreachable { .. }) => {
+                    pending = true;
+                    let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > DAEMON_PATIENCE {
+                        return Err(Failure::general(format!(
+                            "the daemon went away for over {} s; the builds go on there (see `cloudci status`)",
+                            DAEMON_PATIENCE.as_secs()
+                        )));
+                    }
+                    // A restarted daemon resumes the builds itself; it may listen elsewhere.
+                    if let Some(again) = DaemonClient::find(state).await {
+                        daemon = again;
+                    }
+                    break;
+                }
+                Err(e) => return Err(daemon_failure(e)),
+            }
+        }
+        if !pending {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if let Some(lines) = lines {
+        lines.abort();
+    }
+    let outcomes: Vec<BuildOutcome> = records.values().map(Into::into).collect();
+    let log_dir = records.values().find_map(|r| r.log_dir.clone()).map(Into::into).unwrap_or_default();
+    Ok((log_dir, outcomes))
+}
+
+/// Reports job changes of the pipelines in `pipelines` as the daemon's stream tells them,
+/// reconnecting (after the last event seen) when the daemon restarts.
+async fn progress_lines(
+    daemon: DaemonClient,
+    pipelines: tokio::sync::watch::Receiver<BTreeMap<u64, String>>,
+    reporter: Arc<dyn Reporter>,
+) {
+    let mut last_seq = None;
+    let mut seen: BTreeSet<(u64, String)> = BTreeSet::new();
+    loop {
+        let query = last_seq.map(|s: u64| format!("since={s}")).unwrap_or_default();
+        if let Ok(stream) = crate::sse_client::subscribe(&daemon.api_url, daemon.token(), &query).await {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(e) = stream.next().await {
+                last_seq = Some(e.seq);
+                let label = e.pipeline_id.and_then(|p| pipelines.borrow().get(&p).cloned());
+                if let (Some(label), cloudci_webhook::EventKind::Job, Some(status)) = (label, e.kind, e.status())
+                    && seen.insert((e.job_id.unwrap_or(0), status.to_string()))
+                {
+                    reporter.line(&label, &format!("{}: {status}", e.job_name.clone().unwrap_or_default()));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The calls a run would make, in order.
@@ -147,7 +254,7 @@ pub(super) fn dry_run(config: &Config, plan: &Plan, actions: bool) -> Vec<String
                     .iter()
                     .map(|(k, v)| serde_json::json!({"key": k, "value": v, "variable_type": "env_var"}))
                     .collect();
-                variables.push(serde_json::json!({"key": orchestrator::run::REQUEST_VARIABLE, "value": "<random id>", "variable_type": "env_var"}));
+                variables.push(serde_json::json!({"key": orchestrator::REQUEST_VARIABLE, "value": "<random id>", "variable_type": "env_var"}));
                 let body = serde_json::json!({"ref": git_ref, "variables": variables});
                 lines.push(format!("POST {path}/pipeline  {body}  # {}/{}", b.project, b.target));
                 lines.push(format!(
@@ -213,7 +320,7 @@ pub(super) fn print_outcomes(
         t.row(vec![
             o.project.clone(),
             o.target.clone(),
-            o.status.clone(),
+            o.status.to_string(),
             o.pipeline_url.clone().unwrap_or_else(|| o.reason.clone().unwrap_or_default()),
             o.artifacts.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             o.merge_request.clone().unwrap_or_default(),

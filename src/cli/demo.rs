@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use super::Failure;
 use super::build::print_outcomes;
 use crate::daemon::Daemon;
-use crate::orchestrator::{self, BuildOutcome, EventFeed, Quiet, Reporter, Request, Runner, StderrReporter};
+use crate::orchestrator::{BuildOutcome, EventFeed, Orchestrator, Quiet, Reporter, Request, StderrReporter};
 use crate::output::stderr_is_terminal;
 
 const FIRMWARE: [(&str, &str); 3] = [
@@ -104,24 +104,23 @@ after_success = {{ merge_request = {{ target_branch = "main", title = "Add featu
         let daemon = Daemon::start_with(&config, true, Some(gitlab.clone())).await?;
         show.line("demo", &format!("webhook receiver at {}/hooks/…, hook registered", daemon.public_url));
 
-        let plan = orchestrator::plan(
-            &config,
-            &Request { names: vec!["firmware".into()], git_ref: Some("feature".into()), ..Request::default() },
-        )
-        .map_err(|e| Failure::general(e.0))?;
-        let runner = Runner {
+        // The demo's builds run in this process, next to the daemon, on its hub.
+        let store = crate::builds::SqliteBuilds::open(&config.state_dir().join("builds.db"))
+            .map_err(|e| Failure::general(e.to_string()))?;
+        let orchestrator = Orchestrator::new(
+            Arc::new(config.clone()),
             gitlab,
-            config: Arc::new(config.clone()),
-            state_dir: config.state_dir(),
-            feed: EventFeed::Hub(daemon.hub.clone()),
-            actions: true,
-            reporter: show.clone(),
-            silence: Duration::from_secs(5),
-            records: Some(super::build::open_records(&crate::state::StateDir::new(config.state_dir()), &plan)?),
-            // Status and the jobs' output as they come, for whoever is watching.
-            follow_logs: verbose,
-        };
-        let (run_dir, outcomes) = runner.run(&plan).await?;
+            Arc::new(store),
+            EventFeed::Hub(daemon.hub.clone()),
+            config.state_dir(),
+        )
+        // Status and the jobs' output as they come, for whoever is watching.
+        .with_reporter(show.clone(), verbose);
+        let plan = orchestrator
+            .plan(&Request { names: vec!["firmware".into()], git_ref: Some("feature".into()), ..Request::default() })
+            .map_err(|e| Failure::general(e.to_string()))?;
+        let finished = orchestrator.run(&plan, true).await?;
+        let (run_dir, outcomes) = (finished.log_dir, finished.outcomes);
         for o in &outcomes {
             if let Some(dir) = &o.artifacts
                 && let Ok(note) = std::fs::read_to_string(dir.join("out/SKIPPED.txt"))
@@ -154,7 +153,7 @@ fn failure_summary(outcomes: &[BuildOutcome]) -> String {
     let bad: Vec<String> = outcomes
         .iter()
         .filter(|o| !(o.succeeded() && o.artifacts.is_some() && o.merge_request.is_some()))
-        .map(|o| format!("{}/{}: {}", o.project, o.target, o.reason.clone().unwrap_or_else(|| o.status.clone())))
+        .map(|o| format!("{}/{}: {}", o.project, o.target, o.reason.clone().unwrap_or_else(|| o.status.to_string())))
         .collect();
     format!("the demo did not complete: {}", bad.join("; "))
 }

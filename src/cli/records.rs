@@ -51,7 +51,7 @@ impl StatusArgs {
                     ("build", b.id.to_string()),
                     ("project", format!("{} ({})", b.project, b.gitlab)),
                     ("target", b.target.clone()),
-                    ("status", b.status.clone()),
+                    ("status", b.status.to_string()),
                     ("ref", b.git_ref.clone().unwrap_or_default()),
                     ("sha", b.sha.clone().unwrap_or_default()),
                     ("pipeline", b.pipeline_url.clone().unwrap_or_default()),
@@ -78,7 +78,7 @@ impl StatusArgs {
                         b.project.clone(),
                         b.target.clone(),
                         b.git_ref.clone().unwrap_or_default(),
-                        b.status.clone(),
+                        b.status.to_string(),
                         b.pipeline_url.clone().unwrap_or_default(),
                     ]);
                 }

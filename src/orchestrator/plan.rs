@@ -46,13 +46,34 @@ pub struct Request {
 
 /// A request that does not fit the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PlanError(pub String);
+pub enum PlanError {
+    /// No project or group named.
+    #[error("name at least one project or group")]
+    NothingNamed,
+    /// A name that is neither a project nor a group.
+    #[error("unknown project or group {name:?}; known: {known}")]
+    UnknownName {
+        /// The name.
+        name: String,
+        /// The known names, comma-separated (or "(none configured)").
+        known: String,
+    },
+    /// A target no selected project builds.
+    #[error("target {target:?} is not built by {projects}; their targets: {available}")]
+    UnknownTarget {
+        /// The target.
+        target: String,
+        /// The selected projects, comma-separated.
+        projects: String,
+        /// Their targets, comma-separated.
+        available: String,
+    },
+}
 
 /// Builds the plan for `req`.
 pub fn plan(config: &Config, req: &Request) -> Result<Plan, PlanError> {
     if req.names.is_empty() {
-        return Err(PlanError("name at least one project or group".into()));
+        return Err(PlanError::NothingNamed);
     }
     let mut selected: BTreeSet<String> = BTreeSet::new();
     for name in &req.names {
@@ -63,10 +84,10 @@ pub fn plan(config: &Config, req: &Request) -> Result<Plan, PlanError> {
         } else {
             let known: Vec<&str> =
                 config.projects.keys().map(String::as_str).chain(config.groups.keys().map(String::as_str)).collect();
-            return Err(PlanError(format!(
-                "unknown project or group {name:?}; known: {}",
-                if known.is_empty() { "(none configured)".into() } else { known.join(", ") }
-            )));
+            return Err(PlanError::UnknownName {
+                name: name.clone(),
+                known: if known.is_empty() { "(none configured)".into() } else { known.join(", ") },
+            });
         }
     }
     for t in &req.targets {
@@ -74,11 +95,11 @@ pub fn plan(config: &Config, req: &Request) -> Result<Plan, PlanError> {
         if !used {
             let available: BTreeSet<&str> =
                 selected.iter().flat_map(|p| config.projects[p].targets.iter().map(|x| x.get_ref().as_str())).collect();
-            return Err(PlanError(format!(
-                "target {t:?} is not built by {}; their targets: {}",
-                selected.iter().cloned().collect::<Vec<_>>().join(", "),
-                available.into_iter().collect::<Vec<_>>().join(", ")
-            )));
+            return Err(PlanError::UnknownTarget {
+                target: t.clone(),
+                projects: selected.iter().cloned().collect::<Vec<_>>().join(", "),
+                available: available.into_iter().collect::<Vec<_>>().join(", "),
+            });
         }
     }
     let mut builds = BTreeMap::new();
@@ -195,10 +216,11 @@ all = ["fw", "hal", "tools"]
     #[test]
     fn unknown_names_list_the_known_ones() {
         let e = plan(&config(), &Request { names: vec!["bootloader".into()], ..Default::default() }).unwrap_err();
-        assert_eq!(e.0, "unknown project or group \"bootloader\"; known: fw, hal, tools, all");
+        assert_eq!(e.to_string(), "unknown project or group \"bootloader\"; known: fw, hal, tools, all");
         let e =
             plan(&config(), &Request { names: vec!["hal".into()], targets: vec!["b".into()], ..Default::default() })
                 .unwrap_err();
-        assert!(e.0.contains("target \"b\" is not built by hal; their targets: a"), "{}", e.0);
+        let e = e.to_string();
+        assert!(e.contains("target \"b\" is not built by hal; their targets: a"), "{e}");
     }
 }

@@ -1,0 +1,232 @@
+//! The pipeline follower: one way, for every caller, to learn how a pipeline goes until it
+//! settles. Inside the daemon it listens to the hub (the daemon's reconciler turns GitLab's API
+//! into events when webhooks are silent), and asks GitLab itself only to confirm a final status
+//! and as a long safety net. Without a daemon it polls GitLab, from 2–3 s backing off to 30 s.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudci_gitlab::types::Status;
+use cloudci_gitlab::{Gitlab, JobFilter, JobId, PipelineId, ProjectRef};
+use cloudci_webhook::{BuildEvent, EventFilter, EventKind, Hub};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+
+use super::Reporter;
+
+/// Where live events come from.
+#[derive(Clone)]
+pub enum EventFeed {
+    /// No daemon: poll GitLab.
+    None,
+    /// The daemon in this process.
+    Hub(Hub),
+}
+
+/// Events about one project, subscribed before its pipeline is created so none is missed.
+pub type Events = Pin<Box<dyn Stream<Item = BuildEvent> + Send>>;
+
+/// A job's status as the follower saw it change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSeen {
+    /// Job name.
+    pub name: String,
+    /// Job id (0 when the event did not say).
+    pub id: u64,
+    /// New status.
+    pub status: Status,
+}
+
+/// With events, how long a silence lasts before the follower asks GitLab itself. The daemon's
+/// reconciler covers silent pipelines long before this; it is only a safety net.
+const SAFETY_NET: Duration = Duration::from_secs(60);
+/// Without events: the first poll, and the longest wait between polls. The first comes after
+/// 1 s (then 2, 4, … s) so that `--watch` still sees a short job running.
+const FIRST_POLL: Duration = Duration::from_millis(1000);
+const MAX_POLL: Duration = Duration::from_secs(30);
+
+/// Finished, or blocked on a person (a required manual job): either way, nothing more happens
+/// without someone acting, so the build reports where it stands instead of waiting forever.
+pub fn settled(status: &Status) -> bool {
+    status.is_completed() || status.is_blocked()
+}
+
+/// Follows pipelines.
+#[derive(Clone)]
+pub struct Follower {
+    gitlab: Gitlab,
+    feed: EventFeed,
+}
+
+impl Follower {
+    /// A follower over `feed`, asking `gitlab` when it must.
+    pub fn new(gitlab: Gitlab, feed: EventFeed) -> Self {
+        Self { gitlab, feed }
+    }
+
+    /// The events about `gitlab_project` from now on, if there is a feed.
+    pub async fn subscribe(&self, gitlab_project: &str) -> Option<Events> {
+        match &self.feed {
+            EventFeed::None => None,
+            EventFeed::Hub(hub) => {
+                let filter = EventFilter { projects: vec![gitlab_project.to_owned()], ..EventFilter::default() };
+                Some(Box::pin(hub.subscribe(filter, None).filter_map(|r| async move { r.ok() })))
+            }
+        }
+    }
+
+    /// Asks the daemon's reconciler to cover `pipeline` if its webhooks stay silent.
+    pub async fn track(&self, project_id: u64, path: &str, pipeline: u64) {
+        if let EventFeed::Hub(hub) = &self.feed {
+            let (store, path) = (hub.store().clone(), path.to_owned());
+            let tracked = tokio::task::spawn_blocking(move || store.track_pipeline(project_id, &path, pipeline)).await;
+            if !matches!(tracked, Ok(Ok(()))) {
+                tracing::warn!(pipeline.id = pipeline, "could not hand the pipeline to the reconciler");
+            }
+        }
+    }
+
+    /// Follows `id` until it settles; returns its settled status as GitLab's API gives it.
+    /// `check_first` asks GitLab before waiting (a pipeline followed again after a restart or a
+    /// retry may have settled already). Each job change is passed to `on_job`.
+    pub async fn follow(
+        &self,
+        project: &ProjectRef,
+        id: PipelineId,
+        mut events: Option<Events>,
+        check_first: bool,
+        on_job: &mut (dyn FnMut(JobSeen) + Send),
+    ) -> Result<Status, cloudci_gitlab::Error> {
+        let mut known: std::collections::BTreeMap<String, Status> = std::collections::BTreeMap::new();
+        let mut poll_wait = FIRST_POLL;
+        let mut ask = check_first;
+        // How long a silence may last with events; shortened once events and GitLab disagreed.
+        let mut patience = SAFETY_NET;
+        let mut said_final = false;
+        loop {
+            if ask {
+                ask = false;
+                let contradicted = std::mem::take(&mut said_final);
+                // Events can be late or, around retries, wrong: GitLab's API decides.
+                let p = self.gitlab.pipeline(project.clone(), id).await?;
+                if events.is_none() || settled(&p.status) {
+                    // Without events, job changes are seen here.
+                    let jobs: Vec<_> =
+                        self.gitlab.pipeline_jobs(project.clone(), id, &JobFilter::default()).try_collect().await?;
+                    for j in jobs {
+                        if known.get(&j.name) != Some(&j.status) {
+                            known.insert(j.name.clone(), j.status.clone());
+                            on_job(JobSeen { name: j.name, id: j.id.0, status: j.status });
+                        }
+                    }
+                }
+                if settled(&p.status) {
+                    return Ok(p.status);
+                }
+                if contradicted {
+                    // An event said final and GitLab says not: do not trust the feed's silence
+                    // either (e.g. a retried pipeline whose last event was stale).
+                    patience = jittered(poll_wait);
+                    poll_wait = (poll_wait * 2).min(MAX_POLL);
+                }
+            }
+            let Some(stream) = events.as_mut() else {
+                tokio::time::sleep(jittered(poll_wait)).await;
+                poll_wait = (poll_wait * 2).min(MAX_POLL);
+                ask = true;
+                continue;
+            };
+            match tokio::time::timeout(patience, stream.next()).await {
+                Ok(Some(e)) if e.pipeline_id == Some(id.0) => {
+                    let status = e.status().unwrap_or(Status::Created);
+                    match e.kind {
+                        EventKind::Job => {
+                            let name = e.job_name.clone().unwrap_or_default();
+                            if known.get(&name) != Some(&status) {
+                                known.insert(name.clone(), status.clone());
+                                on_job(JobSeen { name, id: e.job_id.unwrap_or(0), status });
+                            }
+                        }
+                        EventKind::Pipeline if settled(&status) => {
+                            said_final = true;
+                            ask = true;
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Some(_)) => {}
+                // The feed ended (it should not): poll from now on.
+                Ok(None) => {
+                    events = None;
+                    ask = true;
+                }
+                Err(_) => {
+                    // After a contradiction, each silence counts as one: keep checking.
+                    said_final |= patience < SAFETY_NET;
+                    ask = true;
+                }
+            }
+        }
+    }
+}
+
+/// `wait` ± 20%, so many followers do not poll in step.
+fn jittered(wait: Duration) -> Duration {
+    let spread = wait.as_millis() as u64 / 5;
+    let offset = rand::random_range(0..=2 * spread.max(1));
+    (wait + Duration::from_millis(offset)).saturating_sub(Duration::from_millis(spread))
+}
+
+/// Appends a running job's new output to `path` and reports it line by line, until the job ends.
+/// (GitLab's API sends the whole log on every read, so this is for watching, not the default.)
+pub async fn follow_log(
+    gitlab: Gitlab,
+    project: ProjectRef,
+    job: JobId,
+    path: PathBuf,
+    label: String,
+    reporter: Arc<dyn Reporter>,
+) {
+    use tokio::io::AsyncWriteExt;
+    if let Some(dir) = path.parent() {
+        let _ = tokio::fs::create_dir_all(dir).await;
+    }
+    let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await else { return };
+    let mut offset = 0;
+    let mut partial = String::new();
+    loop {
+        // Status first: output written before the job ended is in the read that follows.
+        let finished = match gitlab.job(project.clone(), job).await {
+            Ok(j) => j.status.is_completed(),
+            Err(e) => {
+                tracing::debug!("following a log: {e}");
+                true
+            }
+        };
+        if let Ok(chunk) = gitlab.job_trace_from(project.clone(), job, offset).await {
+            offset = chunk.next_offset;
+            let _ = file.write_all(&chunk.data).await;
+            partial.push_str(&String::from_utf8_lossy(&chunk.data));
+            while let Some(end) = partial.find('\n') {
+                let line: String = partial.drain(..=end).collect();
+                reporter.line(&label, line.trim_end());
+            }
+        }
+        if finished {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn jitter_stays_within_a_fifth() {
+        for _ in 0..100 {
+            let d = super::jittered(std::time::Duration::from_secs(10));
+            assert!(d >= std::time::Duration::from_secs(8) && d <= std::time::Duration::from_secs(12), "{d:?}");
+        }
+    }
+}
