@@ -339,8 +339,13 @@ mod tests {
             // A late hook of the failed attempt is no retry.
             D::J(2, "test", Running, Running),
             D::J(7, "test", Running, Running),
-            // A hook of the retry's pre-retry sibling (rendered when the pipeline first failed).
+            // The Pipeline Hook from before the retry, overtaken by it, names the old attempt.
             D::P(Failed, &[(1, "build", Success), (2, "test", Failed)]),
+        ]);
+        assert_eq!(ev, ["p:failed", "p:running+r"]);
+        let ev = pipeline_events(&[
+            D::P(Failed, &[(1, "build", Success), (2, "test", Failed)]),
+            D::J(7, "test", Running, Running),
             D::J(7, "test", Failed, Failed),
         ]);
         assert_eq!(ev, ["p:failed", "p:running+r", "p:failed"]);
@@ -363,6 +368,13 @@ mod tests {
             D::P(Success, &[(1, "build_a", Success), (9, "test", Success)]),
         ]);
         assert_eq!(ev, ["p:failed", "p:success+r"]);
+        // Reopening without a known earlier attempt needs the basis covered: this Pipeline Hook
+        // shows build_a older than the hook that finished the pipeline, so it is not a retry.
+        let ev = pipeline_events(&[
+            D::J(1, "build_a", Success, Failed),
+            D::P(Running, &[(1, "build_a", Running), (2, "test", Failed)]),
+        ]);
+        assert_eq!(ev, ["p:failed"]);
         // After a retry, an older sibling's hook carrying a finished status may predate it.
         let ev = pipeline_events(&[
             D::P(Failed, &[(1, "a", Success), (2, "b", Failed)]),
@@ -376,6 +388,13 @@ mod tests {
         let ev = pipeline_events(&[
             D::P(Running, &[(1, "build", Success), (2, "test", Running)]),
             D::J(1, "build", Success, Pending),
+        ]);
+        assert_eq!(ev, ["p:running"]);
+        // Nor can it finish the pipeline: it may have been rendered at any time after its job
+        // finished, so it is no evidence about the other jobs.
+        let ev = pipeline_events(&[
+            D::P(Running, &[(1, "build", Success), (2, "test", Running)]),
+            D::J(1, "build", Success, Failed),
         ]);
         assert_eq!(ev, ["p:running"]);
         // The last job's hook makes up for the lost final Pipeline Hook.
