@@ -4,6 +4,9 @@
 //! (`cloudci token issue`); a token limited to projects sees only those. Errors are
 //! `{"error": "...", "field": "..."}` with 400 (malformed), 401, 403, 404, 422 (does not fit the
 //! configuration) or 503 (no GitLab access configured).
+//!
+//! (A little over 400 lines: one short handler per route; builds are started, retried and
+//! canceled by the orchestrator, so only routing, auth and HTTP shapes live here.)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -4,10 +4,11 @@
 //! the pipeline carrying that id is looked for and adopted instead of started again.
 
 use cloudci_gitlab::types::{CreatePipeline, Pipeline};
-use cloudci_gitlab::{Gitlab, PipelineFilter, ProjectRef};
+use cloudci_gitlab::{Gitlab, PipelineFilter, PipelineId, ProjectRef};
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::Reporter;
+use super::{BuildStatus, Orchestrator, OrchestratorError, Reporter};
+use crate::builds::{BuildRecord, BuildWork};
 
 /// The CI variable holding the id of the request that started a pipeline.
 pub const REQUEST_VARIABLE: &str = "CLOUDCI_REQUEST";
@@ -66,4 +67,69 @@ pub async fn find_pipeline(
         }
     }
     Ok(None)
+}
+
+impl Orchestrator {
+    /// Creates the build's pipeline, or adopts the one a create before a crash made.
+    pub(super) async fn create_pipeline(
+        &self,
+        record: &BuildRecord,
+        work: &BuildWork,
+        project: &ProjectRef,
+        label: &str,
+    ) -> Result<PipelineId, OrchestratorError> {
+        let gitlab = &self.inner.gitlab;
+        let git_ref = match &work.git_ref {
+            Some(r) => r.clone(),
+            None => gitlab
+                .project(project.clone())
+                .await?
+                .default_branch
+                .ok_or_else(|| OrchestratorError::NoDefaultBranch(record.gitlab.clone()))?,
+        };
+        let created = chrono::DateTime::parse_from_rfc3339(&record.created_at)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|_| chrono::Utc::now());
+        let since = created - chrono::Duration::seconds(60);
+        let mut found = None;
+        if work.create_attempted {
+            found = find_pipeline(gitlab, project, &git_ref, &work.request_id, since).await?;
+            if let Some(p) = &found {
+                self.inner.reporter.line(label, &format!("adopted pipeline {} created before a restart", p.id));
+            }
+        }
+        let pipeline = match found {
+            Some(p) => p,
+            None => {
+                let r = git_ref.clone();
+                self.records()
+                    .update(record.id, move |rec, w| {
+                        rec.git_ref = Some(r.clone());
+                        w.create_attempted = true;
+                    })
+                    .await?;
+                let mut params = CreatePipeline::new(git_ref.clone());
+                for (k, v) in &work.variables {
+                    params = params.variable(k.clone(), v.clone());
+                }
+                params = params.variable(REQUEST_VARIABLE, work.request_id.clone());
+                start_pipeline(gitlab, project, &params, since, self.inner.reporter.as_ref(), label).await?
+            }
+        };
+        let (pid, url, sha, r) = (pipeline.id.0, pipeline.web_url.clone(), pipeline.sha.clone(), git_ref);
+        self.records()
+            .update(record.id, move |rec, _| {
+                rec.pipeline_id = Some(pid);
+                rec.pipeline_url = Some(url.clone());
+                rec.sha = Some(sha.clone());
+                rec.git_ref = Some(r.clone());
+                rec.status = BuildStatus::Running;
+            })
+            .await?;
+        self.inner.reporter.line(label, &format!("pipeline {} started: {}", pipeline.id, pipeline.web_url));
+        // The daemon's reconciler covers this pipeline if its webhooks stay silent.
+        let project_id = pipeline.project_id.map(|p| p.0).unwrap_or(0);
+        self.inner.follower.track(project_id, &record.gitlab, pipeline.id.0).await;
+        Ok(pipeline.id)
+    }
 }
