@@ -39,6 +39,9 @@ pub enum DaemonError {
     /// GitLab refused something.
     #[error("GitLab: {0}")]
     Gitlab(#[from] cloudci_gitlab::Error),
+    /// Another daemon uses the state directory.
+    #[error(transparent)]
+    Locked(#[from] crate::state::LockError),
 }
 
 /// A running daemon.
@@ -57,6 +60,7 @@ pub struct Daemon {
     projects: Vec<ProjectRef>,
     tasks: Vec<JoinHandle<()>>,
     _tunnel: Box<dyn OpenTunnel>,
+    _lock: crate::state::DaemonLock,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -92,6 +96,7 @@ impl Daemon {
     ) -> Result<Self, DaemonError> {
         let state = StateDir::new(config.state_dir());
         state.create().map_err(|e| DaemonError::Setup(format!("{}: {e}", state.root().display())))?;
+        let lock = state.lock_daemon()?;
         let setup = |e: String| DaemonError::Setup(e);
         let durability = match config.webhook.durability {
             DurabilitySetting::Full => Durability::Full,
@@ -188,23 +193,37 @@ impl Daemon {
                 },
             );
             signing_confirmed = config.webhook.signing;
-            for project in config.projects.values() {
-                let p = ProjectRef::parse(&project.gitlab);
-                let hook = manager.install(&p).await?;
-                tracing::info!(project = %project.gitlab, hook.id = %hook.id, "webhook installed");
-                // GitLab before 19.0 ignores the signing token and never signs.
-                signing_confirmed &= hook.signing_token_present == Some(true);
-                projects.push(p);
+            let silence = Duration::from_secs(config.webhook.reconcile_after.max(1));
+            projects = config.projects.values().map(|p| ProjectRef::parse(&p.gitlab)).collect();
+            let reconciler = Reconciler::new(gitlab.clone(), hub.clone(), silence).with_projects(projects.clone());
+            // A hook GitLab will not take now (an outage, a 502) does not keep the daemon from
+            // starting: it is retried in the background, and meanwhile the reconciler asks the API.
+            let mut not_installed = Vec::new();
+            for p in &projects {
+                match manager.install(p).await {
+                    Ok(hook) => {
+                        tracing::info!(project = %p, hook.id = %hook.id, "webhook installed");
+                        // GitLab before 19.0 ignores the signing token and never signs.
+                        signing_confirmed &= hook.signing_token_present == Some(true);
+                    }
+                    Err(e) => {
+                        tracing::warn!(project = %p, "cannot install the webhook yet ({e}); retrying in the background");
+                        signing_confirmed = false;
+                        not_installed.push(p.clone());
+                    }
+                }
             }
             if signing_confirmed {
                 receiver.set_secrets(state.hook_secrets(true).map_err(setup)?);
             }
-            let silence = Duration::from_secs(config.webhook.reconcile_after.max(1));
-            tasks.push(tokio::spawn(
-                Reconciler::new(gitlab.clone(), hub.clone(), silence)
-                    .run(Duration::from_secs((silence.as_secs() / 3).max(1))),
-            ));
-            tasks.push(tokio::spawn(watch_hooks(manager.clone(), projects.clone())));
+            tasks.push(tokio::spawn(reconciler.clone().run(Duration::from_secs((silence.as_secs() / 3).max(1)))));
+            tasks.push(tokio::spawn(watch_hooks(
+                manager.clone(),
+                projects.clone(),
+                not_installed,
+                reconciler,
+                hub.clone(),
+            )));
             hooks = Some(manager);
         }
         tasks.push(tokio::spawn(watch_secrets(state.clone(), receiver.clone(), signing_confirmed)));
@@ -215,7 +234,7 @@ impl Daemon {
                 api_url: format!("http://{api_addr}"),
             })
             .map_err(|e| setup(e.to_string()))?;
-        Ok(Self { public_addr, api_addr, public_url, hub, keys, hooks, projects, tasks, _tunnel: tunnel })
+        Ok(Self { public_addr, api_addr, public_url, hub, keys, hooks, projects, tasks, _tunnel: tunnel, _lock: lock })
     }
 
     /// Stops the listeners; removes this installation's hooks unless `keep_hooks`.
@@ -266,14 +285,53 @@ async fn open_tunnel(config: &Config, local: std::net::SocketAddr) -> Result<Box
     }
 }
 
-/// Every minute: a hook GitLab auto-disabled after failures is re-enabled with a test delivery.
-async fn watch_hooks(manager: HookManager, projects: Vec<ProjectRef>) {
+/// How often hooks are looked after.
+const HOOK_CHECK: Duration = Duration::from_secs(60);
+
+/// Installs the hooks that could not be installed at start, and, whenever the webhooks have been
+/// silent for a minute, checks that GitLab did not pause ours (it does after four failed
+/// deliveries: a sleeping laptop, a restart); a paused hook is re-enabled with a test delivery and
+/// the reconciler catches up on what GitLab did not deliver meanwhile.
+async fn watch_hooks(
+    manager: HookManager,
+    projects: Vec<ProjectRef>,
+    mut not_installed: Vec<ProjectRef>,
+    reconciler: Reconciler,
+    hub: Hub,
+) {
+    let mut retry = Duration::from_secs(5);
     loop {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        for p in &projects {
-            if let Err(e) = manager.ensure_enabled(p).await {
-                tracing::warn!(project = %p, "checking the webhook: {e}");
+        tokio::time::sleep(if not_installed.is_empty() { HOOK_CHECK } else { retry }).await;
+        let mut installed_now = false;
+        let mut still = Vec::new();
+        for p in not_installed.drain(..) {
+            match manager.install(&p).await {
+                Ok(hook) => {
+                    tracing::info!(project = %p, hook.id = %hook.id, "webhook installed");
+                    installed_now = true;
+                }
+                Err(e) => {
+                    tracing::warn!(project = %p, "installing the webhook: {e}");
+                    still.push(p);
+                }
             }
+        }
+        not_installed = still;
+        retry = (retry * 2).min(HOOK_CHECK);
+        let store = hub.store().clone();
+        let last = tokio::task::spawn_blocking(move || store.last_delivery_at()).await.ok().and_then(Result::ok);
+        let silent = last.flatten().is_none_or(|t| chrono::Utc::now().timestamp() - t >= HOOK_CHECK.as_secs() as i64);
+        let mut re_enabled = false;
+        if silent {
+            for p in projects.iter().filter(|p| !not_installed.contains(p)) {
+                match manager.ensure_enabled(p).await {
+                    Ok(found) => re_enabled |= found,
+                    Err(e) => tracing::warn!(project = %p, "checking the webhook: {e}"),
+                }
+            }
+        }
+        if installed_now || re_enabled {
+            reconciler.request_catch_up();
         }
     }
 }

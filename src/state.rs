@@ -27,6 +27,38 @@ pub struct HookInfo {
     pub api_url: String,
 }
 
+/// Held while a daemon uses the state directory; released when dropped or when the process ends.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: std::fs::File,
+}
+
+/// Why the state directory could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another daemon holds it.
+    #[error(
+        "another cloudci serve{} is already using the state directory {}; stop it, or give this one its own [store] path",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        dir.display()
+    )]
+    Held {
+        /// The state directory.
+        dir: PathBuf,
+        /// The other daemon's process id, as it wrote it.
+        pid: Option<u32>,
+    },
+    /// The lock file could not be opened or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -160,8 +192,60 @@ impl StateDir {
         std::fs::rename(tmp, self.root.join("hook.json"))
     }
 
+    /// Takes the state directory for this daemon: one `cloudci serve` per state directory, so two
+    /// never fight over its hooks, `hook.json` or databases. The lock is the kernel's (`flock`), so
+    /// it goes away with the process, however it ends (a `kill -9` leaves no stale lock).
+    pub fn lock_daemon(&self) -> Result<DaemonLock, LockError> {
+        let path = self.root.join("serve.lock");
+        let io = |source| LockError::Io { path: path.clone(), source };
+        let mut file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default().trim().to_owned();
+                return Err(LockError::Held { dir: self.root.clone(), pid: holder.parse().ok() });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        use std::io::{Seek, Write};
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(DaemonLock { _file: file })
+    }
+
     /// The full hook URL for a public base URL.
     pub fn hook_url(&self, public_url: &str) -> Result<String, SecretFileError> {
         Ok(format!("{}/hooks/{}", public_url.trim_end_matches('/'), self.path_secret()?.expose_secret()))
+    }
+
+    /// Creates the directory if needed and checks that this user may list and write it, so that a
+    /// bad state path fails at once with the path and the cause (`state directory
+    /// /x/state: cannot write in it: Permission denied`, `... /x is a file, not a directory`)
+    /// instead of SQLite's `unable to open database file` or a bare `Not a directory`. The
+    /// error keeps the cause's kind.
+    pub fn ensure_usable(&self) -> std::io::Result<()> {
+        let root = &self.root;
+        let fail = |what: &str, e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("state directory {}: {what}: {e}", root.display()))
+        };
+        if let Some(file) = root.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists() && !a.is_dir()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("state directory {}: {} is a file, not a directory", root.display(), file.display()),
+            ));
+        }
+        create_private_dir(root).map_err(|e| fail("cannot create it", e))?;
+        std::fs::read_dir(root).map_err(|e| fail("cannot read it", e))?;
+        let probe = root.join(format!(".write-check-{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&probe)
+            .map_err(|e| fail("cannot write in it", e))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
     }
 }

@@ -73,21 +73,46 @@ impl HookManager {
     }
 
     /// Makes sure exactly one hook of ours points at the current URL with the current token:
-    /// updates the first one found, deletes any others, or creates one.
+    /// updates the first one found, deletes any others, or creates one. A create that may have
+    /// reached GitLab ([`Error::MaybeApplied`]) is followed by another look before trying again,
+    /// so a restart under GitLab trouble never leaves two hooks. A hook GitLab paused after
+    /// failed deliveries (a restart of a few seconds costs four) is re-enabled at once.
     pub async fn install(&self, project: &ProjectRef) -> Result<ProjectHook, Error> {
-        let mut ours = self.find(project).await?;
         let params = self.params();
-        let hook = match ours.first() {
-            Some(existing) => self.gitlab.edit_hook(project.clone(), existing.id, &params).await?,
-            None => self.gitlab.create_hook(project.clone(), &params).await?,
-        };
-        if !ours.is_empty() {
-            for stale in ours.drain(1..) {
-                tracing::info!(hook.id = %stale.id, "removing a duplicate cloudci hook");
-                self.gitlab.delete_hook(project.clone(), stale.id).await?;
+        let mut attempts = 0;
+        let hook = loop {
+            let mut ours = self.find(project).await?;
+            if let Some(existing) = ours.first() {
+                let hook = self.gitlab.edit_hook(project.clone(), existing.id, &params).await?;
+                for stale in ours.drain(1..) {
+                    tracing::info!(hook.id = %stale.id, "removing a duplicate cloudci hook");
+                    self.gitlab.delete_hook(project.clone(), stale.id).await?;
+                }
+                break hook;
             }
+            match self.gitlab.create_hook(project.clone(), &params).await {
+                Ok(hook) => break hook,
+                Err(e @ Error::MaybeApplied { .. }) if attempts < 3 => {
+                    attempts += 1;
+                    tracing::warn!("creating the hook: {e}; looking whether GitLab created it");
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if hook.is_disabled() {
+            self.re_enable(project, &hook).await?;
+            return Ok(self.find(project).await?.into_iter().next().unwrap_or(hook));
         }
         Ok(hook)
+    }
+
+    async fn re_enable(&self, project: &ProjectRef, hook: &ProjectHook) -> Result<(), Error> {
+        tracing::warn!(
+            hook.id = %hook.id,
+            status = hook.alert_status.as_deref().unwrap_or(""),
+            "GitLab paused the hook after failed deliveries; sending a test delivery to re-enable it"
+        );
+        self.gitlab.test_hook(project.clone(), hook.id, "push_events").await
     }
 
     /// Removes every hook of ours from `project`. Returns how many.
@@ -100,14 +125,14 @@ impl HookManager {
     }
 
     /// If GitLab auto-disabled our hook, sends a test delivery, which re-enables it when it gets a
-    /// 2xx. Returns true when a disabled hook was found.
+    /// 2xx. Returns true when a disabled hook was found (what GitLab did meanwhile was not
+    /// delivered: the caller should catch up).
     pub async fn ensure_enabled(&self, project: &ProjectRef) -> Result<bool, Error> {
         let mut found = false;
         for h in self.find(project).await? {
             if h.is_disabled() {
                 found = true;
-                tracing::warn!(hook.id = %h.id, status = h.alert_status.as_deref().unwrap_or(""), "GitLab disabled the hook; sending a test delivery to re-enable it");
-                self.gitlab.test_hook(project.clone(), h.id, "push_events").await?;
+                self.re_enable(project, &h).await?;
             }
         }
         Ok(found)

@@ -127,8 +127,15 @@ impl Sub {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs a store call on the blocking pool. A panic inside it is carried on to the caller; a call
+/// cancelled because the runtime is shutting down never returns (its caller is being dropped
+/// too), where unwrapping the `JoinError` used to panic at exit.
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, crate::store::StoreError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => std::future::pending().await,
+    }
 }

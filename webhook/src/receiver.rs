@@ -166,8 +166,7 @@ impl Processor {
         let mut total = 0;
         loop {
             let store = self.hub.store().clone();
-            let batch =
-                tokio::task::spawn_blocking(move || store.pending_deliveries(100)).await.expect("store task")?;
+            let batch = crate::hub::blocking(move || store.pending_deliveries(100)).await?;
             if batch.is_empty() {
                 return Ok(total);
             }
@@ -183,9 +182,7 @@ impl Processor {
                     };
                 let store = self.hub.store().clone();
                 let events =
-                    tokio::task::spawn_blocking(move || store.process_delivery(d.id, observations, error.as_deref()))
-                        .await
-                        .expect("store task")?;
+                    crate::hub::blocking(move || store.process_delivery(d.id, observations, error.as_deref())).await?;
                 self.hub.publish(events);
                 total += 1;
             }

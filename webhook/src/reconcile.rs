@@ -1,38 +1,82 @@
-//! The reconciler: when GitLab goes quiet about a pipeline that is not finished (a dropped
-//! delivery, a tunnel outage, a hook GitLab auto-disabled, a restart of cloudci), it asks GitLab's
-//! API and feeds what it learns through the same state machine, so subscribers never miss a
-//! final state. It polls only what is silent, so a healthy webhook flow costs no API calls.
+//! The reconciler: what the webhooks did not say, GitLab's API does. Two duties, both fed through
+//! the same state machine as deliveries, so subscribers never miss a final state:
+//! - **silent pipelines**: a known pipeline that is not finished (or finished with a job still
+//!   shown running) and that nothing was heard of for `silence` is read again (a dropped delivery);
+//! - **catch-up**: pipelines nobody heard of at all (every delivery fell into an outage: the daemon
+//!   was down or stopped, the laptop slept, GitLab had paused the hook). For each project it lists
+//!   `GET /projects/:id/pipelines?updated_after=` from the last catch-up (less a margin for clock
+//!   skew) and reads each one. It runs at start, when asked (a hook was re-enabled, the tunnel came
+//!   back), and while webhooks are silent — backing off, so an idle project costs one request now
+//!   and then, and a healthy webhook flow costs none.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloudci_gitlab::{Gitlab, JobFilter, PipelineId, ProjectId};
+use cloudci_gitlab::{Gitlab, JobFilter, PipelineFilter, PipelineId, ProjectId, ProjectRef};
 use futures_util::TryStreamExt;
+use tokio::sync::Notify;
 
 use crate::events::{BuildEvent, EventKind, EventSource, Observation};
-use crate::hub::Hub;
+use crate::hub::{Hub, blocking};
+use crate::store::StoreError;
 
-/// Polls silent pipelines.
+/// Why a reconciler round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// GitLab's API failed.
+    #[error(transparent)]
+    Gitlab(#[from] cloudci_gitlab::Error),
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How far back a catch-up looks before the last one, for clock skew between this machine and
+/// GitLab and for pipelines updated while the last listing ran.
+pub const CATCH_UP_MARGIN: Duration = Duration::from_secs(120);
+/// Webhooks silent this long (and never less than the reconciler's `silence`) start catch-ups.
+pub const QUIET: Duration = Duration::from_secs(30);
+/// The longest wait between two catch-ups while webhooks stay silent.
+pub const MAX_CATCH_UP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// A wait this much longer than asked for means the process was suspended.
+const SUSPEND_HINT: Duration = Duration::from_secs(5);
+
+/// Polls silent pipelines and catches up after outages.
 #[derive(Debug, Clone)]
 pub struct Reconciler {
     gitlab: Gitlab,
     hub: Hub,
     silence: Duration,
+    projects: Vec<ProjectRef>,
+    /// Project path or id (as given) → numeric id, learned on first use.
+    ids: Arc<Mutex<BTreeMap<String, u64>>>,
+    wake: Arc<Notify>,
 }
 
 impl Reconciler {
     /// A reconciler that polls pipelines nobody heard of for `silence`.
     pub fn new(gitlab: Gitlab, hub: Hub, silence: Duration) -> Self {
-        Self { gitlab, hub, silence }
+        Self { gitlab, hub, silence, projects: Vec::new(), ids: Arc::default(), wake: Arc::new(Notify::new()) }
     }
 
-    /// One round. With `everything`, polls every unfinished pipeline, silent or not (after a
-    /// restart or a tunnel reconnect). Returns how many events it logged.
-    pub async fn round(&self, everything: bool) -> Result<usize, cloudci_gitlab::Error> {
+    /// Also catches up on these projects: pipelines of theirs that no delivery announced.
+    pub fn with_projects(mut self, projects: Vec<ProjectRef>) -> Self {
+        self.projects = projects;
+        self
+    }
+
+    /// Asks the running loop for a catch-up now (a hook was re-enabled, the tunnel came back).
+    pub fn request_catch_up(&self) {
+        self.wake.notify_one();
+    }
+
+    /// One round over known pipelines. With `everything`, polls every unfinished pipeline, silent
+    /// or not (after a restart or a tunnel reconnect). Returns how many events it logged.
+    pub async fn round(&self, everything: bool) -> Result<usize, ReconcileError> {
         let store = self.hub.store().clone();
-        let active = tokio::task::spawn_blocking(move || store.active_pipelines())
-            .await
-            .expect("store task")
-            .unwrap_or_default();
+        let active = blocking(move || store.active_pipelines()).await?;
         let now = chrono::Utc::now().timestamp();
         let mut logged = 0;
         for p in active {
@@ -41,15 +85,80 @@ impl Reconciler {
             }
             tracing::info!(pipeline.id = p.pipeline_id, "no word from GitLab; asking its API");
             let observations = self.observe(p.project_id, p.project.clone(), p.pipeline_id).await?;
-            let store = self.hub.store().clone();
-            let events = tokio::task::spawn_blocking(move || store.apply_observations(observations))
-                .await
-                .expect("store task")
-                .map_err(|e| cloudci_gitlab::Error::Config(e.to_string()))?;
-            logged += events.len();
-            self.hub.publish(events);
+            logged += self.apply(observations).await?;
         }
         Ok(logged)
+    }
+
+    /// Catches up on every project: reads each pipeline updated since the last catch-up (less
+    /// [`CATCH_UP_MARGIN`]). The first catch-up of a new state directory only starts the clock.
+    /// Returns how many events it logged.
+    pub async fn catch_up(&self) -> Result<usize, ReconcileError> {
+        let mut logged = 0;
+        let mut first_error = None;
+        for project in &self.projects {
+            match self.catch_up_project(project).await {
+                Ok(n) => logged += n,
+                Err(e) => {
+                    tracing::warn!(project = %project, "catching up: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(logged),
+        }
+    }
+
+    async fn project_id(&self, project: &ProjectRef) -> Result<u64, ReconcileError> {
+        if let ProjectRef::Id(id) = project {
+            return Ok(id.0);
+        }
+        let key = project.to_string();
+        if let Some(id) = self.ids.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(*id);
+        }
+        let id = self.gitlab.project(project.clone()).await?.id.0;
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).insert(key, id);
+        Ok(id)
+    }
+
+    async fn catch_up_project(&self, project: &ProjectRef) -> Result<usize, ReconcileError> {
+        let id = self.project_id(project).await?;
+        let started = chrono::Utc::now();
+        let store = self.hub.store().clone();
+        let cursor = blocking(move || store.catch_up_cursor(id)).await?;
+        let mut logged = 0;
+        if let Some(cursor) = cursor {
+            let since = chrono::DateTime::from_timestamp(cursor, 0).unwrap_or(started)
+                - chrono::Duration::from_std(CATCH_UP_MARGIN).unwrap_or_default();
+            let filter = PipelineFilter { updated_after: Some(since), per_page: Some(100), ..Default::default() };
+            let changed: Vec<_> = self.gitlab.pipelines(ProjectId(id), &filter).try_collect().await?;
+            if !changed.is_empty() {
+                tracing::info!(project = %project, pipelines = changed.len(), "catching up on what GitLab did meanwhile");
+            }
+            let path = match project {
+                ProjectRef::Path(p) => Some(p.clone()),
+                ProjectRef::Id(_) => None,
+            };
+            // Oldest first, so subscribers hear of them in the order they happened.
+            for p in changed.iter().rev() {
+                let observations = self.observe(id, path.clone(), p.id.0).await?;
+                logged += self.apply(observations).await?;
+            }
+        }
+        let store = self.hub.store().clone();
+        blocking(move || store.set_catch_up_cursor(id, started.timestamp())).await?;
+        Ok(logged)
+    }
+
+    async fn apply(&self, observations: Vec<Observation>) -> Result<usize, ReconcileError> {
+        let store = self.hub.store().clone();
+        let events = blocking(move || store.apply_observations(observations)).await?;
+        let n = events.len();
+        self.hub.publish(events);
+        Ok(n)
     }
 
     async fn observe(
@@ -57,7 +166,7 @@ impl Reconciler {
         project_id: u64,
         path: Option<String>,
         id: u64,
-    ) -> Result<Vec<Observation>, cloudci_gitlab::Error> {
+    ) -> Result<Vec<Observation>, ReconcileError> {
         let pipeline = self.gitlab.pipeline(ProjectId(project_id), PipelineId(id)).await?;
         let jobs: Vec<_> = self
             .gitlab
@@ -94,17 +203,53 @@ impl Reconciler {
         Ok(out)
     }
 
-    /// Runs rounds every `every` until dropped; the first round polls everything unfinished.
+    /// Runs until dropped, a round every `every`: the first polls everything unfinished and
+    /// catches up; later ones poll what went silent, and catch up when asked or while the
+    /// webhooks are quiet (after [`QUIET`], then less and less often, up to
+    /// [`MAX_CATCH_UP_INTERVAL`]).
     pub async fn run(self, every: Duration) {
+        let quiet = QUIET.max(self.silence);
         let mut everything = true;
+        let mut catch_up_due = true;
+        let mut interval = quiet;
+        let mut last_catch_up = tokio::time::Instant::now();
         loop {
+            if catch_up_due && !self.projects.is_empty() {
+                match self.catch_up().await {
+                    Ok(n) if n > 0 => tracing::info!(events = n, "caught up from GitLab's API"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("catching up: {e}"),
+                }
+                last_catch_up = tokio::time::Instant::now();
+            }
             match self.round(everything).await {
                 Ok(n) if n > 0 => tracing::info!(events = n, "reconciled from GitLab's API"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("reconciling: {e}"),
             }
-            everything = false;
-            tokio::time::sleep(every).await;
+            let before = chrono::Utc::now();
+            let mut asked = tokio::time::timeout(every, self.wake.notified()).await.is_ok();
+            // The wall clock jumped past the wait: this process was suspended (a laptop asleep, a
+            // SIGSTOP). GitLab's deliveries meanwhile timed out, and it may have paused the hook.
+            let slept = (chrono::Utc::now() - before).to_std().unwrap_or_default();
+            if slept > every + SUSPEND_HINT {
+                tracing::info!(seconds = slept.as_secs(), "woke up after a suspension; catching up");
+                asked = true;
+            }
+            let store = self.hub.store().clone();
+            let last_delivery = blocking(move || store.last_delivery_at()).await.ok().flatten();
+            let silent_for = last_delivery
+                .map(|t| Duration::from_secs((chrono::Utc::now().timestamp() - t).max(0) as u64))
+                .unwrap_or(Duration::MAX);
+            if silent_for < quiet {
+                interval = quiet;
+            }
+            catch_up_due = asked || (silent_for >= quiet && last_catch_up.elapsed() >= interval);
+            if catch_up_due && !asked {
+                interval = (interval * 2).min(MAX_CATCH_UP_INTERVAL);
+            }
+            // A catch-up after an outage also rereads every unfinished pipeline.
+            everything = asked;
         }
     }
 }
