@@ -137,6 +137,10 @@ pub struct Failure {
     pub seq: Option<u64>,
     /// Every status the subscriber got for the object, in order (`+retry` marks retries).
     pub seen: Vec<String>,
+    /// When the sim finished the object (lost, wrong).
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Where that falls among the disruptions: `during outage`, `3.1 s after sigkill`, ...
+    pub context: Option<String>,
 }
 
 impl std::fmt::Display for Failure {
@@ -150,11 +154,12 @@ impl std::fmt::Display for Failure {
         match self.what.as_str() {
             "lost" | "wrong" => write!(
                 f,
-                "{} {what}: sim says {}, subscriber ended on {}; seen [{}]",
+                "{} {what}: sim says {}, subscriber ended on {}; seen [{}]{}",
                 self.what,
                 opt(&self.expected),
                 opt(&self.arrived),
-                self.seen.join(" ")
+                self.seen.join(" "),
+                self.context.as_ref().map(|c| format!("; finished {c}")).unwrap_or_default()
             ),
             _ => write!(
                 f,
@@ -166,6 +171,26 @@ impl std::fmt::Display for Failure {
                 self.seen.join(" ")
             ),
         }
+    }
+}
+
+/// Says, for each lost or wrong object, where its finish fell among the disruptions.
+pub(crate) fn place(failures: &mut [Failure], disruptions: &[crate::Disruption]) {
+    for f in failures.iter_mut() {
+        let Some(done) = f.finished_at else { continue };
+        let mut context = "before any disruption".to_owned();
+        for d in disruptions {
+            let end = d.at + chrono::Duration::milliseconds((d.down_secs * 1e3) as i64);
+            if done < d.at {
+                break;
+            }
+            context = if done <= end {
+                format!("during {}", d.what)
+            } else {
+                format!("{:.1} s after {}", (done - end).num_milliseconds() as f64 / 1e3, d.what)
+            };
+        }
+        f.context = Some(context);
     }
 }
 
@@ -242,6 +267,8 @@ pub(crate) fn analyse(truth: &Truth, events: &[Received]) -> Analysis {
             arrived: e.status.clone(),
             seq: Some(e.seq),
             seen: Vec::new(),
+            finished_at: None,
+            context: None,
         });
     }
     let seen_of = |evs: &[&Received]| -> Vec<String> {
@@ -290,6 +317,8 @@ pub(crate) fn analyse(truth: &Truth, events: &[Received]) -> Analysis {
                     arrived: Some(status.to_owned()),
                     seq: Some(e.seq),
                     seen: seen_of(evs),
+                    finished_at: None,
+                    context: None,
                 });
             }
             prev = Some(status);
@@ -342,6 +371,8 @@ pub(crate) fn analyse(truth: &Truth, events: &[Received]) -> Analysis {
             arrived: last,
             seq: None,
             seen: seen_of(evs),
+            finished_at,
+            context: None,
         });
     };
     for p in &truth.pipelines {

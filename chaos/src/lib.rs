@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use analysis::{Counts, Failure, Latency};
@@ -144,6 +145,8 @@ pub struct Disruption {
     pub what: String,
     /// Seconds after the first pipeline was created.
     pub at_secs: f64,
+    /// When it began (wall clock, to compare with the sim's timestamps and serve's logs).
+    pub at: DateTime<Utc>,
     /// How long `serve` was killed, stopped or absent, in seconds (until it answered again).
     pub down_secs: f64,
     /// Attempts it took to start `serve` again (0 for a SIGSTOP).
@@ -155,6 +158,8 @@ pub struct Disruption {
 pub struct Report {
     /// The options it ran with.
     pub options: Options,
+    /// When the first pipeline was created (wall clock).
+    pub started_at: DateTime<Utc>,
     /// Pipelines on the sim at the end (the truth).
     pub pipelines: usize,
     /// Jobs on the sim at the end, retried ones included.
@@ -191,6 +196,9 @@ pub struct Report {
     pub wall_secs: f64,
     /// The run directory (`failures.json`, `events.jsonl`, `truth.json`, `serve-N.{out,err}`).
     pub dir: PathBuf,
+    /// Lost and wrong objects by where their finish fell: `during outage`, `after sigkill`
+    /// (between its end and the next disruption), `before any disruption`.
+    pub lost_or_wrong_by_context: std::collections::BTreeMap<String, usize>,
     /// The first failures (all of them are in `failures.json`).
     pub failures: Vec<Failure>,
 }
@@ -263,6 +271,10 @@ impl std::fmt::Display for Report {
             writeln!(f, "  hook alert_status at the end: {s}")?;
         }
         writeln!(f, "  waited {:.1} s for events after the last pipeline finished", self.settle_secs)?;
+        if !self.lost_or_wrong_by_context.is_empty() {
+            let parts: Vec<String> = self.lost_or_wrong_by_context.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            writeln!(f, "  lost or wrong, by where the sim finished them: {}", parts.join(", "))?;
+        }
         for failure in self.failures.iter().take(15) {
             writeln!(f, "  - {failure}")?;
         }
@@ -373,6 +385,7 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
     // The creation phase and the disruptions, at once.
     let duration = (opts.pipelines as f64 / opts.rate.max(0.01)).max(opts.min_duration_secs);
     let t0 = Instant::now();
+    let started_at = Utc::now();
     let creator = tokio::spawn(create_pipelines(api.clone(), opts.clone(), t0));
     let disruptor = tokio::spawn(disrupt(serve.clone(), opts.clone(), t0, duration));
     let (created, cancelled) = creator.await.unwrap_or_default();
@@ -430,10 +443,21 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
     };
     drop(sim);
 
-    let analysed = analysis::analyse(&truth, &events);
+    let mut analysed = analysis::analyse(&truth, &events);
+    analysis::place(&mut analysed.failures, &disruptions);
     write_files(&dir, &truth, &events, &analysed.failures)?;
+    let mut lost_or_wrong_by_context = std::collections::BTreeMap::new();
+    for f in analysed.failures.iter().filter(|f| f.what == "lost" || f.what == "wrong") {
+        let c = f.context.as_deref().unwrap_or("unknown");
+        let bucket = match c.split_once(" s after ") {
+            Some((_, what)) => format!("after {what}"),
+            None => c.to_owned(),
+        };
+        *lost_or_wrong_by_context.entry(bucket).or_insert(0) += 1;
+    }
     Ok(Report {
         options: opts,
+        started_at,
         pipelines: truth.pipelines.len(),
         jobs: truth.pipelines.iter().map(|p| p.jobs.len()).sum(),
         create_failures: created.iter().filter(|c| c.is_none()).count(),
@@ -452,6 +476,7 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
         settle_secs,
         wall_secs: started.elapsed().as_secs_f64(),
         dir,
+        lost_or_wrong_by_context,
         failures: analysed.failures.into_iter().take(50).collect(),
     })
 }
@@ -548,6 +573,7 @@ async fn disrupt(
         let at = (t0 + Duration::from_secs_f64(duration * fraction)).max(not_before);
         tokio::time::sleep_until(at.into()).await;
         let at_secs = t0.elapsed().as_secs_f64();
+        let at_wall = Utc::now();
         let begun = Instant::now();
         let mut attempts = 0;
         match what {
@@ -573,6 +599,7 @@ async fn disrupt(
         done.push(Disruption {
             what: what.to_owned(),
             at_secs,
+            at: at_wall,
             down_secs: begun.elapsed().as_secs_f64(),
             start_attempts: attempts,
         });
