@@ -44,6 +44,10 @@ fn cloudci(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
         .env("GITLAB_HOST", url)
         .env("GITLAB_TOKEN", token)
         .env_remove("CLOUDCI_LOG")
+        // No configuration anywhere: GITLAB_HOST alone names the server.
+        .env_remove("CLOUDCI_CONFIG")
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .current_dir(std::env::temp_dir())
         .output()
         .unwrap();
     (
@@ -83,10 +87,15 @@ async fn pipelines_as_table_and_json_with_exit_codes() {
 
     let (code, _, err) = cloudci(&url, TOKEN, &["gitlab", "pipeline", "create", "acme/fw", "--var", "NOEQUALS"]);
     assert_eq!(code, 2, "{err}");
+    let (code, _, err) =
+        cloudci(&url, TOKEN, &["gitlab", "pipeline", "create", "acme/fw", "--ref", "main", "--var", "A B=1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a valid variable name"), "{err}");
 
-    // Nothing listens on port 9 of loopback: a connection failure is exit 1.
+    // Nothing listens on port 9 of loopback: a connection failure is exit 1, naming the host.
     let (code, _, err) = cloudci("http://127.0.0.1:9", TOKEN, &["gitlab", "pipelines", "acme/fw"]);
     assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach 127.0.0.1:9: connection refused"), "{err}");
     assert!(!err.contains("CLI-SECRET"));
 }
 
@@ -98,4 +107,10 @@ fn completions_and_help() {
     assert!(script.contains("_cloudci()") && script.contains("demo") && script.contains("serve"));
     let out = Command::new(env!("CARGO_BIN_EXE_cloudci")).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // `--json` is offered only where it does something.
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudci")).args(["gitlab", "trace", "--help"]).output().unwrap();
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("--json"));
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudci")).args(["gitlab", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("GITLAB_HOST") && help.contains("[gitlab] url") && help.contains("gitlab.com"), "{help}");
 }

@@ -15,8 +15,9 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
+use crate::error::{authority, gitlab_message, network_cause};
 use crate::retry::{RetryPolicy, rate_limit_wait};
-use crate::{Auth, Error, error::gitlab_message};
+use crate::{Auth, Error};
 
 /// Items per page when listing: GitLab's maximum.
 const PER_PAGE: usize = 100;
@@ -324,23 +325,26 @@ impl Gitlab {
         let idempotent = req.idempotency == Idempotency::Idempotent;
         let resp = match self.send_following_redirects(req, url).await {
             Ok(resp) => resp,
-            Err(Error::Transport { source, .. }) => {
+            Err(Error::Transport { source, host, .. }) => {
                 // A connect error means nothing reached GitLab: safe to retry any request.
                 let nothing_sent = source.is_connect();
                 if can_retry && (nothing_sent || idempotent) {
-                    return Attempt::Retry { wait: policy.backoff(attempt), why: describe(&source) };
+                    return Attempt::Retry { wait: policy.backoff(attempt), why: describe(&host, &source) };
                 }
                 if source.is_timeout() {
                     return Attempt::Fail(if idempotent {
-                        Error::Timeout { endpoint: endpoint.to_owned(), timeout: self.inner.timeout }
+                        Error::Timeout { endpoint: endpoint.to_owned(), host, timeout: self.inner.timeout }
                     } else {
-                        Error::MaybeApplied { endpoint: endpoint.to_owned(), cause: "no answer in time".into() }
+                        Error::MaybeApplied {
+                            endpoint: endpoint.to_owned(),
+                            cause: format!("no answer from {host} in time"),
+                        }
                     });
                 }
                 return Attempt::Fail(if nothing_sent || idempotent {
-                    Error::Transport { endpoint: endpoint.to_owned(), source }
+                    Error::Transport { endpoint: endpoint.to_owned(), host, source }
                 } else {
-                    Error::MaybeApplied { endpoint: endpoint.to_owned(), cause: describe(&source) }
+                    Error::MaybeApplied { endpoint: endpoint.to_owned(), cause: describe(&host, &source) }
                 });
             }
             Err(other) => return Attempt::Fail(other),
@@ -392,10 +396,7 @@ impl Gitlab {
             if req.whole_timeout {
                 builder = builder.timeout(self.inner.timeout);
             }
-            let resp = builder
-                .send()
-                .await
-                .map_err(|source| Error::Transport { endpoint: req.endpoint(), source: source.without_url() })?;
+            let resp = builder.send().await.map_err(|source| Error::transport(req.endpoint(), &url, source))?;
             let status = resp.status();
             if !status.is_redirection() || status == StatusCode::NOT_MODIFIED {
                 return Ok(resp);
@@ -430,11 +431,12 @@ impl Gitlab {
     }
 
     pub(crate) async fn body(&self, req: &Request, resp: Response) -> Result<Bytes, Error> {
+        let url = resp.url().clone();
         resp.bytes().await.map_err(|source| {
             if source.is_timeout() {
-                Error::Timeout { endpoint: req.endpoint(), timeout: self.inner.timeout }
+                Error::Timeout { endpoint: req.endpoint(), host: authority(&url), timeout: self.inner.timeout }
             } else {
-                Error::Transport { endpoint: req.endpoint(), source: source.without_url() }
+                Error::transport(req.endpoint(), &url, source)
             }
         })
     }
@@ -518,6 +520,7 @@ impl Gitlab {
     ) -> Result<u64, Error> {
         let resp = self.send(req).await?;
         let total = resp.content_length();
+        let url = resp.url().clone();
         let part = dest.with_file_name(format!(
             "{}.part",
             dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into())
@@ -531,8 +534,7 @@ impl Gitlab {
             let mut written = 0u64;
             let mut chunks = resp.bytes_stream();
             while let Some(chunk) = chunks.next().await {
-                let chunk = chunk
-                    .map_err(|source| Error::Transport { endpoint: req.endpoint(), source: source.without_url() })?;
+                let chunk = chunk.map_err(|source| Error::transport(req.endpoint(), &url, source))?;
                 file.write_all(&chunk).await.map_err(io)?;
                 written += chunk.len() as u64;
                 progress(written, total);
@@ -557,13 +559,15 @@ impl Gitlab {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_connect() {
-        "could not connect".into()
-    } else if e.is_timeout() {
-        "timed out".into()
+/// `cannot reach gitlab.example.com: connection refused`: for retry warnings and
+/// [`Error::MaybeApplied`]; no path, query or token.
+fn describe(host: &str, e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        format!("no answer from {host} in time")
+    } else if e.is_connect() {
+        format!("cannot reach {host}: {}", network_cause(e))
     } else {
-        "connection failed".into()
+        format!("lost the connection to {host}: {}", network_cause(e))
     }
 }
 

@@ -62,19 +62,24 @@ pub enum Error {
         cause: String,
     },
     /// No complete answer in time.
-    #[error("{endpoint}: no answer within {}s", timeout.as_secs_f32())]
+    #[error("{endpoint}: no answer from {host} within {}s", timeout.as_secs_f32())]
     Timeout {
         /// `METHOD /path` of the request.
         endpoint: String,
+        /// The server asked (`host` or `host:port`; never a path or query).
+        host: String,
         /// The limit.
         timeout: Duration,
     },
-    /// The connection failed (DNS, refused, TLS, reset).
-    #[error("{endpoint}: {source}")]
+    /// The connection failed (DNS, refused, TLS, reset), e.g.
+    /// `GET /projects/1/pipelines: cannot reach gitlab.example.com: connection refused`.
+    #[error("{endpoint}: cannot reach {host}: {}", network_cause(source))]
     Transport {
         /// `METHOD /path` of the request.
         endpoint: String,
-        /// The cause.
+        /// The server it was sent to (`host` or `host:port`; never a path or query).
+        host: String,
+        /// The cause, without the URL.
         #[source]
         source: reqwest::Error,
     },
@@ -103,6 +108,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// A transport failure of a request to `url`: names the server, never the path or query, and
+    /// strips the URL from `source`.
+    pub(crate) fn transport(endpoint: String, url: &url::Url, source: reqwest::Error) -> Self {
+        Self::Transport { endpoint, host: authority(url), source: source.without_url() }
+    }
+
     /// The HTTP status GitLab answered with, when the error is one.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -123,6 +134,55 @@ impl Error {
     /// 404.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
+    }
+}
+
+/// `host` or `host:port` of `url` (the port only when it is not the scheme's default).
+pub(crate) fn authority(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or("?");
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    }
+}
+
+/// What went wrong on the network, in a few words: `connection refused`, `connection reset`,
+/// `name resolution failed: ...`, or the innermost cause's own text (TLS and HTTP errors). Built
+/// from the error chain of a URL-less `reqwest::Error`, so it holds no path, query or token.
+pub(crate) fn network_cause(e: &reqwest::Error) -> String {
+    use std::io::ErrorKind;
+    let mut chain: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = current {
+        chain.push(c);
+        current = c.source();
+    }
+    let dns = chain.iter().any(|c| c.to_string().starts_with("dns error"));
+    let innermost = chain.last().map(|c| c.to_string()).unwrap_or_default();
+    let io = chain.iter().rev().find_map(|c| c.downcast_ref::<std::io::Error>());
+    let text = match io.map(std::io::Error::kind) {
+        Some(ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+        Some(ErrorKind::ConnectionReset) => "connection reset".to_owned(),
+        Some(ErrorKind::ConnectionAborted) => "connection aborted".to_owned(),
+        Some(ErrorKind::TimedOut) => "timed out".to_owned(),
+        Some(ErrorKind::HostUnreachable) => "host unreachable".to_owned(),
+        Some(ErrorKind::NetworkUnreachable) => "network unreachable".to_owned(),
+        _ => strip_os_error(&innermost),
+    };
+    let text = if text.is_empty() { "connection failed".to_owned() } else { text };
+    if dns {
+        let text = text.strip_prefix("failed to lookup address information: ").unwrap_or(&text);
+        format!("cannot resolve the name: {text}")
+    } else {
+        text
+    }
+}
+
+/// `Connection refused (os error 111)` → `Connection refused`.
+fn strip_os_error(text: &str) -> String {
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => text[..i].to_owned(),
+        _ => text.to_owned(),
     }
 }
 
@@ -166,7 +226,20 @@ pub(crate) fn gitlab_message(body: &[u8], status_text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::gitlab_message;
+    use super::{authority, gitlab_message, strip_os_error};
+
+    #[test]
+    fn hosts_and_causes() {
+        let url = |s: &str| url::Url::parse(s).unwrap();
+        assert_eq!(authority(&url("https://gitlab.example.com/api/v4/x?private_token=s")), "gitlab.example.com");
+        assert_eq!(authority(&url("http://127.0.0.1:9/api/v4/")), "127.0.0.1:9");
+        assert_eq!(authority(&url("http://[::1]:8080/")), "[::1]:8080");
+        assert_eq!(strip_os_error("Connection refused (os error 111)"), "Connection refused");
+        assert_eq!(
+            strip_os_error("invalid peer certificate: UnknownIssuer"),
+            "invalid peer certificate: UnknownIssuer"
+        );
+    }
 
     #[test]
     fn reads_every_error_shape() {

@@ -1,13 +1,12 @@
 //! `cloudci hooks show|list|install|remove|rotate`
 
 use clap::{Args, Subcommand};
-use cloudci_gitlab::ProjectRef;
+use cloudci_gitlab::{Gitlab, ProjectRef};
 use cloudci_webhook::hooks::HookManager;
 use secrecy::ExposeSecret;
 
 use super::Failure;
 use crate::config::Config;
-use crate::daemon::gitlab_client;
 use crate::output::{Table, print_json};
 use crate::state::StateDir;
 
@@ -16,7 +15,8 @@ use crate::state::StateDir;
 pub struct HooksCommand {
     #[command(subcommand)]
     action: HooksAction,
-    /// Machine-readable output.
+    /// Machine-readable output: `show` {"url", "token"}; `list`, `install`, `rotate`
+    /// [{"project", "hook"}] (GitLab's hook objects); `remove` [{"project", "removed"}].
     #[arg(long, global = true)]
     json: bool,
 }
@@ -88,28 +88,49 @@ impl HooksCommand {
                     .or(published.map(|i| i.public_url))
                     .ok_or_else(|| Failure::usage("no public URL known: start `cloudci serve` once, or pass --url"))?;
                 let manager = manager(config, &state, base)?;
+                let mut installed = Vec::new();
                 for (name, p) in &config.projects {
                     let h = manager.install(&ProjectRef::parse(&p.gitlab)).await?;
-                    crate::say!("{name}: hook {} installed", h.id);
+                    if !self.json {
+                        crate::say!("{name}: hook {} installed", h.id);
+                    }
+                    installed.push(serde_json::json!({"project": name, "hook": h}));
+                }
+                if self.json {
+                    print_json(&installed)?;
                 }
             }
             HooksAction::Remove => {
                 let manager = manager(config, &state, String::new())?;
+                let mut removed = Vec::new();
                 for (name, p) in &config.projects {
                     let n = manager.remove(&ProjectRef::parse(&p.gitlab)).await?;
-                    crate::say!("{name}: {n} hook(s) removed");
+                    if !self.json {
+                        crate::say!("{name}: {n} hook(s) removed");
+                    }
+                    removed.push(serde_json::json!({"project": name, "removed": n}));
+                }
+                if self.json {
+                    print_json(&removed)?;
                 }
             }
             HooksAction::Rotate => {
                 state.rotate().map_err(secret)?;
+                let mut updated = Vec::new();
                 if let Some(info) = published {
                     let manager = manager(config, &state, info.public_url)?;
                     for (name, p) in &config.projects {
                         let h = manager.install(&ProjectRef::parse(&p.gitlab)).await?;
-                        crate::say!("{name}: hook {} updated with the new secrets", h.id);
+                        if !self.json {
+                            crate::say!("{name}: hook {} updated with the new secrets", h.id);
+                        }
+                        updated.push(serde_json::json!({"project": name, "hook": h}));
                     }
-                } else {
+                } else if !self.json {
                     crate::say!("secrets rotated; no hooks to update yet");
+                }
+                if self.json {
+                    print_json(&updated)?;
                 }
             }
         }
@@ -119,7 +140,10 @@ impl HooksCommand {
 
 fn manager(config: &Config, state: &StateDir, public_url: String) -> Result<HookManager, Failure> {
     let secret = |e: cloudci_webhook::secrets::SecretFileError| Failure::general(e.to_string());
-    let gitlab = gitlab_client(config)?;
+    // No usable token is an authentication failure (exit 3), like a token GitLab refuses.
+    let token = config.gitlab_token().map_err(Failure::auth)?;
+    let gitlab =
+        Gitlab::builder(config.gitlab_url()).private_token(token).build().map_err(|e| Failure::usage(e.to_string()))?;
     let url = if public_url.is_empty() { String::new() } else { state.hook_url(&public_url).map_err(secret)? };
     Ok(HookManager::new(
         gitlab,

@@ -7,7 +7,9 @@ mod hooks;
 mod records;
 mod serve;
 mod token;
+pub mod vars;
 
+use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -53,7 +55,17 @@ pub enum Command {
     Token(TokenCommand),
     /// cloudci's webhooks on GitLab.
     Hooks(HooksCommand),
-    /// Talk to GitLab directly: pipelines, jobs, logs, artifacts.
+    /// Talk to GitLab directly: pipelines, jobs, logs, artifacts, merge requests.
+    ///
+    /// The server: --gitlab-url or GITLAB_HOST when set, else `[gitlab] url` of the configuration
+    /// (--config FILE, else $CLOUDCI_CONFIG, ./cloudci.toml, ~/.config/cloudci/config.toml), else
+    /// https://gitlab.com (said once on stderr when it is a terminal).
+    ///
+    /// The token: with the configuration's server, the one `cloudci build` uses (the variable
+    /// `[gitlab] token_env` names, default GITLAB_TOKEN, else `token_file`); with a server from
+    /// --gitlab-url or GITLAB_HOST, GITLAB_TOKEN only, so a token configured for one server is
+    /// never sent to another. Never from the command line, where other users could read it.
+    /// Without a token only public projects are visible.
     Gitlab(GitlabCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -63,15 +75,28 @@ pub enum Command {
 }
 
 /// A failed command: the one line to print and the exit code.
+///
+/// Code 0 is the quiet end: the reader of stdout went away (`cloudci status --json | head -1`),
+/// which is not a failure of the command; nothing is printed and the exit status is 0.
 #[derive(Debug)]
 pub struct Failure {
     /// One line for stderr; never contains a secret.
     pub message: String,
-    /// 1 failure, 2 usage, 3 authentication or permission, 4 not found.
+    /// 1 failure, 2 usage, 3 authentication or permission, 4 not found (0: see [`Failure::quiet`]).
     pub code: u8,
 }
 
 impl Failure {
+    /// Stop here, print nothing, exit 0: stdout's reader has gone (a broken pipe).
+    pub fn quiet() -> Self {
+        Self { message: String::new(), code: 0 }
+    }
+
+    /// Whether this is [`Failure::quiet`].
+    pub fn is_quiet(&self) -> bool {
+        self.code == 0
+    }
+
     /// Exit code 1 with this message.
     pub fn general(message: impl Into<String>) -> Self {
         Self { message: message.into(), code: 1 }
@@ -81,10 +106,31 @@ impl Failure {
     pub fn usage(message: impl Into<String>) -> Self {
         Self { message: message.into(), code: 2 }
     }
+
+    /// Exit code 3 (authentication or permission) with this message, e.g. no usable token.
+    pub fn auth(message: impl Into<String>) -> Self {
+        Self { message: message.into(), code: 3 }
+    }
+}
+
+/// A write to a pipe whose reader has gone, also when wrapped (as `print_json` wraps
+/// serde_json's error).
+pub fn is_broken_pipe(e: &std::io::Error) -> bool {
+    if e.kind() == ErrorKind::BrokenPipe {
+        return true;
+    }
+    let Some(inner) = e.get_ref() else { return false };
+    inner.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind) == Some(ErrorKind::BrokenPipe)
+        || inner.downcast_ref::<std::io::Error>().is_some_and(is_broken_pipe)
 }
 
 impl From<cloudci_gitlab::Error> for Failure {
     fn from(e: cloudci_gitlab::Error) -> Self {
+        if let cloudci_gitlab::Error::Io { source, .. } = &e
+            && is_broken_pipe(source)
+        {
+            return Self::quiet();
+        }
         let code = if e.is_auth() {
             3
         } else if e.is_not_found() {
@@ -113,7 +159,7 @@ impl From<crate::daemon::DaemonError> for Failure {
 
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
-        Self::general(e.to_string())
+        if is_broken_pipe(&e) { Self::quiet() } else { Self::general(e.to_string()) }
     }
 }
 
@@ -121,19 +167,31 @@ impl Cli {
     /// Runs the command.
     pub async fn run(self) -> Result<(), Failure> {
         let config = || crate::config::load(self.config.as_deref()).map_err(Failure::from);
+        // Commands that keep state check its directory first, so that a bad path fails with the
+        // path and the cause rather than deep inside SQLite.
+        let with_state = || -> Result<crate::config::Config, Failure> {
+            let config = config()?;
+            crate::state::StateDir::new(config.state_dir()).ensure_usable()?;
+            Ok(config)
+        };
         match self.command {
             Command::Build(args) => args.run(&config()?).await,
             Command::Demo(args) => args.run().await,
-            Command::Serve(args) => args.run(&config()?).await,
-            Command::Status(args) => args.run(&config()?),
-            Command::Logs(args) => args.run(&config()?).await,
-            Command::Artifacts(args) => args.run(&config()?),
-            Command::Token(cmd) => cmd.run(&config()?),
-            Command::Hooks(cmd) => cmd.run(&config()?).await,
-            Command::Gitlab(cmd) => cmd.run().await,
+            Command::Serve(args) => args.run(&with_state()?).await,
+            Command::Status(args) => args.run(&with_state()?),
+            Command::Logs(args) => args.run(&with_state()?).await,
+            Command::Artifacts(args) => args.run(&with_state()?),
+            Command::Token(cmd) => cmd.run(&with_state()?),
+            Command::Hooks(cmd) => cmd.run(&with_state()?).await,
+            Command::Gitlab(cmd) => cmd.run(self.config.as_deref()).await,
             Command::Completions { shell } => {
+                // Into memory first: clap_complete panics when it cannot write, e.g. into `| head`.
+                let mut script = Vec::new();
                 let mut cmd = <Cli as clap::CommandFactory>::command();
-                clap_complete::generate(shell, &mut cmd, "cloudci", &mut std::io::stdout());
+                clap_complete::generate(shell, &mut cmd, "cloudci", &mut script);
+                let mut out = std::io::stdout().lock();
+                out.write_all(&script)?;
+                out.flush()?;
                 Ok(())
             }
         }

@@ -115,6 +115,7 @@ impl Gitlab {
             req = req.header("range", range);
         }
         let mut resp = self.send(&req).await?;
+        let url = resp.url().clone();
         let endpoint = || format!("GET /{path}");
         match resp.status().as_u16() {
             // Nothing after `offset` (a server may also say so when the log shrank; the next
@@ -142,10 +143,8 @@ impl Gitlab {
                 // The whole log: skip the first `offset` bytes as they stream past.
                 let mut seen = 0u64;
                 let mut fresh = Vec::new();
-                while let Some(chunk) = resp
-                    .chunk()
-                    .await
-                    .map_err(|source| Error::Transport { endpoint: endpoint(), source: source.without_url() })?
+                while let Some(chunk) =
+                    resp.chunk().await.map_err(|source| Error::transport(endpoint(), &url, source))?
                 {
                     let chunk_start = seen;
                     seen += chunk.len() as u64;
