@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
-use crate::error::{authority, gitlab_message, network_cause};
+use crate::error::{authority, describe, gitlab_message};
 use crate::retry::{RetryPolicy, rate_limit_wait};
 use crate::{Auth, Error};
 
@@ -556,18 +556,6 @@ impl Gitlab {
             let _ = tokio::fs::remove_file(&part).await;
         }
         result
-    }
-}
-
-/// `cannot reach gitlab.example.com: connection refused`: for retry warnings and
-/// [`Error::MaybeApplied`]; no path, query or token.
-fn describe(host: &str, e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        format!("no answer from {host} in time")
-    } else if e.is_connect() {
-        format!("cannot reach {host}: {}", network_cause(e))
-    } else {
-        format!("lost the connection to {host}: {}", network_cause(e))
     }
 }
 

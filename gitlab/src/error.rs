@@ -73,7 +73,7 @@ pub enum Error {
     },
     /// The connection failed (DNS, refused, TLS, reset), e.g.
     /// `GET /projects/1/pipelines: cannot reach gitlab.example.com: connection refused`.
-    #[error("{endpoint}: cannot reach {host}: {}", network_cause(source))]
+    #[error("{endpoint}: {}", describe(host, source))]
     Transport {
         /// `METHOD /path` of the request.
         endpoint: String,
@@ -175,6 +175,19 @@ pub(crate) fn network_cause(e: &reqwest::Error) -> String {
         format!("cannot resolve the name: {text}")
     } else {
         text
+    }
+}
+
+/// `cannot reach gitlab.example.com: connection refused` (nothing was sent), `lost the connection
+/// to gitlab.example.com: ...` (it broke during the exchange), `no answer from ... in time`. For
+/// error texts and retry warnings; no path, query or token.
+pub(crate) fn describe(host: &str, e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        format!("no answer from {host} in time")
+    } else if e.is_connect() {
+        format!("cannot reach {host}: {}", network_cause(e))
+    } else {
+        format!("lost the connection to {host}: {}", network_cause(e))
     }
 }
 
