@@ -4,25 +4,96 @@
 //! subscriber that falls behind (the channel overflowed) or sees a gap reads the missing events
 //! from the log, so a slow or stuck subscriber never blocks the receiver or anyone else, and
 //! never loses anything.
+//!
+//! # Encode once, write once
+//! The events one transaction logged are announced as one [`Batch`]: each event is serialized
+//! and framed for SSE once ([`Encoded`]), and the frames are also concatenated once, so an
+//! unfiltered SSE subscriber writes the very same bytes as every other one, without a copy.
+//! [`Hub::subscribe_frames`] hands out everything a subscriber has pending as one buffer (one
+//! write); [`Hub::subscribe`] hands in-process subscribers the events themselves.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::sync::broadcast;
 
 use crate::events::BuildEvent;
-use crate::store::{EventFilter, Store};
+use crate::store::{EventFilter, Store, StoreError};
 
-/// Events buffered per subscriber before it must catch up from the log.
+/// Batches buffered per subscriber before it must catch up from the log.
 const LIVE_BUFFER: usize = 1024;
 /// Events read from the log at a time while catching up.
 const CATCH_UP_BATCH: usize = 500;
+
+/// An event serialized and framed once, shared by every subscriber.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The event.
+    pub event: BuildEvent,
+    /// Its SSE frame: `id: <seq>\nevent: <kind>\ndata: <JSON>\n\n`.
+    pub frame: Bytes,
+}
+
+/// Events logged together (consecutive seqs), announced as one message.
+#[derive(Debug)]
+pub struct Batch {
+    events: Vec<Encoded>,
+    /// Every frame, concatenated: what an unfiltered subscriber writes, as is.
+    all: Bytes,
+}
+
+impl Batch {
+    fn new(events: Vec<BuildEvent>) -> Self {
+        let events: Vec<Encoded> = events.into_iter().map(|event| Encoded { frame: frame(&event), event }).collect();
+        let all = match events.as_slice() {
+            [one] => one.frame.clone(),
+            many => {
+                let mut all = BytesMut::with_capacity(many.iter().map(|e| e.frame.len()).sum());
+                for e in many {
+                    all.extend_from_slice(&e.frame);
+                }
+                all.freeze()
+            }
+        };
+        Self { events, all }
+    }
+
+    /// The events, in seq order.
+    pub fn events(&self) -> &[Encoded] {
+        &self.events
+    }
+
+    fn first_seq(&self) -> u64 {
+        self.events.first().map_or(0, |e| e.event.seq)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.event.seq)
+    }
+}
+
+/// An event's SSE frame.
+pub fn frame(e: &BuildEvent) -> Bytes {
+    let data = serde_json::to_vec(e).unwrap_or_else(|_| b"{}".to_vec());
+    let mut f = BytesMut::with_capacity(data.len() + 48);
+    f.extend_from_slice(b"id: ");
+    f.extend_from_slice(e.seq.to_string().as_bytes());
+    f.extend_from_slice(b"\nevent: ");
+    f.extend_from_slice(e.kind.as_str().as_bytes());
+    // Compact JSON has no newline, so it is one `data:` line.
+    f.extend_from_slice(b"\ndata: ");
+    f.extend_from_slice(&data);
+    f.extend_from_slice(b"\n\n");
+    f.freeze()
+}
 
 /// The fan-out hub.
 #[derive(Debug, Clone)]
 pub struct Hub {
     store: Arc<Store>,
-    live: broadcast::Sender<Arc<BuildEvent>>,
+    live: broadcast::Sender<Arc<Batch>>,
 }
 
 impl Hub {
@@ -37,12 +108,32 @@ impl Hub {
         &self.store
     }
 
-    /// Announces events already committed to the log.
+    /// Announces events already committed to the log (in seq order, as one transaction logged
+    /// them).
     pub fn publish(&self, events: Vec<BuildEvent>) {
-        for e in events {
-            // No receivers is fine: the log keeps everything.
-            let _ = self.live.send(Arc::new(e));
+        // No receivers is fine: the log keeps everything, and nobody pays for encoding.
+        if events.is_empty() || self.live.receiver_count() == 0 {
+            return;
         }
+        // A batch holds consecutive seqs, which is what subscribers check for gaps.
+        let mut run = Vec::with_capacity(events.len());
+        for e in events {
+            if run.last().is_some_and(|p: &BuildEvent| p.seq + 1 != e.seq) {
+                let _ = self.live.send(Arc::new(Batch::new(std::mem::take(&mut run))));
+            }
+            run.push(e);
+        }
+        let _ = self.live.send(Arc::new(Batch::new(run)));
+    }
+
+    fn sub(&self, filter: EventFilter, after: Option<u64>) -> Sub {
+        // Subscribe before reading the log position, so nothing falls between the two; "from
+        // now" means from this call, not from the first poll of the stream.
+        let rx = self.live.subscribe();
+        let store = self.store.clone();
+        let last = after.or_else(|| store.last_seq().ok());
+        let everything = filter == EventFilter::default();
+        Sub { store, rx, filter, everything, last, catch_up: true }
     }
 
     /// Events passing `filter`, starting after `after` (a `Last-Event-ID`), or with what happens
@@ -51,37 +142,109 @@ impl Hub {
         &self,
         filter: EventFilter,
         after: Option<u64>,
-    ) -> impl Stream<Item = Result<BuildEvent, crate::store::StoreError>> + Send + 'static + use<> {
-        // Subscribe before reading the log position, so nothing falls between the two; "from
-        // now" means from this call, not from the first poll of the stream.
-        let rx = self.live.subscribe();
-        let store = self.store.clone();
-        let last = after.or_else(|| store.last_seq().ok());
-        let state = Sub { store, rx, filter, last, catch_up: true, queue: Vec::new() };
-        futures_util::stream::unfold(state, |mut sub| async move {
-            match sub.next().await {
-                Ok(e) => Some((Ok(e), sub)),
-                Err(err) => Some((Err(err), sub)),
+    ) -> impl Stream<Item = Result<BuildEvent, StoreError>> + Send + 'static + use<> {
+        let state = (self.sub(filter, after), VecDeque::new());
+        futures_util::stream::unfold(state, |(mut sub, mut queue)| async move {
+            loop {
+                if let Some(e) = queue.pop_front() {
+                    return Some((Ok(e), (sub, queue)));
+                }
+                match sub.next_chunk().await {
+                    Ok(Chunk::Live(batch, from)) => queue.extend(
+                        batch.events[from..].iter().filter(|e| sub.filter.matches(&e.event)).map(|e| e.event.clone()),
+                    ),
+                    Ok(Chunk::Logged(events)) => queue.extend(events),
+                    Err(err) => return Some((Err(err), (sub, queue))),
+                }
+            }
+        })
+    }
+
+    /// Like [`Hub::subscribe`], as SSE frames: each item is everything the subscriber had
+    /// pending when it was polled, concatenated (one write), and for an unfiltered subscriber
+    /// usually the very buffer every other subscriber writes.
+    pub fn subscribe_frames(
+        &self,
+        filter: EventFilter,
+        after: Option<u64>,
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static + use<> {
+        futures_util::stream::unfold(self.sub(filter, after), |mut sub| async move {
+            loop {
+                let chunk = match sub.next_chunk().await {
+                    Ok(c) => c,
+                    Err(err) => return Some((Err(err), sub)),
+                };
+                let mut out = Frames::Empty;
+                sub.append(&mut out, chunk);
+                // Whatever else is already there goes into the same write.
+                while let Some(more) = sub.try_next_live() {
+                    sub.append(&mut out, more);
+                }
+                if let Some(bytes) = out.finish() {
+                    return Some((Ok(bytes), sub));
+                }
             }
         })
     }
 }
 
+/// What a subscriber has to hand out next.
+enum Chunk {
+    /// A live batch, from this index on (what came before was handed out already).
+    Live(Arc<Batch>, usize),
+    /// Events read from the log, already filtered.
+    Logged(Vec<BuildEvent>),
+}
+
+/// Frames gathered for one write: a single shared buffer is passed on as is.
+enum Frames {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Frames {
+    fn push(&mut self, b: &Bytes) {
+        *self = match std::mem::replace(self, Self::Empty) {
+            Self::Empty => Self::One(b.clone()),
+            Self::One(first) => {
+                let mut m = BytesMut::with_capacity(first.len() + b.len());
+                m.extend_from_slice(&first);
+                m.extend_from_slice(b);
+                Self::Many(m)
+            }
+            Self::Many(mut m) => {
+                m.extend_from_slice(b);
+                Self::Many(m)
+            }
+        };
+    }
+
+    fn finish(self) -> Option<Bytes> {
+        match self {
+            Self::Empty => None,
+            Self::One(b) => Some(b),
+            Self::Many(m) => Some(m.freeze()),
+        }
+    }
+}
+
 struct Sub {
     store: Arc<Store>,
-    rx: broadcast::Receiver<Arc<BuildEvent>>,
+    rx: broadcast::Receiver<Arc<Batch>>,
     filter: EventFilter,
+    /// The filter passes everything.
+    everything: bool,
     /// Highest seq examined; `None` until the starting point is known.
     last: Option<u64>,
     /// Read the log before waiting for live events (at the start, after a gap or an overflow).
     catch_up: bool,
-    /// Caught-up events not yet handed out, in reverse order.
-    queue: Vec<BuildEvent>,
 }
 
 impl Sub {
-    async fn next(&mut self) -> Result<BuildEvent, crate::store::StoreError> {
-        let last = match self.last {
+    /// The next events to hand out, waiting for them.
+    async fn next_chunk(&mut self) -> Result<Chunk, StoreError> {
+        let mut last = match self.last {
             Some(last) => last,
             None => {
                 let store = self.store.clone();
@@ -90,38 +253,81 @@ impl Sub {
                 now
             }
         };
-        let mut last = last;
         loop {
-            if let Some(e) = self.queue.pop() {
-                return Ok(e);
-            }
             if self.catch_up {
                 let store = self.store.clone();
                 let filter = self.filter.clone();
-                let (mut batch, examined) =
+                let (batch, examined) =
                     blocking(move || store.events_after(last, None, &filter, CATCH_UP_BATCH)).await?;
                 if examined > last {
                     last = examined;
                     self.last = Some(last);
-                    batch.reverse();
-                    self.queue = batch;
+                    if !batch.is_empty() {
+                        return Ok(Chunk::Logged(batch));
+                    }
                     continue;
                 }
                 self.catch_up = false;
             }
             match self.rx.recv().await {
-                // Already handed out through the log.
-                Ok(e) if e.seq <= last => {}
-                Ok(e) if e.seq == last + 1 => {
-                    last = e.seq;
-                    self.last = Some(last);
-                    if self.filter.matches(&e) {
-                        return Ok((*e).clone());
+                Ok(batch) => {
+                    if let Some(chunk) = self.take(batch) {
+                        return Ok(chunk);
                     }
                 }
-                // A gap (another writer's event not announced yet) or an overflow: read the log.
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up = true,
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up = true,
                 Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            }
+            last = self.last.unwrap_or(last);
+        }
+    }
+
+    /// A live batch already there, if any and if it follows on (otherwise the next
+    /// [`Sub::next_chunk`] reads the log).
+    fn try_next_live(&mut self) -> Option<Chunk> {
+        while !self.catch_up {
+            match self.rx.try_recv() {
+                Ok(batch) => {
+                    if let Some(chunk) = self.take(batch) {
+                        return Some(chunk);
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.catch_up = true,
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// What of `batch` is news: `None` when all of it was handed out already, or when it does not
+    /// follow on from the last seq (a gap: another writer's events not announced yet, or an
+    /// overflow), in which case the log is read next.
+    fn take(&mut self, batch: Arc<Batch>) -> Option<Chunk> {
+        let last = self.last.unwrap_or(0);
+        if batch.last_seq() <= last {
+            return None;
+        }
+        if batch.first_seq() > last + 1 {
+            self.catch_up = true;
+            return None;
+        }
+        self.last = Some(batch.last_seq());
+        let from = (last + 1 - batch.first_seq()) as usize;
+        Some(Chunk::Live(batch, from))
+    }
+
+    fn append(&self, out: &mut Frames, chunk: Chunk) {
+        match chunk {
+            Chunk::Live(batch, 0) if self.everything => out.push(&batch.all),
+            Chunk::Live(batch, from) => {
+                for e in batch.events[from..].iter().filter(|e| self.filter.matches(&e.event)) {
+                    out.push(&e.frame);
+                }
+            }
+            Chunk::Logged(events) => {
+                for e in &events {
+                    out.push(&frame(e));
+                }
             }
         }
     }
@@ -131,8 +337,8 @@ impl Sub {
 /// cancelled because the runtime is shutting down never returns (its caller is being dropped
 /// too), where unwrapping the `JoinError` used to panic at exit.
 pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, crate::store::StoreError> {
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

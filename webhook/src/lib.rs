@@ -8,7 +8,8 @@
 //! - [`store`]: SQLite (WAL): raw deliveries, the event log, pipeline and job state.
 //! - [`tracker`]: the state machine that never moves a status backwards.
 //! - [`events`]: the event type subscribers receive, and delivery → events.
-//! - [`hub`]: fan-out with bounded buffers; laggards catch up from the log.
+//! - [`ingest`]: group commit — deliveries arriving together share one transaction and fsync.
+//! - [`hub`]: fan-out with bounded buffers, each event encoded once; laggards catch up from the log.
 //! - [`sse`]: `GET /v1/events` for the local listener, with JWT auth ([`auth`]).
 //! - [`reconcile`]: polls GitLab for pipelines the webhooks went silent about.
 //! - [`hooks`]: registering, finding, re-enabling and removing cloudci's project hooks.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod events;
 pub mod hooks;
 pub mod hub;
+pub mod ingest;
 pub mod receiver;
 pub mod reconcile;
 pub mod secrets;

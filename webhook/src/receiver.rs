@@ -1,9 +1,11 @@
 //! The public listener: `POST /hooks/{path-secret}` and nothing else.
 //!
 //! A delivery is checked (path, token, signature), limited to GitLab's 25 MB, required to be JSON,
-//! stored durably, and only then answered 2xx — well within GitLab's 10 s. Turning it into events
-//! happens after the answer, in the [`Processor`], which also picks up whatever a crash left
-//! unprocessed. Anything else on this listener is a 404 with an empty body.
+//! read, and handed to the group commit ([`crate::ingest`]): deliveries arriving together are
+//! stored and turned into events in one transaction, and each is answered 2xx only after that
+//! commit — well within GitLab's 10 s. The [`Processor`] picks up whatever is left pending: what a
+//! crash left behind, and deliveries whose processing had to wait for older ones. Anything else
+//! on this listener is a 404 with an empty body.
 
 use std::sync::Arc;
 
@@ -20,7 +22,8 @@ use tokio::sync::Notify;
 
 use crate::events::{EventSource, observe};
 use crate::hub::Hub;
-use crate::store::{NewDelivery, Stored};
+use crate::ingest::{Ingest, IngestStats};
+use crate::store::{Incoming, NewDelivery, Parsed, Stored};
 use crate::verify::{DeliveryHeaders, HookSecrets};
 
 /// GitLab's cap on a webhook body (FACTS §1.1).
@@ -32,19 +35,28 @@ pub struct Receiver {
     secrets: Arc<std::sync::RwLock<Arc<HookSecrets>>>,
     hub: Hub,
     wake: Arc<Notify>,
+    ingest: Ingest,
     probe: Arc<str>,
 }
 
 impl Receiver {
     /// A receiver checking against `secrets` and storing into `hub`'s store. `probe` is a random
     /// value: `GET /probe/{probe}` answers 204, so a tunnel can be checked end to end.
+    /// Starts the group-commit writer thread, which stops when the last clone is dropped.
     pub fn new(secrets: HookSecrets, hub: Hub, probe: String) -> Self {
+        let wake = Arc::new(Notify::new());
         Self {
             secrets: Arc::new(std::sync::RwLock::new(Arc::new(secrets))),
+            ingest: Ingest::start(hub.clone(), wake.clone()),
             hub,
-            wake: Arc::new(Notify::new()),
+            wake,
             probe: probe.into(),
         }
+    }
+
+    /// The group commit's counters (batch sizes, time in the store).
+    pub fn ingest_stats(&self) -> &IngestStats {
+        self.ingest.stats()
     }
 
     /// Replaces the secrets (token or path rotation) without a restart.
@@ -114,10 +126,12 @@ async fn receive(State(r): State<Receiver>, Path(secret): Path<String>, headers:
         tracing::warn!(reason = %e, "refused a webhook delivery");
         return refuse(StatusCode::UNAUTHORIZED, e.to_string());
     }
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-        return refuse(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"));
-    }
     let event = header(&headers, "x-gitlab-event").unwrap_or("").to_owned();
+    // Read here, on the handler's thread, so that the writer only stores and applies.
+    let observations = match read(&event, &body) {
+        Ok(parsed) => parsed,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+    };
     // GitLab reuses Idempotency-Key (= webhook-id) for retries and resends (FACTS §1.5); before
     // 17.4 there is none, and the body's hash stands in.
     let dedup_key = header(&headers, "idempotency-key")
@@ -132,25 +146,37 @@ async fn receive(State(r): State<Receiver>, Path(secret): Path<String>, headers:
         KEPT_HEADERS.iter().filter_map(|h| header(&headers, h).map(|v| ((*h).to_owned(), json!(v)))).collect();
     let delivery =
         NewDelivery { dedup_key, event, headers: serde_json::Value::Object(kept).to_string(), body: body.to_vec() };
-    let store = r.hub.store().clone();
-    match tokio::task::spawn_blocking(move || store.insert_delivery(&delivery)).await {
-        Ok(Ok(Stored::New(id))) => {
-            r.wake.notify_one();
+    match r.ingest.store(Incoming { delivery, observations }).await {
+        Ok(Stored::New(id)) => {
             (StatusCode::OK, axum::Json(json!({"status": "accepted", "delivery": id}))).into_response()
         }
-        Ok(Ok(Stored::Duplicate(id))) => {
+        Ok(Stored::Duplicate(id)) => {
             (StatusCode::OK, axum::Json(json!({"status": "duplicate", "delivery": id}))).into_response()
         }
         // Not stored, so not acknowledged: GitLab records a failure and the reconciler covers it.
-        Ok(Err(e)) => {
-            tracing::error!("cannot store a webhook delivery: {e}");
-            refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot store the delivery")
-        }
-        Err(e) => {
-            tracing::error!("store task failed: {e}");
-            refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot store the delivery")
-        }
+        // The writer logged why.
+        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot store the delivery"),
     }
+}
+
+/// Reads a delivery's body: `Err` only when it is not JSON at all (refused); a body cloudci
+/// cannot interpret is kept with the reason.
+fn read(event: &str, body: &[u8]) -> Result<Parsed, serde_json::Error> {
+    Ok(match WebhookEvent::parse(Some(event).filter(|e| !e.is_empty()), body) {
+        Ok(parsed) => Ok(observe(&parsed, EventSource::Webhook)),
+        Err(cloudci_gitlab::webhook::WebhookParseError::NotJson(e)) => return Err(e),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// What a stored delivery says, as the processor reads it back.
+fn reread(d: &crate::store::StoredDelivery) -> Parsed {
+    match read(&d.event, &d.body) {
+        Ok(parsed) => parsed,
+        Err(e) => Err(e.to_string()),
+    }
+    // Kept and marked, never dropped silently: a GitLab change we cannot read yet.
+    .inspect_err(|e| tracing::warn!(delivery = d.id, "cannot read a stored delivery: {e}"))
 }
 
 /// Turns stored deliveries into events, in arrival order, and publishes them.
@@ -170,22 +196,12 @@ impl Processor {
             if batch.is_empty() {
                 return Ok(total);
             }
-            for d in batch {
-                let (observations, error) =
-                    match WebhookEvent::parse(Some(&d.event).filter(|e| !e.is_empty()).map(String::as_str), &d.body) {
-                        Ok(event) => (observe(&event, EventSource::Webhook), None),
-                        // Kept and marked, never dropped silently: a GitLab change we cannot read yet.
-                        Err(e) => {
-                            tracing::warn!(delivery = d.id, "cannot read a stored delivery: {e}");
-                            (Vec::new(), Some(e.to_string()))
-                        }
-                    };
-                let store = self.hub.store().clone();
-                let events =
-                    crate::hub::blocking(move || store.process_delivery(d.id, observations, error.as_deref())).await?;
-                self.hub.publish(events);
-                total += 1;
-            }
+            // One transaction for the whole batch, in arrival order.
+            total += batch.len();
+            let parsed: Vec<(i64, Parsed)> = batch.iter().map(|d| (d.id, reread(d))).collect();
+            let store = self.hub.store().clone();
+            let events = crate::hub::blocking(move || store.process_deliveries(parsed)).await?;
+            self.hub.publish(events);
         }
     }
 

@@ -4,16 +4,21 @@
 //! with `Last-Event-ID` resumes right after it, with no gap and no duplicate. Filters:
 //! `?project=a/b,c/d&ref=main&pipeline=123`; `?since=SEQ` replays from the log (0: everything).
 //! Comment heartbeats every 15 s keep proxies from closing an idle stream.
+//!
+//! Frames come from the hub already encoded ([`Hub::subscribe_frames`]): everything pending for a
+//! subscriber goes out in one write, usually the very buffer every other subscriber writes.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{FromRef, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
 use axum::routing::get;
-use futures_util::{Stream, StreamExt};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::api::{ApiError, Authorized};
@@ -80,7 +85,7 @@ async fn events(
     Authorized(claims): Authorized,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let filter = scoped_filter(&claims, &q)?;
     let last_event_id = match headers.get("last-event-id").map(|v| v.to_str().map(|s| s.trim().parse::<u64>())) {
         None => None,
@@ -92,13 +97,18 @@ async fn events(
         }
     };
     let after = last_event_id.or(q.since);
-    let stream = state.hub.subscribe(filter, after).take_while(|r| std::future::ready(r.is_ok())).map(|r| {
-        let e = r.expect("errors end the stream above");
-        Ok(Event::default()
-            .id(e.seq.to_string())
-            .event(e.kind.as_str())
-            .json_data(&e)
-            .unwrap_or_else(|_| Event::default().comment("unserializable event")))
+    let frames = Box::pin(state.hub.subscribe_frames(filter, after));
+    let body = futures_util::stream::unfold(frames, |mut frames| async move {
+        // Dropping `next()` on a timeout loses nothing: the stream keeps its own progress.
+        match tokio::time::timeout(HEARTBEAT, frames.next()).await {
+            Ok(Some(Ok(bytes))) => Some((Ok::<_, Infallible>(bytes), frames)),
+            // The store failed (it logged why): end the stream; the client resumes by id.
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => Some((Ok(Bytes::from_static(b":\n\n")), frames)),
+        }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(HEARTBEAT)))
+    let mut resp = Response::new(Body::from_stream(body));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
 }

@@ -60,6 +60,31 @@ pub struct StoredDelivery {
     pub body: Vec<u8>,
 }
 
+/// What a delivery's body says: its observations, or why it could not be read (kept with the
+/// delivery, never dropped silently).
+pub type Parsed = Result<Vec<Observation>, String>;
+
+/// A delivery and what its body says, read before it is stored so that storing and processing
+/// share one transaction.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The delivery.
+    pub delivery: NewDelivery,
+    /// Its observations.
+    pub observations: Parsed,
+}
+
+/// What [`Store::ingest`] did.
+#[derive(Debug)]
+pub struct Ingested {
+    /// One per delivery given, in the same order.
+    pub stored: Vec<Stored>,
+    /// The events logged, in seq order.
+    pub events: Vec<BuildEvent>,
+    /// New deliveries were stored but left for the processor.
+    pub deferred: bool,
+}
+
 /// The outcome of storing a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
@@ -194,6 +219,8 @@ impl Store {
         conn.pragma_update(None, "busy_timeout", 5000)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
+        // Room for every statement the ingest path and the state machine run (16 by default).
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -210,6 +237,78 @@ impl Store {
         )?;
         let id: i64 = conn.query_row("SELECT id FROM deliveries WHERE dedup_key = ?1", [&d.dedup_key], |r| r.get(0))?;
         Ok(if inserted == 1 { Stored::New(id) } else { Stored::Duplicate(id) })
+    }
+
+    /// Stores a batch of deliveries that arrived together and turns them into events, in one
+    /// transaction (one fsync with [`Durability::Full`]): group commit. Every delivery is committed
+    /// when this returns; the caller answers them only then.
+    ///
+    /// Deliveries are taken in order, so a key repeated within the batch is a duplicate of its
+    /// first copy, exactly as across batches. Processing happens in the same transaction unless
+    /// an older delivery is still pending (it must be processed first, by the [`crate::Processor`])
+    /// or processing fails (it is rolled back to a savepoint, the deliveries stay stored and
+    /// pending): then [`Ingested::deferred`] is set and the processor has work.
+    pub fn ingest(&self, batch: Vec<Incoming>) -> Result<Ingested, StoreError> {
+        let mut conn = self.conn();
+        let mut tx = conn.transaction()?;
+        let older_pending: bool =
+            query_row(&tx, "SELECT EXISTS (SELECT 1 FROM deliveries WHERE processed = 0)", [], |r| r.get(0))?;
+        let mut stored = Vec::with_capacity(batch.len());
+        let mut fresh = Vec::with_capacity(batch.len());
+        for Incoming { delivery: d, observations } in batch {
+            let id: Option<i64> = query_row(
+                &tx,
+                "INSERT INTO deliveries (dedup_key, event, headers, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+                params![d.dedup_key, d.event, d.headers, d.body],
+                |r| r.get(0),
+            )
+            .optional()?;
+            match id {
+                Some(id) => {
+                    stored.push(Stored::New(id));
+                    fresh.push((id, observations));
+                }
+                None => stored.push(Stored::Duplicate(query_row(
+                    &tx,
+                    "SELECT id FROM deliveries WHERE dedup_key = ?1",
+                    [&d.dedup_key],
+                    |r| r.get(0),
+                )?)),
+            }
+        }
+        let mut events = Vec::new();
+        let mut deferred = false;
+        if !fresh.is_empty() {
+            if older_pending {
+                deferred = true;
+            } else {
+                let sp = tx.savepoint()?;
+                match process_all(&sp, fresh) {
+                    Ok(logged) => {
+                        sp.commit()?;
+                        events = logged;
+                    }
+                    // The deliveries are stored all the same; the processor retries them.
+                    Err(e) => {
+                        tracing::warn!("processing deliveries as they were stored: {e}; left for the processor");
+                        drop(sp);
+                        deferred = true;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(Ingested { stored, events, deferred })
+    }
+
+    /// The row id of the delivery stored under `dedup_key`, and whether it has been processed.
+    pub fn delivery(&self, dedup_key: &str) -> Result<Option<(i64, bool)>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT id, processed <> 0 FROM deliveries WHERE dedup_key = ?1", [dedup_key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
     }
 
     /// Deliveries not yet turned into events, oldest first.
@@ -231,10 +330,25 @@ impl Store {
         observations: Vec<Observation>,
         error: Option<&str>,
     ) -> Result<Vec<BuildEvent>, StoreError> {
+        self.process_deliveries(vec![(delivery_id, error.map(str::to_owned).map_or(Ok(observations), Err))])
+    }
+
+    /// Processes stored deliveries in the order given (oldest first), in one transaction: each
+    /// delivery's observations (or why it could not be read) are applied and it is marked
+    /// processed. Deliveries already processed (by another caller meanwhile) are skipped.
+    pub fn process_deliveries(&self, batch: Vec<(i64, Parsed)>) -> Result<Vec<BuildEvent>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let events = apply(&tx, Some(delivery_id), observations)?;
-        tx.execute("UPDATE deliveries SET processed = 1, error = ?2 WHERE id = ?1", params![delivery_id, error])?;
+        let mut pending = Vec::with_capacity(batch.len());
+        for (id, parsed) in batch {
+            let unprocessed = query_row(&tx, "SELECT processed = 0 FROM deliveries WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?
+                .unwrap_or(false);
+            if unprocessed {
+                pending.push((id, parsed));
+            }
+        }
+        let events = process_all(&tx, pending)?;
         tx.commit()?;
         Ok(events)
     }
@@ -352,8 +466,24 @@ impl Store {
     }
 }
 
-fn known_pipeline(tx: &rusqlite::Transaction<'_>, id: u64) -> Result<Option<PipelineKnown>, rusqlite::Error> {
-    tx.query_row("SELECT status, basis FROM pipelines WHERE id = ?1", [id as i64], |r| {
+/// Runs a statement through the connection's statement cache: the state machine runs the same
+/// dozen statements for every delivery, and preparing them is a good part of its cost.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize, rusqlite::Error> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// [`exec`] for a statement that reads one row.
+fn query_row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> Result<T, rusqlite::Error>,
+) -> Result<T, rusqlite::Error> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
+fn known_pipeline(tx: &Connection, id: u64) -> Result<Option<PipelineKnown>, rusqlite::Error> {
+    query_row(tx, "SELECT status, basis FROM pipelines WHERE id = ?1", [id as i64], |r| {
         Ok(PipelineKnown {
             status: Status::parse(&r.get::<_, String>(0)?),
             // An unreadable basis only costs the ability to recognise a retry by name.
@@ -363,28 +493,28 @@ fn known_pipeline(tx: &rusqlite::Transaction<'_>, id: u64) -> Result<Option<Pipe
     .optional()
 }
 
-fn known_job(tx: &rusqlite::Transaction<'_>, id: u64) -> Result<Option<Status>, rusqlite::Error> {
-    tx.query_row("SELECT status FROM jobs WHERE id = ?1", [id as i64], |r| Ok(Status::parse(&r.get::<_, String>(0)?)))
+fn known_job(tx: &Connection, id: u64) -> Result<Option<Status>, rusqlite::Error> {
+    query_row(tx, "SELECT status FROM jobs WHERE id = ?1", [id as i64], |r| Ok(Status::parse(&r.get::<_, String>(0)?)))
         .optional()
 }
 
 /// What the log knows of a job a delivery mentions: its job-level verdict and its name's other
 /// attempts in the pipeline.
 fn mention(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     pipeline: u64,
     id: u64,
     name: Option<&str>,
     status: &Status,
 ) -> Result<JobMention, rusqlite::Error> {
     let other_attempts = match name {
-        Some(name) => tx
-            .query_row(
-                "SELECT MIN(id), MAX(id) FROM jobs WHERE pipeline_id = ?1 AND name = ?2 AND id <> ?3",
-                params![pipeline as i64, name, id as i64],
-                |r| Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?)),
-            )?
-            .map(|(min, max)| (min as u64, max as u64)),
+        Some(name) => query_row(
+            tx,
+            "SELECT MIN(id), MAX(id) FROM jobs WHERE pipeline_id = ?1 AND name = ?2 AND id <> ?3",
+            params![pipeline as i64, name, id as i64],
+            |r| Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?)),
+        )?
+        .map(|(min, max)| (min as u64, max as u64)),
         None => None,
     };
     let verdict = judge_job(known_job(tx, id)?.as_ref(), status);
@@ -393,12 +523,9 @@ fn mention(
 
 /// The highest job id known to be a retry attempt in the pipeline (0: never retried), counting
 /// the delivery's own mentions.
-fn newest_retry_attempt(
-    tx: &rusqlite::Transaction<'_>,
-    pipeline: u64,
-    mentions: &[JobMention],
-) -> Result<u64, rusqlite::Error> {
-    let stored: Option<i64> = tx.query_row(
+fn newest_retry_attempt(tx: &Connection, pipeline: u64, mentions: &[JobMention]) -> Result<u64, rusqlite::Error> {
+    let stored: Option<i64> = query_row(
+        tx,
         "SELECT MAX(j.id) FROM jobs j WHERE j.pipeline_id = ?1 AND j.name IS NOT NULL
          AND EXISTS (SELECT 1 FROM jobs o WHERE o.pipeline_id = ?1 AND o.name = j.name AND o.id < j.id)",
         [pipeline as i64],
@@ -408,9 +535,23 @@ fn newest_retry_attempt(
     Ok((stored.unwrap_or(0) as u64).max(mentioned))
 }
 
+/// Applies each delivery's observations and marks it processed, in order.
+fn process_all(conn: &Connection, batch: Vec<(i64, Parsed)>) -> Result<Vec<BuildEvent>, StoreError> {
+    let mut logged = Vec::new();
+    for (id, parsed) in batch {
+        let (observations, error) = match parsed {
+            Ok(o) => (o, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        logged.extend(apply(conn, Some(id), observations)?);
+        exec(conn, "UPDATE deliveries SET processed = 1, error = ?2 WHERE id = ?1", params![id, error])?;
+    }
+    Ok(logged)
+}
+
 /// The state machine over the tables: judge each observation, record what is accepted, log it.
 fn apply(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     delivery_id: Option<i64>,
     observations: Vec<Observation>,
 ) -> Result<Vec<BuildEvent>, StoreError> {
@@ -436,17 +577,17 @@ fn apply(
                     PipelineEvidence { mentions, weak, newest_retry_attempt: newest_retry_attempt(tx, id, mentions)? };
                 let verdict = judge_pipeline(known.as_ref(), status, &evidence);
                 // Anything heard of a pipeline proves GitLab is talking, even a duplicate.
-                tx.execute("UPDATE pipelines SET last_heard = strftime('%s','now') WHERE id = ?1", [id as i64])?;
+                exec(tx, "UPDATE pipelines SET last_heard = strftime('%s','now') WHERE id = ?1", [id as i64])?;
                 // The basis follows the newest evidence for the status, also when it repeats it.
                 let basis = serde_json::to_string(&basis_of(mentions)).unwrap_or_else(|_| "{}".into());
                 if verdict == Verdict::Duplicate && !mentions.is_empty() {
-                    tx.execute("UPDATE pipelines SET basis = ?2 WHERE id = ?1", params![id as i64, basis])?;
+                    exec(tx, "UPDATE pipelines SET basis = ?2 WHERE id = ?1", params![id as i64, basis])?;
                 }
                 if !verdict.accepted() {
                     continue;
                 }
                 let max_job_id = mentions.iter().map(|m| m.id).max().unwrap_or(0) as i64;
-                tx.execute(
+                exec(tx,
                     "INSERT INTO pipelines (id, project_id, project, status, max_job_id, retry_floor, basis, last_heard) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, strftime('%s','now'))
                      ON CONFLICT (id) DO UPDATE SET status = ?4, max_job_id = MAX(max_job_id, ?5),
                          basis = CASE WHEN ?7 THEN basis ELSE ?6 END, last_heard = strftime('%s','now'), project = COALESCE(?3, project)",
@@ -459,18 +600,19 @@ fn apply(
                 let known = known_job(tx, id)?;
                 let verdict = judge_job(known.as_ref(), status);
                 if let Some(p) = pipeline {
-                    tx.execute("UPDATE pipelines SET last_heard = strftime('%s','now') WHERE id = ?1", [p as i64])?;
+                    exec(tx, "UPDATE pipelines SET last_heard = strftime('%s','now') WHERE id = ?1", [p as i64])?;
                 }
                 // Names are what tell a retry from a sibling: keep them even from a late delivery
                 // (rows stored before names were kept have none).
-                tx.execute(
+                exec(
+                    tx,
                     "UPDATE jobs SET name = COALESCE(name, ?2), stage = COALESCE(stage, ?3) WHERE id = ?1",
                     params![id as i64, event.job_name, event.stage],
                 )?;
                 if !verdict.accepted() {
                     continue;
                 }
-                tx.execute(
+                exec(tx,
                     "INSERT INTO jobs (id, pipeline_id, status, name, stage) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (id) DO UPDATE SET status = ?3, pipeline_id = COALESCE(?2, pipeline_id), name = COALESCE(?4, name), stage = COALESCE(?5, stage)",
                     params![id as i64, pipeline.map(|p| p as i64), status.as_str(), event.job_name, event.stage],
@@ -483,7 +625,8 @@ fn apply(
             _ => {}
         }
         let data = serde_json::to_string(&event).unwrap_or_default();
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO events (delivery_id, kind, project_id, project, git_ref, pipeline_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 delivery_id,

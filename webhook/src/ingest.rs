@@ -1,0 +1,141 @@
+//! Group commit: one writer thread stores (and processes) deliveries that arrive together in one
+//! transaction, with one fsync, and answers each only after that commit.
+//!
+//! Handlers queue a delivery and wait on a oneshot. The writer blocks until something is queued,
+//! takes everything queued by then (up to [`MAX_BATCH`]), commits it, publishes the events, then
+//! answers. There is no linger: a lone delivery on an idle daemon is committed at once, and under
+//! load the batch grows by itself with what queued up during the previous commit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::hub::Hub;
+use crate::store::{Incoming, Stored};
+
+/// Deliveries in one transaction at most: bounds the time a commit holds the store.
+pub const MAX_BATCH: usize = 512;
+/// Deliveries waiting for the writer before handlers wait to queue (back-pressure).
+const QUEUE: usize = 4096;
+
+type Reply = oneshot::Sender<Result<Stored, String>>;
+
+/// Counters of the group commit, for benchmarks and logs.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Transactions committed.
+    pub batches: AtomicU64,
+    /// Deliveries in them.
+    pub deliveries: AtomicU64,
+    /// The largest batch.
+    pub max_batch: AtomicU64,
+    /// Time spent in the store (inserting, processing, committing), in microseconds.
+    pub store_micros: AtomicU64,
+}
+
+impl IngestStats {
+    /// Mean deliveries per commit.
+    pub fn mean_batch(&self) -> f64 {
+        let b = self.batches.load(Ordering::Relaxed);
+        if b == 0 { 0.0 } else { self.deliveries.load(Ordering::Relaxed) as f64 / b as f64 }
+    }
+}
+
+/// The handle handlers queue deliveries through. The writer thread stops when the last handle is
+/// dropped, after answering what was queued.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    queue: mpsc::Sender<(Incoming, Reply)>,
+    stats: Arc<IngestStats>,
+}
+
+impl Ingest {
+    /// Starts the writer thread over `hub`'s store; `wake` is notified when deliveries were
+    /// stored but left for the processor.
+    pub fn start(hub: Hub, wake: Arc<Notify>) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let stats = Arc::new(IngestStats::default());
+        let s = stats.clone();
+        std::thread::Builder::new()
+            .name("cloudci-ingest".into())
+            .spawn(move || writer(rx, hub, wake, s))
+            .expect("cannot start the ingest thread");
+        Self { queue, stats }
+    }
+
+    /// Stores `incoming`; resolves once it is committed (durably, with `durability = "full"`).
+    pub async fn store(&self, incoming: Incoming) -> Result<Stored, String> {
+        let (tx, rx) = oneshot::channel();
+        self.queue.send((incoming, tx)).await.map_err(|_| "the ingest thread stopped".to_owned())?;
+        rx.await.map_err(|_| "the ingest thread stopped".to_owned())?
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> &IngestStats {
+        &self.stats
+    }
+}
+
+fn writer(mut rx: mpsc::Receiver<(Incoming, Reply)>, hub: Hub, wake: Arc<Notify>, stats: Arc<IngestStats>) {
+    let mut logged = Instant::now();
+    let (mut window_batches, mut window_deliveries) = (0u64, 0u64);
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        let (incoming, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let started = Instant::now();
+        let result = hub.store().ingest(incoming);
+        let took = started.elapsed();
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.deliveries.fetch_add(n as u64, Ordering::Relaxed);
+        stats.max_batch.fetch_max(n as u64, Ordering::Relaxed);
+        stats.store_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        match result {
+            Ok(done) => {
+                // Answer first, then announce: the answer is what GitLab waits for.
+                for (reply, stored) in replies.into_iter().zip(done.stored) {
+                    let _ = reply.send(Ok(stored));
+                }
+                hub.publish(done.events);
+                if done.deferred {
+                    wake.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot store {n} webhook deliveries: {e}");
+                for reply in replies {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+        window_batches += 1;
+        window_deliveries += n as u64;
+        if logged.elapsed() >= Duration::from_secs(10) {
+            tracing::debug!(
+                batches = window_batches,
+                deliveries = window_deliveries,
+                mean_batch = window_deliveries as f64 / window_batches as f64,
+                max_batch = stats.max_batch.load(Ordering::Relaxed),
+                "group commit"
+            );
+            (window_batches, window_deliveries) = (0, 0);
+            logged = Instant::now();
+        }
+    }
+    tracing::debug!(
+        batches = stats.batches.load(Ordering::Relaxed),
+        deliveries = stats.deliveries.load(Ordering::Relaxed),
+        mean_batch = stats.mean_batch(),
+        max_batch = stats.max_batch.load(Ordering::Relaxed),
+        store_ms = stats.store_micros.load(Ordering::Relaxed) / 1000,
+        "group commit: writer stopped"
+    );
+}
