@@ -300,7 +300,14 @@ async fn watch_hooks(
     hub: Hub,
 ) {
     let mut retry = Duration::from_secs(5);
+    // What failed while this daemon was away: GitLab's delivery log says, for what its API cannot.
+    let mut resend: Vec<ProjectRef> = projects.iter().filter(|p| !not_installed.contains(p)).cloned().collect();
     loop {
+        for p in resend.drain(..) {
+            if let Err(e) = manager.resend_failed(&p).await {
+                tracing::warn!(project = %p, "reading the webhook's delivery log: {e}");
+            }
+        }
         tokio::time::sleep(if not_installed.is_empty() { HOOK_CHECK } else { retry }).await;
         let mut installed_now = false;
         let mut still = Vec::new();
@@ -309,6 +316,7 @@ async fn watch_hooks(
                 Ok(hook) => {
                     tracing::info!(project = %p, hook.id = %hook.id, "webhook installed");
                     installed_now = true;
+                    resend.push(p.clone());
                 }
                 Err(e) => {
                     tracing::warn!(project = %p, "installing the webhook: {e}");
@@ -325,7 +333,12 @@ async fn watch_hooks(
         if silent {
             for p in projects.iter().filter(|p| !not_installed.contains(p)) {
                 match manager.ensure_enabled(p).await {
-                    Ok(found) => re_enabled |= found,
+                    Ok(found) => {
+                        re_enabled |= found;
+                        if found {
+                            resend.push(p.clone());
+                        }
+                    }
                     Err(e) => tracing::warn!(project = %p, "checking the webhook: {e}"),
                 }
             }

@@ -1,5 +1,5 @@
-//! `cloudci serve` recovering from what laptops and GitLab do to it: pipelines that ran while it
-//! was down, a hook GitLab paused meanwhile, a hook creation answered 502 after it happened, and a
+//! `cloudci serve` recovering from what laptops and GitLab do to it: pipelines that ran and a push
+//! made while it was down, a hook GitLab paused meanwhile, a hook creation answered 502 after it happened, and a
 //! second daemon on the same state directory.
 
 mod common;
@@ -75,7 +75,8 @@ fn one_daemon_per_state_directory() {
 
 /// Pipelines that start and finish while `serve` is down (every delivery fails, so GitLab pauses
 /// the hook too) reach a subscriber that resumes with `Last-Event-ID` once it is back — without
-/// anyone having asked cloudci to watch them — and the paused hook is re-enabled at start.
+/// anyone having asked cloudci to watch them — and the paused hook is re-enabled at start. The
+/// push made meanwhile comes back through GitLab's delivery log (a resend).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_ran_during_an_outage_reaches_subscribers_after_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,6 +102,23 @@ async fn what_ran_during_an_outage_reaches_subscribers_after_restart() {
     drop(events);
 
     daemon.crash();
+    // A push while it is down: GitLab's API cannot tell it again, its delivery log can.
+    let repo = dir.path().join("repo");
+    std::fs::write(repo.join("change.txt"), "pushed during the outage").unwrap();
+    gitlab_sim::fixtures::git(&repo, &["add", "-A"]);
+    gitlab_sim::fixtures::git(&repo, &["commit", "-q", "-m", "During the outage"]);
+    let pushed = gitlab_sim::fixtures::git(&repo, &["rev-parse", "HEAD"]);
+    // GitLab logs the failed push delivery (once the hook is paused it would not even try).
+    let hook = gitlab.hooks(ProjectRef::from("acme/firmware")).try_collect::<Vec<_>>().await.unwrap()[0].id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log: Vec<_> = gitlab.hook_events("acme/firmware", hook, &Default::default()).try_collect().await.unwrap();
+        if log.iter().any(|e| e.trigger == "push_hooks") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "GitLab never tried to deliver the push");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut during = Vec::new();
     for _ in 0..3 {
         during.push(gitlab.create_pipeline("acme/firmware", &CreatePipeline::new("main")).await.unwrap());
@@ -120,9 +138,10 @@ async fn what_ran_during_an_outage_reaches_subscribers_after_restart() {
     let mut events = Events::open(api_port, &token, &format!("?since={last_seq}")).await;
     let mut jobs: BTreeMap<u64, String> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut push_seen = false;
     let caught_up =
         |finals: &BTreeMap<u64, String>| during.iter().all(|p| finals.get(&p.id.0).is_some_and(|s| s == "success"));
-    while !caught_up(&finals) {
+    while !caught_up(&finals) || !push_seen {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let e = events.next(left).await.unwrap_or_else(|| panic!("never heard of the outage's pipelines: {finals:?}"));
         let status = e["status"].as_str().unwrap_or_default().to_owned();
@@ -133,6 +152,7 @@ async fn what_ran_during_an_outage_reaches_subscribers_after_restart() {
             Some("job") => {
                 jobs.insert(e["job_id"].as_u64().unwrap(), status);
             }
+            Some("push") => push_seen |= e["sha"] == pushed.as_str(),
             _ => {}
         }
     }

@@ -5,7 +5,11 @@
 //! and `description`), so two developers' cloudci on the same project never touch each other's
 //! hook; on older servers, by the receiver's path secret in the URL.
 
-use cloudci_gitlab::types::{HookEvents, HookParams, ProjectHook};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudci_gitlab::types::{HookEventFilter, HookEventStatus, HookEvents, HookParams, ProjectHook};
 use cloudci_gitlab::{Error, Gitlab, ProjectRef};
 use futures_util::TryStreamExt;
 use secrecy::{ExposeSecret, SecretString};
@@ -19,7 +23,17 @@ pub struct HookManager {
     path_secrets: Vec<SecretString>,
     token: SecretString,
     signing_token: Option<SecretString>,
+    /// Idempotency keys already resent by this process, so a delivery is resent once.
+    resent: Arc<Mutex<HashSet<String>>>,
 }
+
+/// The deliveries worth resending: what GitLab's API cannot tell again. Pipelines and jobs are
+/// caught up from the API (the reconciler); pushes and merge request events are not.
+const RESENT_TRIGGERS: [&str; 3] = ["push_hooks", "tag_push_hooks", "merge_request_hooks"];
+/// GitLab allows 5 resends a minute per project and user (FACTS §1.7): one every 12 s.
+const RESEND_EVERY: Duration = Duration::from_secs(12);
+/// How many of the newest failed deliveries are looked at (one page of GitLab's log).
+const FAILED_LOOKBACK: usize = 20;
 
 impl std::fmt::Debug for HookManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,7 +52,15 @@ impl HookManager {
         token: SecretString,
         signing_token: Option<SecretString>,
     ) -> Self {
-        Self { gitlab, instance: instance.into(), url: url.into(), path_secrets, token, signing_token }
+        Self {
+            gitlab,
+            instance: instance.into(),
+            url: url.into(),
+            path_secrets,
+            token,
+            signing_token,
+            resent: Arc::default(),
+        }
     }
 
     /// The hook name: `cloudci-<first 8 of the installation id>`.
@@ -136,5 +158,47 @@ impl HookManager {
             }
         }
         Ok(found)
+    }
+
+    /// Resends, within GitLab's limit, the push and merge request deliveries that GitLab logged
+    /// as failed with no answer or a 5xx (cloudci was down, stopped or unreachable), oldest first,
+    /// each once per process. The receiver de-duplicates on the `Idempotency-Key` a resend keeps,
+    /// so one that did arrive after all changes nothing. Returns how many were resent.
+    pub async fn resend_failed(&self, project: &ProjectRef) -> Result<usize, Error> {
+        use futures_util::StreamExt;
+        let failed = HookEventFilter { status: Some(HookEventStatus::ServerFailure) };
+        let mut resent = 0;
+        for hook in self.find(project).await? {
+            let log: Vec<_> =
+                self.gitlab.hook_events(project.clone(), hook.id, &failed).take(FAILED_LOOKBACK).try_collect().await?;
+            let due: Vec<_> = log
+                .into_iter()
+                .rev()
+                .filter(|e| RESENT_TRIGGERS.contains(&e.trigger.as_str()))
+                .filter_map(|e| Some((e.idempotency_key()?.to_owned(), e.id)))
+                .collect();
+            for (key, event_id) in due {
+                if !self.resent.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
+                    continue;
+                }
+                if resent > 0 {
+                    tokio::time::sleep(RESEND_EVERY).await;
+                }
+                match self.gitlab.resend_hook_event(project.clone(), hook.id, event_id).await {
+                    Ok(_) => resent += 1,
+                    // Past the limit or refused (the hook's URL changed since): what is left waits
+                    // for the next outage's turn; polling branch heads covers pushes meanwhile.
+                    Err(e) => {
+                        tracing::warn!(hook.id = %hook.id, "resending a failed delivery: {e}");
+                        self.resent.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                        return Ok(resent);
+                    }
+                }
+            }
+        }
+        if resent > 0 {
+            tracing::info!(project = %project, resent, "resent deliveries GitLab could not make");
+        }
+        Ok(resent)
     }
 }
