@@ -39,6 +39,9 @@ pub enum DaemonError {
     /// GitLab refused something.
     #[error("GitLab: {0}")]
     Gitlab(#[from] cloudci_gitlab::Error),
+    /// No usable GitLab token (exit 3, like any authentication failure).
+    #[error("{0}")]
+    Token(String),
     /// Another daemon uses the state directory.
     #[error(transparent)]
     Locked(#[from] crate::state::LockError),
@@ -74,7 +77,7 @@ impl std::fmt::Debug for Daemon {
 
 /// The GitLab client the configuration describes.
 pub fn gitlab_client(config: &Config) -> Result<Gitlab, DaemonError> {
-    let token = config.gitlab_token().map_err(DaemonError::Setup)?;
+    let token = config.gitlab_token().map_err(DaemonError::Token)?;
     Gitlab::builder(config.gitlab_url()).private_token(token).build().map_err(DaemonError::Gitlab)
 }
 

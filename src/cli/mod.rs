@@ -152,6 +152,7 @@ impl From<crate::daemon::DaemonError> for Failure {
     fn from(e: crate::daemon::DaemonError) -> Self {
         match e {
             crate::daemon::DaemonError::Gitlab(g) => g.into(),
+            crate::daemon::DaemonError::Token(m) => Self::auth(m),
             other => Self::general(other.to_string()),
         }
     }
