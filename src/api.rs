@@ -18,7 +18,6 @@ use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cloudci_gitlab::types::Status;
 use cloudci_gitlab::{ArchiveFormat, Gitlab, JobId, ProjectRef};
 use cloudci_webhook::api::{ApiError, Authorized};
 use cloudci_webhook::auth::TokenKeys;
@@ -65,6 +64,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/builds/{id}/cancel", post(cancel))
         .route("/v1/builds/{id}/retry", post(retry))
         .route("/v1/watch", post(watch))
+        .route("/v1/events/recent", get(recent_events))
         .route("/v1/openapi.json", get(openapi))
         .route("/", get(dashboard))
         .with_state(state.clone())
@@ -264,8 +264,11 @@ struct LogQuery {
     offset: Option<u64>,
 }
 
-/// The log of one job (`?job=`; default the first failed job, else the last), from `?offset=`.
-/// `X-Next-Offset` says where to continue; `X-Log-Reset: true` that the log restarted.
+/// The log of one job (`?job=`; default the running job, else the next to run, else the first
+/// failed, else the last), from `?offset=`. `X-Next-Offset` says where to continue,
+/// `X-Log-Reset: true` that the log restarted (a retried job), `X-Job` and `X-Job-Status` which
+/// job and where it stands, and `X-Log-Complete: true` that the job ended and this answer holds
+/// the rest of its log: a client polls with the offset until then.
 async fn build_log(
     State(s): State<ApiState>,
     Authorized(c): Authorized,
@@ -273,38 +276,63 @@ async fn build_log(
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let b = record(&s, &c, &id).await?;
-    let job = match &q.job {
-        Some(name) => b.jobs.get(name).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "build {} has no job {name:?}; its jobs: {}",
-                    b.id,
-                    b.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            )
-            .field("job")
-        })?,
-        None => b
-            .jobs
-            .values()
-            .find(|j| j.status == Status::Failed)
-            .or_else(|| b.jobs.values().max_by_key(|j| j.id))
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "this build has no jobs yet").field("job"))?,
+    let (name, job) =
+        b.pick_job(q.job.as_deref()).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()).field("job"))?;
+    let gitlab = gitlab(&s)?;
+    let project = ProjectRef::parse(&b.gitlab);
+    // Status first: whatever the job wrote before it ended is in the read that follows.
+    let status = match gitlab.job(project.clone(), JobId(job.id)).await {
+        Ok(j) => j.status,
+        Err(e) if e.is_not_found() => return Err(gitlab_error(e)),
+        Err(_) => job.status.clone(),
     };
-    let chunk = gitlab(&s)?
-        .job_trace_from(ProjectRef::parse(&b.gitlab), JobId(job.id), q.offset.unwrap_or(0))
-        .await
-        .map_err(gitlab_error)?;
+    let chunk = gitlab.job_trace_from(project, JobId(job.id), q.offset.unwrap_or(0)).await.map_err(gitlab_error)?;
+    let header = header::HeaderName::from_static;
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
-            (header::HeaderName::from_static("x-next-offset"), chunk.next_offset.to_string()),
-            (header::HeaderName::from_static("x-log-reset"), chunk.reset.to_string()),
+            (header("x-next-offset"), chunk.next_offset.to_string()),
+            (header("x-log-reset"), chunk.reset.to_string()),
+            (header("x-job"), name.to_owned()),
+            (header("x-job-status"), status.to_string()),
+            (header("x-log-complete"), status.is_completed().to_string()),
         ],
         chunk.data,
     )
         .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct RecentQuery {
+    limit: Option<usize>,
+}
+
+/// How far back `/v1/events/recent` looks in the log for events the token may see.
+const RECENT_WINDOW: u64 = 2000;
+
+/// `GET /v1/events/recent?limit=`: the newest events the token may see (newest last) and the
+/// log's last seq, so a page shows a window and then follows `/v1/events?since=<last_seq>`
+/// instead of replaying the whole log.
+async fn recent_events(
+    State(s): State<ApiState>,
+    Authorized(claims): Authorized,
+    Query(q): Query<RecentQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let store = s.events.hub.store().clone();
+    let filter = cloudci_webhook::EventFilter { projects: claims.projects.clone(), ..Default::default() };
+    let (events, last) = tokio::task::spawn_blocking(move || {
+        let last = store.last_seq()?;
+        let (mut events, _) =
+            store.events_after(last.saturating_sub(RECENT_WINDOW), Some(last), &filter, usize::MAX)?;
+        let skip = events.len().saturating_sub(limit);
+        events.drain(..skip);
+        Ok::<_, cloudci_webhook::store::StoreError>((events, last))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(axum::Json(json!({"events": events, "last_seq": last})).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,6 +24,12 @@ pub struct JobRecord {
     pub status: Status,
     /// The log file on disk, when written.
     pub log: Option<String>,
+    /// Its stage, when GitLab said (records written before stages were kept have none).
+    #[serde(default)]
+    pub stage: Option<String>,
+    /// A failure of this job does not fail the pipeline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_failure: bool,
 }
 
 /// One build: a project × target in one run.
@@ -66,6 +72,51 @@ pub struct BuildRecord {
     pub created_at: String,
     /// Last change (RFC 3339).
     pub updated_at: String,
+}
+
+/// Why a build has no job to show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoJob {
+    /// No job of that name.
+    #[error("build {build} has no job {name:?}; its jobs: {}", known.join(", "))]
+    Unknown {
+        /// The build.
+        build: i64,
+        /// The name asked for.
+        name: String,
+        /// The names it has.
+        known: Vec<String>,
+    },
+    /// GitLab has announced no job of the build yet.
+    #[error("build {build} has no jobs yet (it is {status}{})", if status.is_final() { "" } else { "; its pipeline has not announced any" })]
+    NoneYet {
+        /// The build.
+        build: i64,
+        /// Where it stands.
+        status: BuildStatus,
+    },
+}
+
+impl BuildRecord {
+    /// The job to show: `name`, else the running one, else the next to run, else the first
+    /// that failed, else the last.
+    pub fn pick_job(&self, name: Option<&str>) -> Result<(&str, &JobRecord), NoJob> {
+        if let Some(name) = name {
+            return self.jobs.get_key_value(name).map(|(n, j)| (n.as_str(), j)).ok_or_else(|| NoJob::Unknown {
+                build: self.id,
+                name: name.to_owned(),
+                known: self.jobs.keys().cloned().collect(),
+            });
+        }
+        let first = |keep: &dyn Fn(&JobRecord) -> bool| {
+            self.jobs.iter().filter(|(_, j)| keep(j)).min_by_key(|(_, j)| j.id).map(|(n, j)| (n.as_str(), j))
+        };
+        first(&|j| j.status == Status::Running)
+            .or_else(|| first(&|j| j.status.is_active() || j.status == Status::Created))
+            .or_else(|| first(&|j| j.status == Status::Failed && !j.allow_failure))
+            .or_else(|| self.jobs.iter().max_by_key(|(_, j)| j.id).map(|(n, j)| (n.as_str(), j)))
+            .ok_or(NoJob::NoneYet { build: self.id, status: self.status })
+    }
 }
 
 /// Who carries a build to its end.
@@ -334,7 +385,10 @@ mod tests {
         assert_eq!((b.run, b.status, b.target.as_str()), (run, BuildStatus::Queued, "t2"));
         assert_eq!(b.log_dir.as_deref(), Some("logs/x"));
         b.status = BuildStatus::Success;
-        b.jobs.insert("build".into(), JobRecord { id: 7, status: Status::Success, log: None });
+        b.jobs.insert(
+            "build".into(),
+            JobRecord { id: 7, status: Status::Success, log: None, stage: None, allow_failure: false },
+        );
         store.save(&b).unwrap();
         let list = store.list(10).unwrap();
         assert_eq!(list[0].id, ids[1]);

@@ -83,6 +83,20 @@ pub struct GitlabSection {
     pub token_env: Option<String>,
     /// A file holding the token, used when the variable is unset.
     pub token_file: Option<PathBuf>,
+    /// How many of cloudci's pipelines may run at once on this GitLab (default
+    /// [`DEFAULT_MAX_CONCURRENT_PIPELINES`]); further builds wait as `queued`.
+    pub max_concurrent_pipelines: Option<Spanned<u32>>,
+}
+
+/// `max_concurrent_pipelines` when none is configured: enough to keep a small runner fleet busy,
+/// few enough to stay clear of GitLab's pipeline creation rate limit.
+pub const DEFAULT_MAX_CONCURRENT_PIPELINES: u32 = 4;
+
+impl GitlabSection {
+    /// How many pipelines may run at once.
+    pub fn max_concurrent_pipelines(&self) -> u32 {
+        self.max_concurrent_pipelines.as_ref().map(|m| *m.get_ref()).unwrap_or(DEFAULT_MAX_CONCURRENT_PIPELINES)
+    }
 }
 
 /// How GitLab reaches the public listener.
@@ -336,6 +350,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             .map(|(o, _)| o)
             .unwrap_or(0)
     };
+    if let Some(max) = &config.gitlab.max_concurrent_pipelines
+        && *max.get_ref() == 0
+    {
+        return Err(at(
+            max.span().start,
+            "gitlab.max_concurrent_pipelines must be at least 1 (no pipeline could ever start)".into(),
+        ));
+    }
     let known_targets: Vec<&String> = config.targets.keys().collect();
     let known_projects: Vec<&String> = config.projects.keys().collect();
     for (name, project) in &config.projects {
@@ -576,5 +598,17 @@ boards = ["firmware", "hal"]
         assert!(e.contains("cloudci.toml:2:") && e.contains("listen = \"nowhere\""), "{e}");
         let e = err("[webhook]\ntunnel = \"none\"\n");
         assert!(e.contains("public_url is required"), "{e}");
+        let e = err("[gitlab]\nurl = \"x\"\nmax_concurrent_pipelines = 0\n");
+        assert!(e.starts_with("cloudci.toml:3:") && e.contains("gitlab.max_concurrent_pipelines"), "{e}");
+        let e = err("[gitlab]\nmax_concurrent_pipelines = -2\n");
+        assert!(e.starts_with("cloudci.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn pipelines_at_once_default_and_configured() {
+        let c = parse(GOOD, Path::new("cloudci.toml")).unwrap();
+        assert_eq!(c.gitlab.max_concurrent_pipelines(), DEFAULT_MAX_CONCURRENT_PIPELINES);
+        let c = parse("[gitlab]\nmax_concurrent_pipelines = 3\n", Path::new("cloudci.toml")).unwrap();
+        assert_eq!(c.gitlab.max_concurrent_pipelines(), 3);
     }
 }

@@ -32,6 +32,9 @@ pub enum DaemonClientError {
     /// It answered something that is not what its API documents.
     #[error("the daemon's answer is not understood: {0}")]
     Malformed(String),
+    /// Writing what it sent failed (the path and the cause).
+    #[error("{0}")]
+    Io(String),
 }
 
 /// Subscribes to `{api_url}/v1/events?{query}` with a bearer token.
@@ -180,4 +183,118 @@ impl DaemonClient {
             .map_err(|e| unreachable(&self.api_url, e))?;
         self.answer(resp).await
     }
+
+    async fn post_action(&self, id: i64, action: &str) -> Result<BuildRecord, DaemonClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/builds/{id}/{action}", self.api_url))
+            .bearer_auth(self.token.expose_secret())
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.api_url, e))?;
+        self.answer(resp).await
+    }
+
+    /// `POST /v1/builds/{id}/cancel`: the record, with GitLab's answer as its status.
+    pub async fn cancel(&self, id: i64) -> Result<BuildRecord, DaemonClientError> {
+        self.post_action(id, "cancel").await
+    }
+
+    /// `POST /v1/builds/{id}/retry`
+    pub async fn retry(&self, id: i64) -> Result<BuildRecord, DaemonClientError> {
+        self.post_action(id, "retry").await
+    }
+
+    /// `GET /v1/builds/{id}/log?job=&offset=`: the next piece of a job's log.
+    pub async fn log(&self, id: i64, job: Option<&str>, offset: u64) -> Result<LogChunk, DaemonClientError> {
+        let mut query = vec![("offset", offset.to_string())];
+        if let Some(job) = job {
+            query.push(("job", job.to_owned()));
+        }
+        let resp = self
+            .http
+            .get(format!("{}/v1/builds/{id}/log", self.api_url))
+            .query(&query)
+            .bearer_auth(self.token.expose_secret())
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.api_url, e))?;
+        if !resp.status().is_success() {
+            return Err(self
+                .answer::<serde_json::Value>(resp)
+                .await
+                .err()
+                .unwrap_or_else(|| DaemonClientError::Malformed("an error status with a success body".into())));
+        }
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let (next, job, status, complete, reset) = (
+            header("x-next-offset").and_then(|v| v.parse().ok()),
+            header("x-job").unwrap_or_default(),
+            header("x-job-status").map(|s| cloudci_gitlab::types::Status::parse(&s)),
+            header("x-log-complete").is_some_and(|v| v == "true"),
+            header("x-log-reset").is_some_and(|v| v == "true"),
+        );
+        let data = resp.bytes().await.map_err(|e| unreachable(&self.api_url, e))?;
+        Ok(LogChunk {
+            next_offset: next.unwrap_or(offset + data.len() as u64),
+            data,
+            job,
+            status: status.unwrap_or(cloudci_gitlab::types::Status::Unknown(String::new())),
+            complete,
+            reset,
+        })
+    }
+
+    /// `GET /v1/builds/{id}/source` into `path`; returns the bytes written.
+    pub async fn source(&self, id: i64, path: &std::path::Path) -> Result<u64, DaemonClientError> {
+        use tokio::io::AsyncWriteExt;
+        let resp = self
+            .http
+            .get(format!("{}/v1/builds/{id}/source", self.api_url))
+            .bearer_auth(self.token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.api_url, e))?;
+        if !resp.status().is_success() {
+            return Err(self
+                .answer::<serde_json::Value>(resp)
+                .await
+                .err()
+                .unwrap_or_else(|| DaemonClientError::Malformed("an error status with a success body".into())));
+        }
+        let io = |e: std::io::Error| DaemonClientError::Io(format!("{}: {e}", path.display()));
+        // Written beside the destination and renamed, so a broken download leaves no half file.
+        let partial = path.with_extension("partial");
+        let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
+        let mut stream = resp.bytes_stream();
+        let mut written = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| unreachable(&self.api_url, e))?;
+            file.write_all(&chunk).await.map_err(io)?;
+            written += chunk.len() as u64;
+        }
+        file.flush().await.map_err(io)?;
+        drop(file);
+        tokio::fs::rename(&partial, path).await.map_err(io)?;
+        Ok(written)
+    }
+}
+
+/// A piece of a job's log, from the daemon.
+#[derive(Debug, Clone)]
+pub struct LogChunk {
+    /// The bytes after the offset asked for.
+    pub data: bytes::Bytes,
+    /// Where to continue.
+    pub next_offset: u64,
+    /// The job's name.
+    pub job: String,
+    /// Where the job stands.
+    pub status: cloudci_gitlab::types::Status,
+    /// The job ended and `data` holds the rest of its log.
+    pub complete: bool,
+    /// The log restarted (a retried job): `data` is from its start.
+    pub reset: bool,
 }

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use clap::Args;
 use cloudci_gitlab::encode_segment;
+use cloudci_gitlab::types::Status;
 use futures_util::StreamExt;
 
 use super::Failure;
+use crate::builds::BuildStatus;
 use crate::config::Config;
 use crate::daemon::gitlab_client;
 use crate::orchestrator::{
@@ -86,7 +88,9 @@ impl BuildArgs {
         let progress = self.watch || (stderr_is_terminal() && !self.json);
         let reporter: Arc<dyn Reporter> = if progress { Arc::new(StderrReporter) } else { Arc::new(Quiet) };
         let (log_dir, outcomes) = match DaemonClient::find(&state).await {
-            Some(daemon) => through_daemon(&daemon, &state, &request, !self.no_actions, reporter, progress).await?,
+            Some(daemon) => {
+                through_daemon(&daemon, &state, &request, !self.no_actions, reporter, progress, self.watch).await?
+            }
             None => {
                 let store = crate::builds::SqliteBuilds::open(&state.root().join("builds.db"))
                     .map_err(|e| Failure::general(e.to_string()))?;
@@ -107,7 +111,7 @@ impl BuildArgs {
     }
 }
 
-fn daemon_failure(e: DaemonClientError) -> Failure {
+pub(super) fn daemon_failure(e: DaemonClientError) -> Failure {
     let code = match &e {
         DaemonClientError::Refused { status: 401 | 403, .. } => 3,
         DaemonClientError::Refused { status: 404, .. } => 4,
@@ -129,6 +133,7 @@ async fn through_daemon(
     actions: bool,
     reporter: Arc<dyn Reporter>,
     progress: bool,
+    watch_logs: bool,
 ) -> Result<(std::path::PathBuf, Vec<BuildOutcome>), Failure> {
     let body = serde_json::json!({
         "projects": request.names,
@@ -143,6 +148,12 @@ async fn through_daemon(
         started.builds.iter().map(|b| (b.id, format!("{}/{}", b.project, b.target))).collect();
     let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(BTreeMap::<u64, String>::new());
     let lines = progress.then(|| tokio::spawn(progress_lines(daemon.clone(), pipelines_rx, reporter.clone())));
+    let mut logs = tokio::task::JoinSet::new();
+    if watch_logs {
+        for (&id, label) in &labels {
+            logs.spawn(log_lines(daemon.clone(), id, label.clone(), reporter.clone()));
+        }
+    }
     let mut records: BTreeMap<i64, crate::builds::BuildRecord> = BTreeMap::new();
     let mut unreachable_since: Option<tokio::time::Instant> = None;
     loop {
@@ -162,6 +173,14 @@ async fn through_daemon(
                         pipelines_tx.send_modify(|m| {
                             m.insert(p, label.clone());
                         });
+                    }
+                    let job = r.pick_job(None).ok().filter(|(_, j)| j.status == Status::Running).map(|(n, _)| n);
+                    reporter.state(label, r.status, job);
+                    if r.status == BuildStatus::Queued
+                        && let Some(why) = &r.reason
+                        && records.get(&id).is_none_or(|b| b.reason.as_ref() != Some(why))
+                    {
+                        reporter.line(label, why);
                     }
                     if r.status.is_final() {
                         let p = r.pipeline_id.map(|p| format!("pipeline {p}")).unwrap_or_else(|| "build".into());
@@ -196,6 +215,9 @@ async fn through_daemon(
     if let Some(lines) = lines {
         lines.abort();
     }
+    // Each log is read to its end (they are complete once their builds are final).
+    let _ = tokio::time::timeout(Duration::from_secs(30), async { while logs.join_next().await.is_some() {} }).await;
+    logs.abort_all();
     let outcomes: Vec<BuildOutcome> = records.values().map(Into::into).collect();
     let log_dir = records.values().find_map(|r| r.log_dir.clone()).map(Into::into).unwrap_or_default();
     Ok((log_dir, outcomes))
@@ -223,6 +245,51 @@ async fn progress_lines(
                     reporter.line(&label, &format!("{}: {status}", e.job_name.clone().unwrap_or_default()));
                 }
             }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Reports build `id`'s job logs line by line as the daemon's `/v1/builds/{id}/log` gives them
+/// (polled with offsets), each job once to its end, until the build is final.
+async fn log_lines(daemon: DaemonClient, id: i64, label: String, reporter: Arc<dyn Reporter>) {
+    // Per job id (a retried job is a new id, its log read from the start): offset, complete.
+    let mut read: BTreeMap<u64, (u64, bool, String)> = BTreeMap::new();
+    loop {
+        let Ok(b) = daemon.build(id).await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let mut started: Vec<(&String, &crate::builds::JobRecord)> =
+            b.jobs.iter().filter(|(_, j)| j.status == Status::Running || j.status.is_completed()).collect();
+        started.sort_by_key(|(_, j)| j.id);
+        for (name, job) in started {
+            let entry = read.entry(job.id).or_insert((0, false, String::new()));
+            // Skipped jobs never ran: nothing to read.
+            if entry.1 || job.status == Status::Skipped {
+                continue;
+            }
+            let Ok(chunk) = daemon.log(id, Some(name), entry.0).await else { continue };
+            entry.0 = chunk.next_offset;
+            entry.2.push_str(&String::from_utf8_lossy(&chunk.data));
+            while let Some(end) = entry.2.find('\n') {
+                let line: String = entry.2.drain(..=end).collect();
+                reporter.line(&format!("{label} {name}"), line.trim_end());
+            }
+            if chunk.complete {
+                if !entry.2.trim().is_empty() {
+                    reporter.line(&format!("{label} {name}"), entry.2.trim_end());
+                }
+                entry.1 = true;
+            }
+        }
+        let all_read = b.jobs.values().all(|j| {
+            read.get(&j.id).is_some_and(|r| r.1)
+                || !(j.status == Status::Running || j.status.is_completed())
+                || j.status == Status::Skipped
+        });
+        if b.status.is_final() && all_read {
+            return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -310,6 +377,8 @@ pub(super) fn print_outcomes(
                     ("sha", serde_json::json!(o.sha)),
                     ("jobs", serde_json::json!(o.jobs)),
                     ("reason", serde_json::json!(o.reason)),
+                    ("failed_job", serde_json::json!(o.failed_job.as_ref().map(|(n, _)| n))),
+                    ("failed_log", serde_json::json!(o.failed_job.as_ref().and_then(|(_, l)| l.as_ref()))),
                 ])
             })
             .collect();
@@ -327,8 +396,19 @@ pub(super) fn print_outcomes(
         ]);
     }
     t.print()?;
+    for o in outcomes.iter().filter(|o| !o.succeeded()) {
+        if let Some((job, log)) = &o.failed_job {
+            let log = log.as_ref().map(|l| format!(": {}", l.display())).unwrap_or_default();
+            crate::say!("failed: {}/{}, job {job}{log}", o.project, o.target);
+        }
+    }
     if let Some(dir) = run_dir {
         crate::say!("logs: {}", dir.display());
+        // The first failed job's log (see `orchestrator::logs`).
+        let error = dir.join("error.log");
+        if error.exists() {
+            crate::say!("first failure: {}", error.display());
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The `cloudci` command line.
 
 mod build;
+mod control;
 mod demo;
 mod gitlab;
 mod hooks;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use build::BuildArgs;
+pub use control::{CancelArgs, RetryArgs, SourceArgs};
 pub use demo::DemoArgs;
 pub use gitlab::GitlabCommand;
 pub use hooks::HooksCommand;
@@ -51,6 +53,12 @@ pub enum Command {
     Logs(LogsArgs),
     /// A build's firmware.
     Artifacts(ArtifactsArgs),
+    /// Cancel a build (its pipeline, or its place in the queue).
+    Cancel(CancelArgs),
+    /// Retry a build and follow the new attempt.
+    Retry(RetryArgs),
+    /// Download the source a build was built from.
+    Source(SourceArgs),
     /// Tokens for the local API.
     Token(TokenCommand),
     /// cloudci's webhooks on GitLab.
@@ -182,6 +190,9 @@ impl Cli {
             Command::Status(args) => args.run(&with_state()?),
             Command::Logs(args) => args.run(&with_state()?).await,
             Command::Artifacts(args) => args.run(&with_state()?),
+            Command::Cancel(args) => args.run(&with_state()?).await,
+            Command::Retry(args) => args.run(&with_state()?).await,
+            Command::Source(args) => args.run(&with_state()?).await,
             Command::Token(cmd) => cmd.run(&with_state()?),
             Command::Hooks(cmd) => cmd.run(&with_state()?).await,
             Command::Gitlab(cmd) => cmd.run(self.config.as_deref()).await,

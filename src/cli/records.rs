@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use cloudci_gitlab::types::Status;
 
 use super::Failure;
 use crate::builds::{BuildRecord, BuildStore, SqliteBuilds};
@@ -94,65 +95,131 @@ impl StatusArgs {
 pub struct LogsArgs {
     /// The build id.
     id: i64,
-    /// Only this job (default: every job, in order).
+    /// Only this job (default: every job, in order; with --follow, the running job, else the
+    /// next to run, else the first failed, else the last).
     #[arg(long)]
     job: Option<String>,
-    /// Follow a running job's log from GitLab until it ends.
+    /// Follow the job's log as it grows, until the job ends; exit 0 when it succeeded, 1 when
+    /// it did not. Through the daemon when one runs, else from GitLab.
     #[arg(long)]
     follow: bool,
 }
 
+/// How often a followed log is read again.
+const LOG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl LogsArgs {
     /// Runs it.
     pub async fn run(self, config: &Config) -> Result<(), Failure> {
+        if self.follow {
+            return self.follow(config).await;
+        }
         let b = one(&store(config)?, self.id)?;
+        if let Err(e @ crate::builds::NoJob::Unknown { .. }) = b.pick_job(self.job.as_deref()) {
+            return Err(Failure { message: e.to_string(), code: 4 });
+        }
+        if b.jobs.is_empty() {
+            let e = b.pick_job(None).expect_err("no jobs");
+            return Err(Failure { message: e.to_string(), code: 4 });
+        }
         let jobs: Vec<(&String, &crate::builds::JobRecord)> =
             b.jobs.iter().filter(|(n, _)| self.job.as_ref().is_none_or(|j| j == *n)).collect();
-        if jobs.is_empty() {
-            let known: Vec<&str> = b.jobs.keys().map(String::as_str).collect();
-            return Err(Failure {
-                message: format!(
-                    "build {} has no job {:?}; its jobs: {}",
-                    b.id,
-                    self.job.unwrap_or_default(),
-                    known.join(", ")
-                ),
-                code: 4,
-            });
-        }
-        let gitlab = if self.follow || jobs.iter().any(|(_, j)| j.log.is_none()) {
-            Some(crate::daemon::gitlab_client(config)?)
-        } else {
-            None
-        };
+        let gitlab =
+            if jobs.iter().any(|(_, j)| j.log.is_none()) { Some(crate::daemon::gitlab_client(config)?) } else { None };
         for (name, job) in jobs {
             if self.job.is_none() {
                 crate::say!("==> {name} ({}) <==", job.status);
             }
             match (&job.log, &gitlab) {
-                (Some(path), _) if !self.follow => {
+                (Some(path), _) => {
                     let text = std::fs::read(path).map_err(|e| Failure::general(format!("{path}: {e}")))?;
                     std::io::Write::write_all(&mut std::io::stdout(), &text)?;
                 }
-                (_, Some(gitlab)) => {
+                (None, Some(gitlab)) => {
                     let project = cloudci_gitlab::ProjectRef::parse(&b.gitlab);
-                    let job_id = cloudci_gitlab::JobId(job.id);
-                    let mut offset = 0;
-                    loop {
-                        let finished = !self.follow || gitlab.job(project.clone(), job_id).await?.status.is_completed();
-                        let chunk = gitlab.job_trace_from(project.clone(), job_id, offset).await?;
-                        std::io::Write::write_all(&mut std::io::stdout(), &chunk.data)?;
-                        offset = chunk.next_offset;
-                        if finished {
-                            break;
-                        }
-                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                    }
+                    let text = gitlab.job_trace(project, cloudci_gitlab::JobId(job.id)).await?;
+                    std::io::Write::write_all(&mut std::io::stdout(), &text)?;
                 }
-                _ => crate::say!("(no log)"),
+                (None, None) => crate::say!("(no log)"),
             }
         }
         Ok(())
+    }
+
+    /// Prints one job's log as it grows and ends with the job: through the daemon's API when
+    /// one answers, else from GitLab with the build store.
+    async fn follow(self, config: &Config) -> Result<(), Failure> {
+        let state = StateDir::new(config.state_dir());
+        let daemon = crate::sse_client::DaemonClient::find(&state).await;
+        let local = match &daemon {
+            Some(_) => None,
+            None => Some((store(config)?, crate::daemon::gitlab_client(config)?)),
+        };
+        let mut said_waiting = false;
+        let mut followed: Option<(String, u64)> = None;
+        let mut offset = 0;
+        loop {
+            let b = match (&daemon, &local) {
+                (Some(d), _) => d.build(self.id).await.map_err(super::build::daemon_failure)?,
+                (None, Some((store, _))) => one(store, self.id)?,
+                (None, None) => unreachable!("one of the two is set"),
+            };
+            let picked = match &followed {
+                Some((name, _)) => b.pick_job(Some(name)).map(|(n, j)| (n.to_owned(), j.clone())),
+                None => b.pick_job(self.job.as_deref()).map(|(n, j)| (n.to_owned(), j.clone())),
+            };
+            let (name, job) = match picked {
+                Ok(found) => found,
+                // Not announced yet: a queued build, a pipeline just created.
+                Err(e) if !b.status.is_final() && (b.jobs.is_empty() || self.job.is_none()) => {
+                    if !said_waiting {
+                        eprintln!("build {} is {}; waiting for its jobs…", b.id, b.status);
+                        said_waiting = true;
+                    }
+                    tracing::debug!("{e}");
+                    tokio::time::sleep(LOG_POLL).await;
+                    continue;
+                }
+                Err(e) => return Err(Failure { message: e.to_string(), code: 4 }),
+            };
+            if followed.as_ref().is_none_or(|(n, id)| *n != name || *id != job.id) {
+                // A retried job is a new id: its log starts again.
+                if followed.is_some() {
+                    offset = 0;
+                }
+                followed = Some((name.clone(), job.id));
+            }
+            let (data, next, status, complete) = match (&daemon, &local) {
+                (Some(d), _) => {
+                    let c = d.log(self.id, Some(&name), offset).await.map_err(super::build::daemon_failure)?;
+                    (c.data, c.next_offset, c.status, c.complete)
+                }
+                (None, Some((_, gitlab))) => {
+                    let project = cloudci_gitlab::ProjectRef::parse(&b.gitlab);
+                    let id = cloudci_gitlab::JobId(job.id);
+                    // Status first: what the job wrote before it ended is in the read after.
+                    let status = gitlab.job(project.clone(), id).await?.status;
+                    let c = gitlab.job_trace_from(project, id, offset).await?;
+                    let complete = status.is_completed();
+                    (c.data, c.next_offset, status, complete)
+                }
+                (None, None) => unreachable!("one of the two is set"),
+            };
+            {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&data)?;
+                out.flush()?;
+            }
+            offset = next;
+            if complete {
+                return match status {
+                    Status::Success => Ok(()),
+                    other => Err(Failure::general(format!("job {name} of build {}: {other}", self.id))),
+                };
+            }
+            tokio::time::sleep(LOG_POLL).await;
+        }
     }
 }
 

@@ -124,6 +124,8 @@ impl Orchestrator {
                 rec.sha = Some(sha.clone());
                 rec.git_ref = Some(r.clone());
                 rec.status = BuildStatus::Running;
+                // What it waited for (the queue) is over.
+                rec.reason = None;
             })
             .await?;
         self.inner.reporter.line(label, &format!("pipeline {} started: {}", pipeline.id, pipeline.web_url));

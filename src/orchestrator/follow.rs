@@ -36,6 +36,8 @@ pub struct JobSeen {
     pub id: u64,
     /// New status.
     pub status: Status,
+    /// Its stage, when known.
+    pub stage: Option<String>,
 }
 
 /// With events, how long a silence lasts before the follower asks GitLab itself. The daemon's
@@ -117,7 +119,7 @@ impl Follower {
                     for j in jobs {
                         if known.get(&j.name) != Some(&j.status) {
                             known.insert(j.name.clone(), j.status.clone());
-                            on_job(JobSeen { name: j.name, id: j.id.0, status: j.status });
+                            on_job(JobSeen { name: j.name, id: j.id.0, status: j.status, stage: Some(j.stage) });
                         }
                     }
                 }
@@ -145,7 +147,7 @@ impl Follower {
                             let name = e.job_name.clone().unwrap_or_default();
                             if known.get(&name) != Some(&status) {
                                 known.insert(name.clone(), status.clone());
-                                on_job(JobSeen { name, id: e.job_id.unwrap_or(0), status });
+                                on_job(JobSeen { name, id: e.job_id.unwrap_or(0), status, stage: e.stage.clone() });
                             }
                         }
                         EventKind::Pipeline if settled(&status) => {
@@ -214,6 +216,10 @@ pub async fn follow_log(
             }
         }
         if finished {
+            // The last line may have no newline (GitLab's footer usually has one).
+            if !partial.trim().is_empty() {
+                reporter.line(&label, partial.trim_end());
+            }
             return;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -11,6 +11,7 @@
 //! - [`records`]: the build store, step by step ([`Records`]).
 //! - [`run`]: carrying runs and builds: fresh, resumed after a restart, retried or canceled.
 //! - [`logs`]: per-run log folders.
+//! - [`queue`]: at most `max_concurrent_pipelines` pipelines at once per GitLab; 429s hold it.
 
 pub mod actions;
 pub mod create;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod follow;
 pub mod logs;
 pub mod plan;
+pub mod queue;
 pub mod records;
 pub mod run;
 pub mod status;
@@ -34,6 +36,7 @@ pub use create::REQUEST_VARIABLE;
 pub use error::OrchestratorError;
 pub use follow::{EventFeed, Follower};
 pub use plan::{Plan, PlanError, PlannedBuild, Request, plan};
+pub use queue::{Queue, Waiting};
 pub use records::Records;
 pub use status::BuildStatus;
 
@@ -44,6 +47,13 @@ use crate::config::Config;
 pub trait Reporter: Send + Sync {
     /// One line about one build.
     fn line(&self, build: &str, text: &str);
+
+    /// Where a build stands now, and the job running in it (for a live status line; lines
+    /// about the same changes come through [`Reporter::line`] too).
+    fn state(&self, _build: &str, _status: BuildStatus, _job: Option<&str>) {}
+
+    /// A download of `what` for `build` has `done` of `total` bytes.
+    fn download(&self, _build: &str, _what: &str, _done: u64, _total: Option<u64>) {}
 }
 
 /// Progress lines on stderr.
@@ -94,6 +104,8 @@ pub struct BuildOutcome {
     pub reason: Option<String>,
     /// Jobs and their final statuses.
     pub jobs: BTreeMap<String, Status>,
+    /// The first job that failed (and did not count as allowed to), with its log file.
+    pub failed_job: Option<(String, Option<PathBuf>)>,
 }
 
 impl BuildOutcome {
@@ -119,6 +131,12 @@ impl From<&BuildRecord> for BuildOutcome {
             promoted: r.promoted.clone(),
             reason: r.reason.clone(),
             jobs: r.jobs.iter().map(|(n, j)| (n.clone(), j.status.clone())).collect(),
+            failed_job: r
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.status == Status::Failed && !j.allow_failure)
+                .min_by_key(|(_, j)| j.id)
+                .map(|(n, j)| (n.clone(), j.log.as_ref().map(PathBuf::from))),
         }
     }
 }
@@ -158,6 +176,8 @@ struct Inner {
     owner: Owner,
     reporter: Arc<dyn Reporter>,
     follow_logs: bool,
+    /// The pipeline queue of this orchestrator's GitLab.
+    queue: Queue,
     /// Builds being carried in this process, and whether they must go round once more (a retry
     /// arrived while they were being carried).
     active: Mutex<HashMap<i64, bool>>,
@@ -180,7 +200,7 @@ impl Orchestrator {
         let owner = if matches!(feed, EventFeed::Hub(_)) { Owner::Daemon } else { Owner::Process };
         Self {
             inner: Arc::new(Inner {
-                config,
+                config: config.clone(),
                 follower: Follower::new(gitlab.clone(), feed),
                 gitlab,
                 records: Records::new(store),
@@ -188,6 +208,7 @@ impl Orchestrator {
                 owner,
                 reporter: Arc::new(Quiet),
                 follow_logs: false,
+                queue: Queue::new(config.gitlab.max_concurrent_pipelines()),
                 active: Mutex::new(HashMap::new()),
                 projects: tokio::sync::Mutex::new(HashMap::new()),
             }),
@@ -208,6 +229,11 @@ impl Orchestrator {
     /// The plan for `request`.
     pub fn plan(&self, request: &Request) -> Result<Plan, PlanError> {
         plan::plan(&self.inner.config, request)
+    }
+
+    /// The pipeline queue.
+    pub fn queue(&self) -> &Queue {
+        &self.inner.queue
     }
 
     /// The build records.

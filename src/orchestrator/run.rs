@@ -7,11 +7,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use cloudci_gitlab::types::Status;
 use cloudci_gitlab::{JobFilter, PipelineId, ProjectRef};
 use futures_util::TryStreamExt;
 use tokio::sync::watch;
 
 use super::follow::{JobSeen, follow_log};
+use super::queue::Slot;
 use super::{BuildStatus, Finished, Orchestrator, OrchestratorError, Plan, Started, actions, logs};
 use crate::builds::{BuildRecord, BuildWork, JobRecord, NewBuild};
 
@@ -58,12 +60,33 @@ impl Orchestrator {
     }
 
     /// Retries build `id`'s pipeline on GitLab and follows the new attempt: its jobs, logs,
-    /// artifacts and, on success, what follows (the merge request still once).
+    /// artifacts and, on success, what follows (the merge request still once). A build that
+    /// never got a pipeline (canceled while queued, or refused) is queued again.
     pub async fn retry(&self, id: i64) -> Result<BuildRecord, OrchestratorError> {
         let (record, work) = self.records().get(id).await?;
-        let pipeline = record.pipeline_id.ok_or(OrchestratorError::NoPipeline(id))?;
-        self.inner.gitlab.retry_pipeline(ProjectRef::parse(&record.gitlab), PipelineId(pipeline)).await?;
         let ours = work.owner == self.inner.owner || work.done;
+        let Some(pipeline) = record.pipeline_id else {
+            if !record.status.is_final() {
+                return Err(OrchestratorError::NoPipeline(id));
+            }
+            let (record, _) = self
+                .records()
+                .update(id, move |r, w| {
+                    r.status = BuildStatus::Queued;
+                    r.reason = None;
+                    w.attempt += 1;
+                    if ours {
+                        w.settled = None;
+                        w.done = false;
+                    }
+                })
+                .await?;
+            if ours {
+                self.spawn_build(id);
+            }
+            return Ok(record);
+        };
+        self.inner.gitlab.retry_pipeline(ProjectRef::parse(&record.gitlab), PipelineId(pipeline)).await?;
         let (record, _) = self
             .records()
             .update(id, move |r, w| {
@@ -83,13 +106,34 @@ impl Orchestrator {
     }
 
     /// Cancels build `id`'s pipeline; it is followed until GitLab says it settled, and recorded
-    /// with its canceled jobs. Returns the record with GitLab's answer as its status.
+    /// with its canceled jobs. Returns the record with GitLab's answer as its status. A build
+    /// still queued leaves the queue and ends canceled, with no pipeline.
     pub async fn cancel(&self, id: i64) -> Result<BuildRecord, OrchestratorError> {
         let (record, work) = self.records().get(id).await?;
-        let pipeline = record.pipeline_id.ok_or(OrchestratorError::NoPipeline(id))?;
+        let ours = work.owner == self.inner.owner || work.done;
+        let Some(pipeline) = record.pipeline_id else {
+            if record.status != BuildStatus::Queued {
+                return Err(OrchestratorError::NoPipeline(id));
+            }
+            let (record, _) = self
+                .records()
+                .update(id, |r, w| {
+                    if r.pipeline_id.is_none() && w.settled.is_none() {
+                        r.status = BuildStatus::Canceled;
+                        r.reason = Some("canceled while queued".into());
+                        w.settled = Some(BuildStatus::Canceled);
+                    }
+                })
+                .await?;
+            self.inner.queue.cancel(id);
+            if ours {
+                self.spawn_build(id);
+            }
+            return Ok(record);
+        };
         let p = self.inner.gitlab.cancel_pipeline(ProjectRef::parse(&record.gitlab), PipelineId(pipeline)).await?;
         let mut record = record;
-        if work.owner == self.inner.owner || work.done {
+        if ours {
             (record, _) = self
                 .records()
                 .update(id, |r, w| {
@@ -102,6 +146,21 @@ impl Orchestrator {
         }
         record.status = BuildStatus::from_pipeline(&p.status);
         Ok(record)
+    }
+
+    /// Waits until build `id` is done (carrying it on in this process when it is this
+    /// process's to carry and nobody does); returns its final record.
+    pub async fn settle(&self, id: i64) -> Result<BuildRecord, OrchestratorError> {
+        loop {
+            let (record, work) = self.records().get(id).await?;
+            if work.done {
+                return Ok(record);
+            }
+            if work.owner == self.inner.owner {
+                self.drive_build(id).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     async fn create(&self, plan: &Plan, actions: bool) -> Result<Started, OrchestratorError> {
@@ -262,8 +321,9 @@ impl Orchestrator {
         actions::finish_project(self, record.run, &record.project).await
     }
 
-    /// One attempt of one build: its pipeline created (or adopted) once, followed until it
-    /// settles, its jobs and logs recorded, its artifacts fetched on success.
+    /// One attempt of one build: its pipeline created (or adopted) once when the queue gives it
+    /// a slot, followed until it settles, its jobs and logs recorded, its artifacts fetched on
+    /// success.
     async fn build_pass(
         &self,
         record: &BuildRecord,
@@ -275,10 +335,15 @@ impl Orchestrator {
         let follower = &self.inner.follower;
         // Listen before creating, so no event about the new pipeline can be missed.
         let events = follower.subscribe(&record.gitlab).await;
-        let (pipeline, check_first) = match record.pipeline_id {
-            Some(p) => (PipelineId(p), true),
-            None => (self.create_pipeline(record, work, &project, label).await?, false),
+        let (pipeline, check_first, slot) = match record.pipeline_id {
+            Some(p) => (PipelineId(p), true, self.inner.queue.take_now()),
+            None => match self.create_when_its_turn(record, work, &project, label).await? {
+                Some((p, slot)) => (p, false, slot),
+                None => return Ok(BuildStatus::Canceled),
+            },
         };
+        self.inner.reporter.state(label, BuildStatus::Running, None);
+        self.seed_jobs(id, &project, pipeline).await;
         let record = self.records().get(id).await?.0;
         let log_dir = record.log_dir.as_ref().map(PathBuf::from).unwrap_or_else(|| self.state_dir().join("logs"));
         let dir = log_dir.join(&record.project).join(&record.target);
@@ -293,10 +358,20 @@ impl Orchestrator {
                         id: j.id,
                         status: j.status.clone(),
                         log: None,
+                        stage: j.stage.clone(),
+                        allow_failure: false,
                     });
+                    // An event about an older attempt of the job (GitLab gives a retry a new
+                    // id) does not overwrite the newer one.
+                    if j.id != 0 && j.id < entry.id {
+                        return;
+                    }
                     entry.status = j.status.clone();
                     if j.id != 0 {
                         entry.id = j.id;
+                    }
+                    if j.stage.is_some() {
+                        entry.stage.clone_from(&j.stage);
                     }
                 });
                 if let Err(e) = saved.await {
@@ -305,25 +380,37 @@ impl Orchestrator {
             }
         });
         let mut followed = std::collections::BTreeSet::new();
+        let mut log_tasks = Vec::new();
+        let mut running: BTreeMap<String, Status> = BTreeMap::new();
         let (reporter, follow_logs, gitlab) = (&self.inner.reporter, self.inner.follow_logs, &self.inner.gitlab);
         let mut on_job = |j: JobSeen| {
             reporter.line(label, &format!("{}: {}", j.name, j.status));
-            let started = j.status == cloudci_gitlab::types::Status::Running || j.status.is_completed();
+            running.insert(j.name.clone(), j.status.clone());
+            let now: Vec<&str> =
+                running.iter().filter(|(_, s)| **s == Status::Running).map(|(n, _)| n.as_str()).collect();
+            reporter.state(label, BuildStatus::Running, (!now.is_empty()).then(|| now.join(", ")).as_deref());
+            let started = j.status == Status::Running || j.status.is_completed();
             if follow_logs && started && j.id != 0 && followed.insert(j.id) {
-                tokio::spawn(follow_log(
+                log_tasks.push(tokio::spawn(follow_log(
                     gitlab.clone(),
                     project.clone(),
                     cloudci_gitlab::JobId(j.id),
                     dir.join(format!("{}.log", actions::sanitize(&j.name))),
                     format!("{label} {}", j.name),
                     reporter.clone(),
-                ));
+                )));
             }
             let _ = tx.send(j);
         };
         let followed_to = follower.follow(&project, pipeline, events, check_first, &mut on_job).await;
         drop(tx);
         let _ = writer.await;
+        // The pipeline settled: its slot goes to the next build in the queue.
+        drop(slot);
+        // Each followed log reads to its job's end, so the last lines (`ERROR: Job failed`) are
+        // shown before the summary.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(30), futures_util::future::join_all(log_tasks)).await;
         let status = followed_to?;
         reporter.line(label, &format!("pipeline {pipeline}: {status}"));
 
@@ -337,12 +424,21 @@ impl Orchestrator {
                 let text = gitlab.job_trace(project.clone(), job.id).await?;
                 let path = dir.join(format!("{}.log", actions::sanitize(&job.name)));
                 std::fs::write(&path, &text).map_err(OrchestratorError::io(&path))?;
-                if job.status == cloudci_gitlab::types::Status::Failed && !job.allow_failure {
+                if job.status == Status::Failed && !job.allow_failure {
                     let _ = logs::mark_error(&log_dir, &path);
                 }
                 log = Some(path.display().to_string());
             }
-            recorded.insert(job.name.clone(), JobRecord { id: job.id.0, status: job.status.clone(), log });
+            recorded.insert(
+                job.name.clone(),
+                JobRecord {
+                    id: job.id.0,
+                    status: job.status.clone(),
+                    log,
+                    stage: Some(job.stage.clone()),
+                    allow_failure: job.allow_failure,
+                },
+            );
         }
         let manual = status.is_blocked();
         self.records()
@@ -354,9 +450,97 @@ impl Orchestrator {
             })
             .await?;
         let status = BuildStatus::from_pipeline(&status);
+        self.inner.reporter.state(label, status, None);
         if status == BuildStatus::Success && work.actions {
             actions::fetch_artifacts(self, &record, &jobs, label).await?;
         }
         Ok(status)
+    }
+
+    /// Waits for the build's turn in the queue, then creates its pipeline; a 429 holds the
+    /// queue and the build keeps the head of the line. `None`: canceled while it waited.
+    async fn create_when_its_turn(
+        &self,
+        record: &BuildRecord,
+        work: &BuildWork,
+        project: &ProjectRef,
+        label: &str,
+    ) -> Result<Option<(PipelineId, Slot)>, OrchestratorError> {
+        let queue = &self.inner.queue;
+        let reporter = &self.inner.reporter;
+        let mut first = false;
+        loop {
+            let records = self.records().clone();
+            let slot = queue
+                .acquire(record.id, first, |w| {
+                    reporter.line(label, &w.to_string());
+                    reporter.state(label, BuildStatus::Queued, None);
+                    let (records, text, id) = (records.clone(), w.to_string(), record.id);
+                    // Shown in the record (status, API, dashboard) while it waits.
+                    tokio::spawn(async move {
+                        let saved = records.update(id, move |r, _| {
+                            if r.status == BuildStatus::Queued && r.pipeline_id.is_none() {
+                                r.reason = Some(text.clone());
+                            }
+                        });
+                        let _ = saved.await;
+                    });
+                })
+                .await;
+            let Some(slot) = slot else { return Ok(None) };
+            // Canceled while it waited (by another process, or just before its turn came).
+            let (now, _) = self.records().get(record.id).await?;
+            if now.status == BuildStatus::Canceled {
+                return Ok(None);
+            }
+            match self.create_pipeline(record, work, project, label).await {
+                Ok(p) => {
+                    queue.created();
+                    return Ok(Some((p, slot)));
+                }
+                Err(OrchestratorError::Gitlab(cloudci_gitlab::Error::RateLimited { retry_after, .. })) => {
+                    let hold = queue.hold(retry_after);
+                    reporter.line(
+                        label,
+                        &format!("GitLab rate limits new pipelines (429): the queue waits {} s", hold.as_secs()),
+                    );
+                    first = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Puts the pipeline's jobs into the record as GitLab lists them right after creation, so
+    /// a running build shows its jobs (and `logs --follow` has one) before any event. A failure
+    /// only delays this until the first event.
+    async fn seed_jobs(&self, id: i64, project: &ProjectRef, pipeline: PipelineId) {
+        let listed: Result<Vec<_>, _> =
+            self.inner.gitlab.pipeline_jobs(project.clone(), pipeline, &JobFilter::default()).try_collect().await;
+        let jobs = match listed {
+            Ok(jobs) => jobs,
+            Err(e) => return tracing::debug!(build = id, "listing a new pipeline's jobs: {e}"),
+        };
+        let saved = self.records().update(id, move |r, _| {
+            for j in &jobs {
+                let entry = r.jobs.entry(j.name.clone()).or_insert(JobRecord {
+                    id: j.id.0,
+                    status: j.status.clone(),
+                    log: None,
+                    stage: None,
+                    allow_failure: j.allow_failure,
+                });
+                // Only a newer attempt: an event may already have moved this one further.
+                if j.id.0 > entry.id {
+                    entry.id = j.id.0;
+                    entry.status = j.status.clone();
+                }
+                entry.stage = Some(j.stage.clone());
+                entry.allow_failure = j.allow_failure;
+            }
+        });
+        if let Err(e) = saved.await {
+            tracing::warn!(build = id, "saving a new pipeline's jobs: {e}");
+        }
     }
 }
