@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use serde_json::Value;
+
 fn browser_tests() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     if !dir.join("node_modules/playwright-core").is_dir() {
@@ -41,11 +43,15 @@ fn the_dashboard_shows_builds_and_live_events_in_a_browser() {
         .map_while(Result::ok)
         .find_map(|l| l.strip_prefix("dashboard: ").map(str::to_owned))
         .expect("the demo printed no dashboard URL");
-    let shot = dir.path().join("dashboard.png");
+    // Kept after the test (in target/tmp), for a person to look at.
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&shots).unwrap();
+    let (shot, build_shot) = (shots.join("dashboard.png"), shots.join("dashboard-build.png"));
     let out = Command::new("node")
         .arg(scripts.join("dashboard.mjs"))
         .arg(&url)
         .arg(&shot)
+        .arg(&build_shot)
         .env("CHROMIUM", &chromium)
         .output()
         .unwrap();
@@ -66,4 +72,30 @@ fn the_dashboard_shows_builds_and_live_events_in_a_browser() {
     assert!(links.iter().any(|l| l.ends_with("/demo/firmware/-/merge_requests/1")), "{links:?}");
     assert!(links.iter().any(|l| l.starts_with("/v1/builds/1/download")), "{links:?}");
     assert!(shot.exists());
+    // The token was taken out of the address, so history does not keep it.
+    assert!(!seen["address"].as_str().unwrap().contains("access_token"), "{seen}");
+
+    // Build 1's page: jobs by stage with their status, the selected job's log, links, actions.
+    let build = &seen["build"];
+    assert!(build["address"].as_str().unwrap().ends_with("#/builds/1"), "{build}");
+    assert!(build["title"].as_str().unwrap().starts_with("#1 firmware / "), "{build}");
+    assert_eq!(build["status"], "success", "{build}");
+    let stages = build["stages"].as_array().unwrap();
+    assert!(!stages.is_empty(), "{build}");
+    let jobs: Vec<&Value> = stages.iter().flat_map(|s| s["jobs"].as_array().unwrap()).collect();
+    assert!(jobs.iter().any(|j| j[1] == "success"), "{build}");
+    assert!(stages.iter().all(|s| s["stage"].is_string()), "{build}");
+    let selected = build["selected"].as_str().unwrap();
+    assert_eq!(build["logJob"], format!("Log · {selected}"));
+    assert!(build["log"].as_str().unwrap().contains("Job succeeded"), "{build}");
+    let links: Vec<&str> = build["links"].as_array().unwrap().iter().filter_map(|e| e.as_str()).collect();
+    assert!(links.iter().any(|l| l.ends_with("/demo/firmware/-/merge_requests/1")), "{links:?}");
+    assert!(links.contains(&"/v1/builds/1/download"), "{links:?}");
+    assert_eq!(build["cancel"], serde_json::json!({"present": true, "disabled": true}), "a finished build");
+    assert_eq!(build["retry"], serde_json::json!({"present": true, "disabled": true}), "a successful build");
+    if let Some(clicked) = build.get("clicked") {
+        assert_ne!(clicked["job"], build["selected"]);
+    }
+    assert!(build_shot.exists());
+    println!("screenshots: {} and {}", shot.display(), build_shot.display());
 }

@@ -86,7 +86,15 @@ impl BuildArgs {
         let state = StateDir::new(config.state_dir());
         state.create()?;
         let progress = self.watch || (stderr_is_terminal() && !self.json);
-        let reporter: Arc<dyn Reporter> = if progress { Arc::new(StderrReporter) } else { Arc::new(Quiet) };
+        // Live lines and bars on a terminal (not with --json); plain lines when piped and asked
+        // for (--watch); else nothing.
+        let reporter: Arc<dyn Reporter> = if stderr_is_terminal() && !self.json {
+            Arc::new(crate::output::TerminalProgress::default())
+        } else if progress {
+            Arc::new(StderrReporter)
+        } else {
+            Arc::new(Quiet)
+        };
         let (log_dir, outcomes) = match DaemonClient::find(&state).await {
             Some(daemon) => {
                 through_daemon(&daemon, &state, &request, !self.no_actions, reporter, progress, self.watch).await?

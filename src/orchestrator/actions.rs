@@ -33,7 +33,21 @@ pub(super) async fn fetch_artifacts(
     let mut first = None;
     for job in jobs.iter().filter(|j| j.artifacts_file.is_some()) {
         let zip = dest.join(format!("{}.zip", sanitize(&job.name)));
-        let size = o.inner.gitlab.download_artifacts(project.clone(), job.id, &zip).await?;
+        let total = job.artifacts_file.as_ref().and_then(|a| a.size);
+        // The client streams to the file: its growing size is the download's progress.
+        let (reporter, what, path) = (o.inner.reporter.clone(), job.name.clone(), zip.clone());
+        let build = label.to_owned();
+        let watcher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                let done = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+                reporter.download(&build, &what, done, total);
+            }
+        });
+        let downloaded = o.inner.gitlab.download_artifacts(project.clone(), job.id, &zip).await;
+        watcher.abort();
+        let size = downloaded?;
+        o.inner.reporter.download(label, &job.name, size, Some(size));
         unzip(&zip, &dest).map_err(OrchestratorError::io(&zip))?;
         o.inner.reporter.line(label, &format!("artifacts of {} ({size} bytes) in {}", job.name, dest.display()));
         first.get_or_insert(job.id.0);
