@@ -313,3 +313,34 @@ async fn cli_builds_are_watched_by_the_daemon_too() {
         }
     }
 }
+
+/// A pipeline that runs into a required manual job stops there, and subscribers are told: its
+/// `manual` comes after `running` although it ranks below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_blocked_on_a_manual_job_is_announced_as_manual() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = "stages: [build, flash]\nbuild:\n  stage: build\n  script: sleep 0.3\nflash:\n  stage: flash\n  script: 'true'\n  when: manual\n  allow_failure: false\n";
+    let repo = gitlab_sim::fixtures::repo_with(dir.path(), "repo", &[(".gitlab-ci.yml", gated)]);
+    let sim = Sim::start(SimConfig {
+        token: TOKEN.into(),
+        projects: vec![("acme/firmware".into(), repo)],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let gitlab = client(sim.url());
+    let (config, _, api_port) = write_config(dir.path(), PROJECT, 30);
+    let _daemon = serve(&config, sim.url(), TOKEN, &[]);
+    let mut events = Events::open(api_port, &token(&config), "").await;
+    let p = gitlab.create_pipeline("acme/firmware", &CreatePipeline::new("main")).await.unwrap();
+    let mut statuses = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while statuses.last().map(String::as_str) != Some("manual") {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let e = events.next(left).await.unwrap_or_else(|| panic!("never told it was blocked: {statuses:?}"));
+        if e["kind"] == "pipeline" && e["pipeline_id"] == p.id.0 {
+            statuses.push(e["status"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(statuses.contains(&"running".to_owned()), "{statuses:?}");
+}

@@ -74,6 +74,11 @@ pub fn judge_job(known: Option<&Status>, status: &Status) -> Verdict {
     {
         return Verdict::Late;
     }
+    // A job waits for a person (`manual`) or a timer (`scheduled`) only right after it is created;
+    // one seen queued or later is past that, so the blocked status is from before.
+    if status.is_blocked() && *k != Status::Created {
+        return Verdict::Late;
+    }
     forward(k, status)
 }
 
@@ -162,6 +167,16 @@ pub fn judge_pipeline(known: Option<&PipelineKnown>, status: &Status, ev: &Pipel
     }
     if k.status.is_completed() {
         return if reopens(k, ev.mentions) { Verdict::Retry } else { Verdict::Late };
+    }
+    // A pipeline that reaches a required manual (or delayed) job stops there: `manual` ranks with
+    // `pending`, below `running`, but comes after them. Past `created`, only a full account of its
+    // jobs shows that — none of them active, none older than what is known — not a Job Hook's one
+    // job, and not a delivery from before someone played the job.
+    if status.is_blocked() && k.status != Status::Created {
+        let full_account = !ev.weak
+            && !ev.mentions.is_empty()
+            && ev.mentions.iter().all(|m| m.verdict != Verdict::Late && !m.status.is_active());
+        return if full_account { Verdict::Advance } else { Verdict::Late };
     }
     forward(&k.status, status)
 }
@@ -418,5 +433,24 @@ mod tests {
         let pipes: Vec<_> = seen.iter().filter(|e| e.0 == EventKind::Pipeline).map(|e| e.1.as_str()).collect();
         assert_eq!(pipes, ["manual", "pending", "running", "success"]);
         assert_eq!(seen[2], (EventKind::Job, "pending".into(), Some("manual".into())));
+    }
+
+    #[test]
+    fn a_pipeline_that_reaches_a_manual_job_stops_there() {
+        let ev = pipeline_events(&[
+            D::P(Running, &[(1, "build", Running), (2, "flash", Created)]),
+            D::J(1, "build", Success, Running),
+            // A Job Hook alone cannot say the pipeline is blocked.
+            D::J(2, "flash", Manual, Manual),
+            D::P(Manual, &[(1, "build", Success), (2, "flash", Manual)]),
+            // Someone plays it; a late `manual` from before the play stays late.
+            D::P(Pending, &[(1, "build", Success), (2, "flash", Pending)]),
+            D::P(Manual, &[(1, "build", Success), (2, "flash", Manual)]),
+            D::P(Success, &[(1, "build", Success), (2, "flash", Success)]),
+        ]);
+        assert_eq!(ev, ["p:running", "p:manual", "p:pending", "p:success"]);
+        // A job is blocked only right after it was created.
+        assert_eq!(judge_job(Some(&Pending), &Manual), Verdict::Late);
+        assert_eq!(judge_job(Some(&Created), &Manual), Verdict::Advance);
     }
 }
