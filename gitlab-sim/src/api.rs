@@ -255,6 +255,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/projects/{id}/pipelines/{pid}/retry", post(retry_pipeline))
         .route("/projects/{id}/pipelines/{pid}/variables", get(pipeline_variables))
         .route("/projects/{id}/pipelines/{pid}/jobs", get(pipeline_jobs))
+        .route("/projects/{id}/pipelines/{pid}/bridges", get(pipeline_bridges))
+        .route("/projects/{id}/ci/lint", post(ci_lint))
         .route("/projects/{id}/jobs/{jid}", get(get_job))
         .route("/projects/{id}/jobs/{jid}/play", post(play_job))
         .route("/projects/{id}/jobs/{jid}/retry", post(retry_job))
@@ -433,9 +435,18 @@ async fn create_pipeline(Ax(s): Sh, Path(id): Path<String>, params: Params) -> A
         repo.file_at(&resolved.sha, ".gitlab-ci.yml").await.map_err(|e| internal(&e))?.ok_or_else(|| {
             ApiError(StatusCode::BAD_REQUEST, json!({"message": {"base": ["Missing CI config file"]}}))
         })?;
-    let config = crate::ci::parse(&String::from_utf8_lossy(&yaml))
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, json!({"message": {"base": [e]}})))?;
+    let inputs = match params.0.get("inputs") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err(bad_request("inputs is invalid")),
+    };
     let commit = repo.commit(&resolved.sha).await.map_err(|e| internal(&e))?;
+    let (ctx, files) = crate::files::prepare(&s, pid, &git_ref, resolved.tag, &commit, "api", &variables, inputs);
+    let config = match crate::files::compile(String::from_utf8_lossy(&yaml).into_owned(), ctx, files, true).await {
+        Ok((_, Some(config))) => config,
+        Ok((_, None)) => return Err(internal(&"no configuration")),
+        Err(errors) => return Err(ApiError(StatusCode::BAD_REQUEST, json!({"message": {"base": errors}}))),
+    };
     let mut state = s.lock();
     let (pipeline_id, fx) =
         state.create_pipeline(&s.render, pid, &git_ref, resolved.tag, commit, "api", variables, Arc::new(config));
@@ -591,21 +602,7 @@ async fn retry_pipeline(Ax(s): Sh, Path((id, pipeline)): Path<(String, u64)>) ->
 
 /// Replaces job `old` by a new `created` attempt; returns the new id.
 fn clone_job(s: &Shared, state: &mut crate::state::State, old: u64, fx: &mut Effects) -> u64 {
-    state.last_id.job += 1;
-    let new_id = state.last_id.job;
-    let prev = state.jobs.get_mut(&old).expect("the job exists");
-    prev.retried = true;
-    let job =
-        Job::new(new_id, prev.pipeline_id, prev.project_id, prev.spec.clone(), Utc::now(), prev.retries_count + 1);
-    let pipeline_id = job.pipeline_id;
-    state.jobs.insert(new_id, job);
-    if let Some(p) = state.pipelines.get_mut(&pipeline_id) {
-        p.jobs.push(new_id);
-        p.updated_at = Utc::now();
-    }
-    let body = crate::state::Payloads::job_hook(&s.render, state, &state.jobs[&new_id]);
-    fx.events.push(Outgoing { project_id: state.jobs[&new_id].project_id, kind: EventKind::Job, body });
-    new_id
+    state.clone_job(&s.render, old, fx)
 }
 
 async fn pipeline_jobs(
@@ -628,12 +625,117 @@ async fn pipeline_jobs(
         .iter()
         .filter_map(|j| state.jobs.get(j))
         .filter(|j| include_retried || !j.retried)
+        .filter(|j| !j.spec.is_bridge())
         .filter(|j| scopes.is_empty() || scopes.iter().any(|sc| sc == j.status.as_str()))
         .collect();
     jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
     let items = jobs.iter().map(|j| s.render.job(&state, j)).collect();
     drop(state);
     Ok(paginate(&uri, &params, &s.render.base, items))
+}
+
+/// `GET /projects/:id/pipelines/:pipeline_id/bridges`: the trigger jobs, which the jobs list
+/// leaves out.
+async fn pipeline_bridges(
+    Ax(s): Sh,
+    Path((id, pipeline)): Path<(String, u64)>,
+    OriginalUri(uri): OriginalUri,
+    params: Params,
+) -> ApiResult {
+    let pid = project_id(&s, &id)?;
+    let state = s.lock();
+    pipeline_of(&state, pid, pipeline)?;
+    let scopes: Vec<String> = match params.0.get("scope") {
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Some(Value::String(one)) => vec![one.clone()],
+        _ => Vec::new(),
+    };
+    let mut jobs: Vec<&Job> = state
+        .latest_jobs(pipeline)
+        .into_iter()
+        .filter(|j| j.spec.is_bridge())
+        .filter(|j| scopes.is_empty() || scopes.iter().any(|sc| sc == j.status.as_str()))
+        .collect();
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
+    let items = jobs.iter().map(|j| s.render.bridge(&state, j)).collect();
+    drop(state);
+    Ok(paginate(&uri, &params, &s.render.base, items))
+}
+
+/// A job as lint lists it (`Gitlab::Ci::Lint` `build_job`).
+fn lint_job(
+    j: &crate::ci::JobSpec,
+    only: Option<&crate::ci::jobs::Policy>,
+    except: Option<&crate::ci::jobs::Policy>,
+) -> Value {
+    let policy = |p: Option<&crate::ci::jobs::Policy>| {
+        p.map(|p| json!({"refs": p.refs, "variables": p.variables})).unwrap_or(Value::Null)
+    };
+    json!({
+        "name": j.name, "stage": j.stage, "before_script": j.before_script, "script": j.script,
+        "after_script": j.after_script, "tag_list": j.tags, "environment": j.environment,
+        "when": j.when.as_str(), "allow_failure": j.allow_failure, "only": policy(only), "except": policy(except),
+        "needs": j.needs.as_ref().map(|n| n.iter().map(|x| json!({"name": x})).collect::<Vec<_>>())
+    })
+}
+
+/// `POST /projects/:id/ci/lint` (`content`, `dry_run`, `include_jobs`, `ref`), as GitLab's docs
+/// describe it: a static check, or with `dry_run` a simulated pipeline creation for `ref`. GitLab
+/// simulates a **push** pipeline (`Ci::CreatePipelineService#execute(:push, dry_run: true)`), so
+/// the jobs listed are those a push would get, not an API pipeline.
+async fn ci_lint(Ax(s): Sh, Path(id): Path<String>, params: Params) -> ApiResult {
+    let pid = project_id(&s, &id)?;
+    let content = params.string("content").ok_or_else(|| missing("content"))?;
+    let dry_run = params.bool("dry_run").unwrap_or(false);
+    let include_jobs = params.bool("include_jobs").unwrap_or(false);
+    let (repo, default_branch) = {
+        let state = s.lock();
+        let p = &state.projects[idx(pid)];
+        (p.repo.clone(), p.default_branch.clone())
+    };
+    let git_ref = params.string("ref").filter(|r| !r.is_empty()).unwrap_or(default_branch);
+    let Some(resolved) = repo.resolve(&git_ref).await else {
+        return ok(
+            StatusCode::OK,
+            json!({"valid": false, "errors": ["Reference not found"], "warnings": [], "merged_yaml": null, "includes": null}),
+        );
+    };
+    let commit = repo.commit(&resolved.sha).await.map_err(|e| internal(&e))?;
+    let (ctx, files) = crate::files::prepare(&s, pid, &git_ref, resolved.tag, &commit, "push", &[], Map::new());
+    let result = crate::files::compile(content, ctx, files, dry_run).await;
+    let mut body = match &result {
+        Ok((composed, config)) => {
+            let includes: Vec<Value> = composed
+                .includes
+                .iter()
+                .map(|i| {
+                    let extra: Map<String, Value> =
+                        i.extra.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+                    json!({"type": i.kind, "location": i.location, "blob": null, "raw": null, "extra": extra,
+                        "context_project": i.context_project, "context_sha": i.context_sha})
+                })
+                .collect();
+            let mut body = json!({
+                "valid": true, "errors": [], "warnings": composed.warnings,
+                "merged_yaml": composed.merged_yaml, "includes": includes
+            });
+            if include_jobs {
+                let jobs: Vec<Value> = match config {
+                    Some(config) => config.jobs.iter().map(|j| lint_job(j, None, None)).collect(),
+                    None => {
+                        composed.jobs.iter().map(|d| lint_job(&d.spec, d.only.as_ref(), d.except.as_ref())).collect()
+                    }
+                };
+                body["jobs"] = Value::Array(jobs);
+            }
+            body
+        }
+        Err(errors) => json!({"valid": false, "errors": errors, "warnings": [], "merged_yaml": null, "includes": null}),
+    };
+    if include_jobs && body.get("jobs").is_none() {
+        body["jobs"] = json!([]);
+    }
+    ok(StatusCode::OK, body)
 }
 
 fn job_of(state: &crate::state::State, pid: u64, id: u64) -> Result<(), ApiError> {

@@ -21,6 +21,7 @@
 mod api;
 pub mod ci;
 pub mod faults;
+mod files;
 pub mod fixtures;
 pub mod git;
 mod render;
@@ -125,6 +126,25 @@ impl Shared {
         for job_id in fx.start {
             tokio::spawn(runner::run_job(self.clone(), job_id));
         }
+        for (job_id, after) in fx.delayed {
+            let shared = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let mut state = shared.lock();
+                if state.jobs.get(&job_id).is_none_or(|j| j.status != Status::Scheduled) {
+                    return; // played, canceled or unscheduled meanwhile
+                }
+                let pipeline_id = state.jobs[&job_id].pipeline_id;
+                let mut fx = state.set_job_status(&shared.render, job_id, Status::Pending);
+                fx.start.push(job_id);
+                fx.merge(state.refresh_pipeline_status(&shared.render, pipeline_id));
+                drop(state);
+                shared.apply(fx);
+            });
+        }
+        for job_id in fx.bridges {
+            tokio::spawn(run_bridge(self.clone(), job_id));
+        }
         for event in fx.events {
             webhooks::dispatch(self, event);
         }
@@ -133,6 +153,107 @@ impl Shared {
             tokio::spawn(async move { auto_merge(shared, pipeline_id).await });
         }
     }
+}
+
+/// Starts the downstream pipeline of a bridge job: a child pipeline (`trigger:include`, source
+/// `parent_pipeline`) or a pipeline of another hosted project (`trigger:project`, source
+/// `pipeline`). Without `strategy: depend` the bridge succeeds once the pipeline exists; with it,
+/// the bridge follows the downstream pipeline's status.
+async fn run_bridge(shared: Arc<Shared>, job_id: u64) {
+    let prepared = {
+        let state = shared.lock();
+        let Some(job) = state.jobs.get(&job_id) else { return };
+        let Some(trigger) = job.spec.trigger.clone() else { return };
+        let Some(p) = state.pipelines.get(&job.pipeline_id) else { return };
+        let mut forwarded: Vec<cloudci_gitlab::types::PipelineVariable> = Vec::new();
+        if trigger.forward_yaml_variables {
+            for (k, v) in p.config.variables.iter().filter(|(k, _)| job.spec.inherit_variables.allows(k)) {
+                forwarded.push(cloudci_gitlab::types::PipelineVariable::env(k.clone(), v.clone()));
+            }
+            for (k, v) in &job.spec.variables {
+                forwarded.retain(|f| f.key != *k);
+                forwarded.push(cloudci_gitlab::types::PipelineVariable::env(k.clone(), v.clone()));
+            }
+        }
+        if trigger.forward_pipeline_variables {
+            for v in &p.variables {
+                forwarded.retain(|f| f.key != v.key);
+                forwarded.push(v.clone());
+            }
+        }
+        let target = match &trigger.project {
+            None => Some((p.project_id, p.git_ref.clone(), p.tag, p.sha.clone())),
+            Some(path) => state.project(path).map(|t| {
+                (t.id, trigger.branch.clone().unwrap_or_else(|| t.default_branch.clone()), false, String::new())
+            }),
+        };
+        (trigger, forwarded, target, job.pipeline_id, p.commit.clone())
+    };
+    let (trigger, forwarded, target, parent_id, parent_commit) = prepared;
+    let fail = |shared: &Arc<Shared>, reason: &str| {
+        let mut state = shared.lock();
+        if let Some(j) = state.jobs.get_mut(&job_id) {
+            j.failure_reason = Some(reason.to_owned());
+        }
+        let mut fx = state.set_job_status(&shared.render, job_id, Status::Failed);
+        fx.merge(state.advance(&shared.render, parent_id));
+        drop(state);
+        shared.apply(fx);
+    };
+    let Some((target_id, git_ref, tag, _)) = target else {
+        return fail(&shared, "downstream_bridge_project_not_found");
+    };
+    let (source, text, commit) = if trigger.project.is_none() {
+        let mut root = serde_yaml_ng::Mapping::new();
+        root.insert("include".into(), serde_yaml_ng::Value::Sequence(trigger.include.clone()));
+        let text = serde_yaml_ng::to_string(&serde_yaml_ng::Value::Mapping(root)).unwrap_or_default();
+        ("parent_pipeline", text, parent_commit)
+    } else {
+        let repo = shared.lock().projects[usize::try_from(target_id - 1).unwrap_or(0)].repo.clone();
+        let Some(resolved) = repo.resolve(&git_ref).await else {
+            return fail(&shared, "downstream_pipeline_creation_failed");
+        };
+        let Ok(Some(yaml)) = repo.file_at(&resolved.sha, ".gitlab-ci.yml").await else {
+            return fail(&shared, "downstream_pipeline_creation_failed");
+        };
+        let Ok(commit) = repo.commit(&resolved.sha).await else {
+            return fail(&shared, "downstream_pipeline_creation_failed");
+        };
+        ("pipeline", String::from_utf8_lossy(&yaml).into_owned(), commit)
+    };
+    let (ctx, files) =
+        files::prepare(&shared, target_id, &git_ref, tag, &commit, source, &forwarded, serde_json::Map::new());
+    let Ok((_, Some(config))) = files::compile(text, ctx, files, true).await else {
+        return fail(&shared, "downstream_pipeline_creation_failed");
+    };
+    let mut state = shared.lock();
+    if state.jobs.get(&job_id).is_none_or(|j| j.status != Status::Pending) {
+        return; // canceled meanwhile
+    }
+    let (child, mut fx) = state.create_pipeline_with(
+        &shared.render,
+        target_id,
+        &git_ref,
+        tag,
+        commit,
+        source,
+        forwarded,
+        Arc::new(config),
+        Some((parent_id, job_id)),
+    );
+    if let Some(j) = state.jobs.get_mut(&job_id) {
+        j.downstream = Some(child);
+    }
+    if trigger.depend {
+        let child_status = state.pipelines[&child].status.clone();
+        let bridge = if child_status.is_completed() { child_status } else { Status::Running };
+        fx.merge(state.set_job_status(&shared.render, job_id, bridge));
+    } else {
+        fx.merge(state.set_job_status(&shared.render, job_id, Status::Success));
+    }
+    fx.merge(state.advance(&shared.render, parent_id));
+    drop(state);
+    shared.apply(fx);
 }
 
 /// Ends a job's process group (`kill -KILL -PGID`).

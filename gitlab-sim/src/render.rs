@@ -19,6 +19,11 @@ pub(crate) struct Render {
     pub(crate) base: String,
 }
 
+/// ISO 8601 with milliseconds and `Z`, as a string (for predefined variables).
+pub(crate) fn iso_text(t: DateTime<Utc>) -> String {
+    Timestamp::iso(t).as_str().to_owned()
+}
+
 fn iso(t: DateTime<Utc>) -> Value {
     Value::String(Timestamp::iso(t).as_str().to_owned())
 }
@@ -184,7 +189,7 @@ impl Render {
     pub(crate) fn pipeline_basic(&self, state: &State, p: &Pipeline) -> Value {
         json!({
             "id": p.id, "iid": p.iid, "project_id": p.project_id, "status": p.status, "source": p.source,
-            "ref": p.git_ref, "sha": p.sha, "name": null, "web_url": self.pipeline_url(state, p),
+            "ref": p.git_ref, "sha": p.sha, "name": p.name, "web_url": self.pipeline_url(state, p),
             "created_at": iso(p.created_at), "updated_at": iso(p.updated_at)
         })
     }
@@ -224,10 +229,10 @@ impl Render {
                 "created_at": p.commit.committed_at, "id": p.sha, "message": p.commit.message,
                 "short_id": &p.sha[..8.min(p.sha.len())], "title": p.commit.title
             },
-            "coverage": null, "archived": false, "allow_failure": j.spec.allow_failure,
+            "coverage": j.coverage, "archived": false, "allow_failure": j.failure_allowed(),
             "created_at": iso(j.created_at), "started_at": iso_opt(j.started_at), "finished_at": iso_opt(j.finished_at),
             "erased_at": null, "duration": j.duration(), "queued_duration": j.queued_duration(),
-            "artifacts_expire_at": null, "tag_list": [], "id": j.id, "name": j.spec.name,
+            "artifacts_expire_at": null, "tag_list": j.spec.tags, "id": j.id, "name": j.spec.name,
             "pipeline": {"id": p.id, "project_id": p.project_id, "ref": p.git_ref, "sha": p.sha, "status": p.status},
             "ref": p.git_ref, "artifacts": [], "runner": null, "runner_manager": null, "stage": j.spec.stage,
             "status": j.status, "tag": p.tag, "web_url": format!("{}/{path}/-/jobs/{}", self.base, j.id),
@@ -246,8 +251,37 @@ impl Render {
                 json!({"file_type": "archive", "size": size, "filename": "artifacts.zip", "file_format": "zip"}),
             );
         }
+        for (kind, path, size) in &j.reports {
+            let filename = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            // GitLab stores reports gzipped, whatever their type.
+            artifacts.push(json!({"file_type": kind, "size": size, "filename": filename, "file_format": "gzip"}));
+        }
+        if let Some(env) = &j.spec.environment {
+            map.insert("environment".into(), json!({"name": env}));
+        }
         if !j.trace.is_empty() || j.artifact.is_some() {
             map.insert("artifacts".into(), Value::Array(artifacts));
+        }
+        v
+    }
+
+    /// A bridge (`GET /projects/:id/pipelines/:id/bridges`): a job's keys plus
+    /// `downstream_pipeline`.
+    pub(crate) fn bridge(&self, state: &State, j: &Job) -> Value {
+        let mut v = self.job(state, j);
+        let downstream = j.downstream.and_then(|id| state.pipelines.get(&id)).map(|d| {
+            json!({"id": d.id, "iid": d.iid, "project_id": d.project_id, "sha": d.sha, "ref": d.git_ref,
+                "status": d.status, "source": d.source, "created_at": iso(d.created_at), "updated_at": iso(d.updated_at),
+                "web_url": self.pipeline_url(state, d)})
+        });
+        if let Value::Object(m) = &mut v {
+            m.remove("artifacts");
+            m.remove("artifacts_file");
+            m.remove("artifacts_expire_at");
+            m.remove("tag_list");
+            m.remove("runner");
+            m.remove("runner_manager");
+            m.insert("downstream_pipeline".into(), downstream.unwrap_or(Value::Null));
         }
         v
     }
@@ -440,6 +474,7 @@ impl Payloads for Render {
         let builds: Vec<Value> = state
             .latest_jobs(p.id)
             .iter()
+            .filter(|j| !j.spec.is_bridge())
             .rev()
             .map(|j| {
                 json!({
@@ -449,9 +484,9 @@ impl Payloads for Render {
                     "queued_duration": j.queued_duration(),
                     "failure_reason": if j.status == Status::Failed { json!(j.failure_reason.as_deref().unwrap_or("script_failure")) } else { Value::Null },
                     "when": j.spec.when.as_str(), "manual": j.spec.when == crate::ci::When::Manual,
-                    "allow_failure": j.spec.allow_failure, "user": self.hook_user(), "runner": null,
+                    "allow_failure": j.failure_allowed(), "user": self.hook_user(), "runner": null,
                     "artifacts_file": {"filename": j.artifact.as_ref().map(|_| "artifacts.zip"), "size": j.artifact.as_ref().map(|a| a.1)},
-                    "environment": null
+                    "environment": j.spec.environment.as_ref().map(|e| json!({"name": e, "action": "start", "deployment_tier": null}))
                 })
             })
             .collect();
@@ -462,7 +497,7 @@ impl Payloads for Render {
         json!({
             "object_kind": "pipeline",
             "object_attributes": {
-                "id": p.id, "iid": p.iid, "name": null, "ref": p.git_ref, "tag": p.tag, "sha": p.sha,
+                "id": p.id, "iid": p.iid, "name": p.name, "ref": p.git_ref, "tag": p.tag, "sha": p.sha,
                 "before_sha": "0000000000000000000000000000000000000000", "source": p.source, "status": p.status,
                 "detailed_status": status_text(&p.status), "stages": p.config.stages,
                 "created_at": hook_time(Some(p.created_at)), "finished_at": hook_time(p.finished_at),
@@ -478,7 +513,11 @@ impl Payloads for Render {
                 "url": format!("{}/-/merge_requests/{}", self.project_web(project), m.iid)
             })),
             "user": self.hook_user(), "project": self.hook_project(project),
-            "commit": self.hook_commit(project, &p.commit), "builds": builds
+            "commit": self.hook_commit(project, &p.commit), "builds": builds,
+            "source_pipeline": p.parent.map(|(parent, bridge)| json!({
+                "project": {"id": project.id, "web_url": self.project_web(project), "path_with_namespace": project.path},
+                "job_id": bridge, "pipeline_id": parent, "project_id": project.id
+            }))
         })
     }
 
@@ -497,7 +536,7 @@ impl Payloads for Render {
             "build_finished_at": iso_opt(j.finished_at), "build_created_at_iso": iso_s(Some(j.created_at)),
             "build_started_at_iso": iso_s(j.started_at), "build_finished_at_iso": iso_s(j.finished_at),
             "build_duration": j.duration(), "build_queued_duration": j.queued_duration(),
-            "build_allow_failure": j.spec.allow_failure,
+            "build_allow_failure": j.failure_allowed(),
             "build_failure_reason": j.failure_reason.as_deref().unwrap_or("unknown_failure"),
             "pipeline_id": p.id, "runner": null, "project_id": project.id, "project_name": project.path,
             "user": self.hook_user(),

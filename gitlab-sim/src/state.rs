@@ -83,6 +83,10 @@ pub struct Pipeline {
     pub finished_at: Option<DateTime<Utc>>,
     /// Every job id, retried ones included, in creation order.
     pub jobs: Vec<u64>,
+    /// For a child pipeline: the parent pipeline and the bridge job that triggered it.
+    pub parent: Option<(u64, u64)>,
+    /// `workflow:name` (`CI_PIPELINE_NAME`), the API's `name`.
+    pub name: Option<String>,
 }
 
 /// A job.
@@ -122,6 +126,16 @@ pub struct Job {
     pub pgid: Option<u32>,
     /// Cancel asked while running.
     pub cancel_requested: bool,
+    /// The script's exit code, when it ran and failed.
+    pub exit_code: Option<i32>,
+    /// `coverage` found in the log.
+    pub coverage: Option<f64>,
+    /// Variables from its `artifacts:reports:dotenv`.
+    pub dotenv: Vec<(String, String)>,
+    /// Other reports kept: type, file, size.
+    pub reports: Vec<(String, PathBuf, u64)>,
+    /// For a bridge: the downstream pipeline it created.
+    pub downstream: Option<u64>,
 }
 
 /// A merge request.
@@ -340,6 +354,10 @@ pub struct Effects {
     pub events: Vec<Outgoing>,
     /// Pipelines that just succeeded: check auto-merges.
     pub succeeded: Vec<u64>,
+    /// Delayed jobs now `scheduled`: make them pending after this long.
+    pub delayed: Vec<(u64, std::time::Duration)>,
+    /// Bridge jobs that became pending: create their downstream pipelines.
+    pub bridges: Vec<u64>,
 }
 
 impl Effects {
@@ -348,6 +366,8 @@ impl Effects {
         self.start.extend(other.start);
         self.events.extend(other.events);
         self.succeeded.extend(other.succeeded);
+        self.delayed.extend(other.delayed);
+        self.bridges.extend(other.bridges);
     }
 }
 
@@ -424,6 +444,24 @@ impl State {
         variables: Vec<PipelineVariable>,
         config: Arc<CiConfig>,
     ) -> (u64, Effects) {
+        self.create_pipeline_with(render, project_id, git_ref, resolved_tag, commit, source, variables, config, None)
+    }
+
+    /// [`State::create_pipeline`] for a child pipeline too: `parent` is the parent pipeline and
+    /// the bridge job that triggered it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_pipeline_with(
+        &mut self,
+        render: &dyn Payloads,
+        project_id: u64,
+        git_ref: &str,
+        resolved_tag: bool,
+        commit: CommitInfo,
+        source: &str,
+        variables: Vec<PipelineVariable>,
+        config: Arc<CiConfig>,
+        parent: Option<(u64, u64)>,
+    ) -> (u64, Effects) {
         let now = Utc::now();
         self.last_id.pipeline += 1;
         let id = self.last_id.pipeline;
@@ -450,19 +488,23 @@ impl State {
                 source: source.to_owned(),
                 status: Status::Created,
                 variables,
-                config,
                 created_at: now,
                 updated_at: now,
                 started_at: None,
                 finished_at: None,
                 jobs: job_ids.clone(),
+                parent,
+                name: config.name.clone(),
+                config,
             },
         );
         let mut fx = Effects::default();
         // GitLab announces the new pipeline and each job as `created`.
         fx.events.push(self.pipeline_event(render, id));
         for job_id in job_ids {
-            fx.events.push(self.job_event(render, job_id));
+            if !self.jobs[&job_id].spec.is_bridge() {
+                fx.events.push(self.job_event(render, job_id));
+            }
         }
         fx.merge(self.advance(render, id));
         (id, fx)
@@ -502,7 +544,10 @@ impl State {
         if let Some(p) = self.pipelines.get_mut(&pipeline_id) {
             p.updated_at = now;
         }
-        fx.events.push(self.job_event(render, job_id));
+        // GitLab sends Job Hooks for builds only, not for bridges.
+        if !self.jobs[&job_id].spec.is_bridge() {
+            fx.events.push(self.job_event(render, job_id));
+        }
         fx
     }
 
@@ -526,19 +571,27 @@ impl State {
                 // A manual job that may fail does not hold anything up; one that may not, does.
                 let waiting = deps
                     .iter()
-                    .any(|d| !(d.status.is_completed() || (d.status == Status::Manual && d.spec.allow_failure)));
+                    .any(|d| !(d.status.is_completed() || (d.status == Status::Manual && d.failure_allowed())));
                 if waiting {
                     continue;
                 }
                 let failed = deps.iter().any(|d| {
-                    (d.status == Status::Failed && !d.spec.allow_failure)
+                    (d.status == Status::Failed && !d.failure_allowed())
                         || d.status == Status::Canceled
                         || (job.spec.needs.is_some() && d.status == Status::Skipped)
                 });
                 let next = match (job.spec.when, failed) {
                     (When::OnSuccess, false) | (When::OnFailure, true) | (When::Always, _) => Status::Pending,
                     (When::Manual, false) => Status::Manual,
+                    (When::Delayed, false) => Status::Scheduled,
                     _ => Status::Skipped,
+                };
+                // One job at a time per resource group, across the project's pipelines.
+                let next = match (&next, &job.spec.resource_group) {
+                    (Status::Pending, Some(group)) if self.resource_busy(job.project_id, group, job.id) => {
+                        Status::WaitingForResource
+                    }
+                    _ => next,
                 };
                 decisions.push((job.id, next));
             }
@@ -546,14 +599,78 @@ impl State {
                 break;
             }
             for (job_id, status) in decisions {
+                let spec = self.jobs[&job_id].spec.clone();
                 if status == Status::Pending {
-                    fx.start.push(job_id);
+                    if spec.is_bridge() {
+                        fx.bridges.push(job_id);
+                    } else {
+                        fx.start.push(job_id);
+                    }
+                }
+                if status == Status::Scheduled {
+                    fx.delayed.push((job_id, spec.start_in.unwrap_or_default()));
                 }
                 fx.merge(self.set_job_status(render, job_id, status));
             }
         }
         fx.merge(self.refresh_pipeline_status(render, pipeline_id));
         fx
+    }
+
+    /// Whether another job of the project holds `group`.
+    fn resource_busy(&self, project_id: u64, group: &str, except: u64) -> bool {
+        self.jobs.values().any(|j| {
+            j.id != except
+                && j.project_id == project_id
+                && j.spec.resource_group.as_deref() == Some(group)
+                && matches!(j.status, Status::Pending | Status::Running | Status::Canceling)
+        })
+    }
+
+    /// Starts the oldest job waiting for each resource group of the project that is free now.
+    pub fn wake_waiting(&mut self, render: &dyn Payloads, project_id: u64) -> Effects {
+        let mut fx = Effects::default();
+        let waiting: Vec<(u64, String)> = self
+            .jobs
+            .values()
+            .filter(|j| j.project_id == project_id && j.status == Status::WaitingForResource)
+            .filter_map(|j| j.spec.resource_group.clone().map(|g| (j.id, g)))
+            .collect();
+        for (job_id, group) in waiting {
+            if self.resource_busy(project_id, &group, job_id) {
+                continue;
+            }
+            let pipeline_id = self.jobs[&job_id].pipeline_id;
+            if self.jobs[&job_id].spec.is_bridge() {
+                fx.bridges.push(job_id);
+            } else {
+                fx.start.push(job_id);
+            }
+            fx.merge(self.set_job_status(render, job_id, Status::Pending));
+            fx.merge(self.refresh_pipeline_status(render, pipeline_id));
+        }
+        fx
+    }
+
+    /// Replaces job `old` by a new `created` attempt (a retry: GitLab gives it a new id) and
+    /// announces it; returns the new id.
+    pub fn clone_job(&mut self, render: &dyn Payloads, old: u64, fx: &mut Effects) -> u64 {
+        self.last_id.job += 1;
+        let new_id = self.last_id.job;
+        let prev = self.jobs.get_mut(&old).expect("the job exists");
+        prev.retried = true;
+        let job =
+            Job::new(new_id, prev.pipeline_id, prev.project_id, prev.spec.clone(), Utc::now(), prev.retries_count + 1);
+        let pipeline_id = job.pipeline_id;
+        self.jobs.insert(new_id, job);
+        if let Some(p) = self.pipelines.get_mut(&pipeline_id) {
+            p.jobs.push(new_id);
+            p.updated_at = Utc::now();
+        }
+        if !self.jobs[&new_id].spec.is_bridge() {
+            fx.events.push(self.job_event(render, new_id));
+        }
+        new_id
     }
 
     /// Recomputes a pipeline's status from its latest jobs, and announces a change.
@@ -581,11 +698,43 @@ impl State {
             p.finished_at = None;
         }
         fx.events.push(self.pipeline_event(render, pipeline_id));
+        // A bridge with `strategy: depend` follows its child pipeline.
+        let parent = self.pipelines.get(&pipeline_id).and_then(|p| p.parent);
+        if let Some((parent_id, bridge_id)) = parent
+            && self.jobs.get(&bridge_id).is_some_and(|b| b.spec.trigger.as_ref().is_some_and(|t| t.depend))
+        {
+            let bridge_status = match &status {
+                Status::Success => Some(Status::Success),
+                Status::Failed => Some(Status::Failed),
+                Status::Canceled => Some(Status::Canceled),
+                Status::Skipped => Some(Status::Skipped),
+                Status::Running | Status::Pending => Some(Status::Running),
+                Status::Manual => Some(Status::Manual),
+                _ => None,
+            };
+            if let Some(bs) = bridge_status {
+                if bs == Status::Failed
+                    && let Some(b) = self.jobs.get_mut(&bridge_id)
+                {
+                    b.failure_reason = Some("downstream_pipeline_failed".into());
+                }
+                fx.merge(self.set_job_status(render, bridge_id, bs));
+                fx.merge(self.advance(render, parent_id));
+            }
+        }
         fx
     }
 }
 
 impl Job {
+    /// Whether this job's failure is allowed: `allow_failure: true`, or an exit code listed in
+    /// `allow_failure:exit_codes`.
+    pub fn failure_allowed(&self) -> bool {
+        self.spec.allow_failure
+            || (self.status == Status::Failed
+                && self.exit_code.is_some_and(|c| self.spec.allow_failure_exit_codes.contains(&c)))
+    }
+
     /// A new `created` job.
     pub fn new(
         id: u64,
@@ -613,6 +762,11 @@ impl Job {
             play_variables: Vec::new(),
             pgid: None,
             cancel_requested: false,
+            exit_code: None,
+            coverage: None,
+            dotenv: Vec::new(),
+            reports: Vec::new(),
+            downstream: None,
         }
     }
 
@@ -642,17 +796,24 @@ pub fn composite_status(jobs: &[&Job]) -> Status {
     if any(&|j| j.status == Status::Running || j.status == Status::Canceling) {
         return Status::Running;
     }
+    if any(&|j| j.status == Status::WaitingForResource) && !any(&|j| j.status == Status::Pending) {
+        let progressed = any(&|j| j.status.is_completed() && j.status != Status::Skipped);
+        return if progressed { Status::Running } else { Status::WaitingForResource };
+    }
     if any(&|j| j.status == Status::Pending) {
         let progressed = any(&|j| j.status.is_completed() && j.status != Status::Skipped);
         return if progressed { Status::Running } else { Status::Pending };
     }
-    if any(&|j| j.status == Status::Manual && !j.spec.allow_failure) {
+    if any(&|j| j.status == Status::Manual && !j.failure_allowed()) {
         return Status::Manual;
+    }
+    if any(&|j| j.status == Status::Scheduled) {
+        return Status::Scheduled;
     }
     if any(&|j| j.status == Status::Created) {
         return if any(&|j| j.status.is_completed()) { Status::Running } else { Status::Created };
     }
-    if any(&|j| j.status == Status::Failed && !j.spec.allow_failure) {
+    if any(&|j| j.status == Status::Failed && !j.failure_allowed()) {
         return Status::Failed;
     }
     if any(&|j| j.status == Status::Canceled) {
