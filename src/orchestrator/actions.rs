@@ -89,6 +89,8 @@ pub(super) async fn finish_project(o: &Orchestrator, run: i64, project: &str) ->
             .update(r.id, |r, w| {
                 if !w.done {
                     r.status = w.settled.unwrap_or(BuildStatus::Error);
+                    // A passed pipeline whose job said "cloudci: skipped: <why>" was skipped.
+                    super::skip::mark(r);
                     w.done = true;
                 }
             })

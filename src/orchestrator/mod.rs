@@ -22,6 +22,7 @@ pub mod plan;
 pub mod queue;
 pub mod records;
 pub mod run;
+pub mod skip;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
