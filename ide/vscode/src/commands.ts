@@ -109,6 +109,8 @@ export class Commands {
     });
     this.log(`started run ${started.run}: ${started.builds.map((b) => `build ${b.id} (${b.target})`).join(", ")}`);
     await Promise.all(started.builds.map((b) => this.controller.refreshBuild(b.id)));
+    // Events start with the pipeline; a build that fails before it has one is only in its record.
+    for (const b of started.builds) this.controller.follow(b.id, (r) => !!r.pipeline_id || isFinal(r.status));
   }
 
   /** The build a command is about: the node's, else one of the current branch's newest run. */
@@ -195,6 +197,7 @@ export class Commands {
       );
       return;
     }
+    this.log(`opening merge request ${url}`);
     await vscode.env.openExternal(vscode.Uri.parse(url));
   }
 

@@ -4,7 +4,7 @@
 
 import { Api, ApiError } from "./api";
 import { Found } from "./discovery";
-import { Build, BuildEvent, BuildStore, isFinal } from "./model";
+import { Build, BuildEvent, BuildStore, isFinal, View } from "./model";
 import { backoff, openStream } from "./sse";
 import { Connection } from "./status";
 
@@ -142,7 +142,7 @@ export class Controller {
     if (unknown && (ev.kind === "pipeline" || ev.kind === "job")) this.scheduleList();
     if (ev.kind === "merge_request") this.scheduleList();
     // The record changes when a job or the pipeline ends (logs, firmware, merge request).
-    if (isFinal(ev.status) || ev.kind === "pipeline") for (const id of changed) this.scheduleBuild(id, 0);
+    if (isFinal(ev.status) || ev.kind === "pipeline") for (const id of changed) this.scheduleBuild(id);
   }
 
   private scheduleList(): void {
@@ -153,7 +153,18 @@ export class Controller {
     }, 250);
   }
 
-  private scheduleBuild(id: number, attempt: number): void {
+  /** Fetches build `id` soon, once however many events ask for it. */
+  private scheduleBuild(id: number): void {
+    this.follow(id, (record, shown) => !isFinal(shown.status) || isFinal(record.status));
+  }
+
+  /**
+   * Fetches build `id`, and again a little later — a bounded number of times — until `settled`
+   * holds. For what the event stream cannot tell: the daemon's record catching up after the
+   * pipeline ended (firmware fetched, merge request opened), or a build that failed before it
+   * had a pipeline to send events about.
+   */
+  follow(id: number, settled: (record: Build, shown: View) => boolean, attempt = 0): void {
     if (this.buildTimers.has(id)) return;
     const delay = attempt === 0 ? 200 : SETTLE_MS[attempt - 1];
     this.buildTimers.set(
@@ -162,10 +173,8 @@ export class Controller {
         this.buildTimers.delete(id);
         void this.refreshBuild(id).then((record) => {
           const shown = this.store.get(id);
-          // The pipeline is over but the daemon is still fetching the firmware or opening the
-          // merge request: look again a little later, a bounded number of times.
-          if (record && shown && isFinal(shown.status) && !isFinal(record.status) && attempt < SETTLE_MS.length) {
-            this.scheduleBuild(id, attempt + 1);
+          if (record && shown && !settled(record, shown) && attempt < SETTLE_MS.length) {
+            this.follow(id, settled, attempt + 1);
           }
         });
       }, delay),

@@ -43,6 +43,8 @@ export interface BuildEvent {
   failure_reason?: string | null;
   url?: string | null;
   retry?: boolean;
+  /** When the daemon accepted it (RFC 3339, milliseconds, UTC). */
+  received_at?: string;
 }
 
 const FINAL = new Set(["success", "failed", "canceled", "skipped", "error"]);
@@ -70,14 +72,23 @@ export interface View extends Build {
   failedJob?: string;
 }
 
-interface Live {
-  status?: string;
-  jobs: Record<string, Job>;
+interface Stamped {
+  status: string;
+  at: string;
 }
+
+interface Live {
+  pipeline?: Stamped;
+  jobs: Record<string, Job & { at: string }>;
+}
+
+/** Events about pipelines no record names yet, kept to apply once one does. */
+const PENDING_MAX = 500;
 
 export class BuildStore {
   private records = new Map<number, Build>();
   private live = new Map<number, Live>();
+  private pending: BuildEvent[] = [];
 
   /** Replaces what is known with a fresh list (the newest builds). */
   setAll(builds: Build[]): void {
@@ -88,6 +99,11 @@ export class BuildStore {
   put(b: Build, fromAction = false): void {
     this.records.set(b.id, b);
     if (fromAction) this.live.delete(b.id);
+    if (b.pipeline_id && this.pending.some((e) => e.pipeline_id === b.pipeline_id)) {
+      const mine = this.pending.filter((e) => e.pipeline_id === b.pipeline_id);
+      this.pending = this.pending.filter((e) => e.pipeline_id !== b.pipeline_id);
+      for (const e of mine) this.apply(e);
+    }
   }
 
   get(id: number): View | undefined {
@@ -112,28 +128,34 @@ export class BuildStore {
     for (const b of this.records.values()) {
       if (b.pipeline_id !== ev.pipeline_id || (ev.project && ev.project !== b.gitlab)) continue;
       const live = this.live.get(b.id) ?? { jobs: {} };
+      const at = ev.received_at ?? new Date().toISOString();
       if (ev.kind === "pipeline") {
-        live.status = buildStatusOf(ev.status);
+        live.pipeline = { status: buildStatusOf(ev.status), at };
       } else if (ev.job_name && ev.job_id) {
         const known = live.jobs[ev.job_name] ?? b.jobs[ev.job_name];
         // A lower id is an older attempt of a retried job: the newer one stands.
         if (known && known.id > ev.job_id) continue;
-        live.jobs[ev.job_name] = { id: ev.job_id, status: ev.status };
+        live.jobs[ev.job_name] = { id: ev.job_id, status: ev.status, at };
       }
       this.live.set(b.id, live);
       changed.push(b.id);
+    }
+    if (changed.length === 0) {
+      this.pending.push(ev);
+      if (this.pending.length > PENDING_MAX) this.pending.shift();
     }
     return { changed, unknown: changed.length === 0 };
   }
 
   private view(b: Build): View {
     const live = this.live.get(b.id);
-    const status = merged(b.status, live?.status);
+    const since = b.updated_at ?? "";
+    const status = merged(b.status, since, live?.pipeline);
     const jobs: Record<string, Job> = { ...b.jobs };
     for (const [name, j] of Object.entries(live?.jobs ?? {})) {
       const rec = b.jobs[name];
-      if (!rec || j.id > rec.id) jobs[name] = j;
-      else if (j.id === rec.id) jobs[name] = { ...rec, status: merged(rec.status, j.status) };
+      if (!rec || j.id > rec.id) jobs[name] = { id: j.id, status: j.status };
+      else if (j.id === rec.id) jobs[name] = { ...rec, status: merged(rec.status, since, j) };
     }
     const names = Object.keys(jobs).sort((x, y) => jobs[x].id - jobs[y].id);
     const runningJob = names.find((n) => jobs[n].status === "running");
@@ -143,14 +165,16 @@ export class BuildStore {
 }
 
 /**
- * The record's status unless the event stream knows better: a record that is final stays so
- * against a final event (the daemon's verdict includes fetching the firmware), while a live
- * status that is not final is newer than a final record (a retry).
+ * The record's status unless the event stream knows better. A final record stands against a
+ * final event (the daemon's verdict includes fetching the firmware); a final event stands against
+ * a record that is not (the pipeline is over, the daemon is still at its after-success actions);
+ * otherwise the newer one, by the daemon's clock (a retry makes a final record stale).
  */
-function merged(record: string, live: string | undefined): string {
+function merged(record: string, recordAt: string, live: Stamped | undefined): string {
   if (live === undefined) return record;
-  if (isFinal(record) && isFinal(live)) return record;
-  return live;
+  if (isFinal(record) && isFinal(live.status)) return record;
+  if (isFinal(live.status)) return live.status;
+  return live.at >= recordAt ? live.status : record;
 }
 
 /** The builds of the newest run of `project` on `branch`: what the status bar shows. */

@@ -88,3 +88,23 @@ test("the connection's trouble takes over the status bar", () => {
   assert.equal(s.tooltip, "cannot reach http://127.0.0.1:1");
   assert.equal(statusBarText([], "feature", { state: "refused", reason: "401" }).text, "$(debug-disconnect) cloudci: token refused");
 });
+
+test("events that come before the record knows its pipeline are applied once it does", () => {
+  const store = new BuildStore();
+  store.put(build({ pipeline_id: null, updated_at: "2026-01-01T00:00:00.000Z" }));
+  store.apply(ev({ kind: "job", job_id: 70, job_name: "build", status: "running", received_at: "2026-01-01T00:00:01.000Z" }));
+  store.apply(ev({ status: "running", received_at: "2026-01-01T00:00:01.000Z" }));
+  store.put(build({ pipeline_id: 7, status: "queued", updated_at: "2026-01-01T00:00:00.500Z" }));
+  assert.equal(bar(store), "$(sync~spin) feature: running host › build");
+});
+
+test("a record newer than an event wins, unless the event is a final status the record lacks", () => {
+  const store = new BuildStore();
+  store.put(build({ pipeline_id: 7, status: "queued", updated_at: "2026-01-01T00:00:00.000Z" }));
+  store.apply(ev({ status: "pending", received_at: "2026-01-01T00:00:01.000Z" }));
+  store.put(build({ pipeline_id: 7, status: "running", updated_at: "2026-01-01T00:00:02.000Z" }));
+  assert.equal(bar(store), "$(sync~spin) feature: running host");
+  store.apply(ev({ status: "success", received_at: "2026-01-01T00:00:03.000Z" }));
+  store.put(build({ pipeline_id: 7, status: "running", updated_at: "2026-01-01T00:00:04.000Z" }));
+  assert.equal(bar(store), "$(pass) feature: success");
+});
