@@ -66,6 +66,10 @@ pub struct BuildRecord {
     pub promoted: Option<String>,
     /// Why it was skipped or errored.
     pub reason: Option<String>,
+    /// The HTTP status GitLab refused the build with (401, 403, 404, ...), so a command can exit
+    /// with the README's code for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitlab_status: Option<u16>,
     /// The run's log folder.
     pub log_dir: Option<String>,
     /// Created (RFC 3339).
@@ -288,6 +292,7 @@ impl BuildStore for SqliteBuilds {
                 merge_request: None,
                 promoted: None,
                 reason: None,
+                gitlab_status: None,
                 log_dir: log_dir.map(str::to_owned),
                 created_at: at.clone(),
                 updated_at: at,

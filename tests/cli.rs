@@ -206,6 +206,12 @@ async fn exit_codes_follow_the_table() {
         assert_eq!(code, 3, "cloudci {}: {err}", args.join(" "));
         assert!(err.lines().count() == 1 && err.contains("401") && !err.contains("WRONG-TOKEN"), "{err}");
     }
+    // `cloudci build` too (its builds end as `error`; the summary goes to stdout).
+    let (code, out, err) = w.run(&["build", "fw", "--json"], &bad);
+    assert_eq!(code, 3, "cloudci build: {err}");
+    assert!(out.contains("401") && !err.contains("WRONG-TOKEN"), "{out}{err}");
+    let (code, _, err) = w.run(&["build", "fw", "--var", "A B=1"], &good);
+    assert_eq!(code, 2, "{err}");
     // 3: no token at all where one is needed.
     let (code, _, err) = w.run(&["hooks", "list"], &[]);
     assert_eq!(code, 3, "{err}");

@@ -21,7 +21,8 @@ use crate::sse_client::{DaemonClient, DaemonClientError};
 use crate::state::StateDir;
 
 /// Build projects (or groups) for their targets: one pipeline per project × target, in
-/// dependency order. Exit 0 when every build succeeded, 1 otherwise.
+/// dependency order. Exit 0 when every build succeeded; 3 when GitLab refused the token, 4 when it
+/// did not find a project, 1 otherwise.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
     /// Projects or groups from the configuration.
@@ -34,7 +35,7 @@ pub struct BuildArgs {
     #[arg(long = "target", value_name = "TARGET")]
     targets: Vec<String>,
     /// An extra CI variable, KEY=VALUE; repeatable.
-    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = super::vars::parse_var)]
     vars: Vec<(String, String)>,
     /// Show every status change as it happens (on stderr).
     #[arg(long)]
@@ -48,13 +49,6 @@ pub struct BuildArgs {
     /// Skip what happens after success (artifacts, merge request, promotion).
     #[arg(long)]
     no_actions: bool,
-}
-
-fn parse_var(raw: &str) -> Result<(String, String), String> {
-    raw.split_once('=')
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))
 }
 
 impl From<orchestrator::OrchestratorError> for Failure {
@@ -84,7 +78,7 @@ impl BuildArgs {
             return Ok(());
         }
         let state = StateDir::new(config.state_dir());
-        state.create()?;
+        state.ensure_usable()?;
         let progress = self.watch || (stderr_is_terminal() && !self.json);
         // Live lines and bars on a terminal (not with --json); plain lines when piped and asked
         // for (--watch); else nothing.
@@ -111,12 +105,26 @@ impl BuildArgs {
             }
         };
         print_outcomes(&outcomes, self.json, Some(&log_dir))?;
-        if outcomes.iter().all(BuildOutcome::succeeded) {
-            Ok(())
-        } else {
-            Err(Failure::general("some builds did not succeed"))
-        }
+        outcome_failure(&outcomes).map_or(Ok(()), Err)
     }
+}
+
+/// The exit for a finished run: 0 when every build succeeded; else 3 when GitLab refused one
+/// for authentication or permission, 4 when it did not find something, 1 otherwise.
+pub(super) fn outcome_failure(outcomes: &[BuildOutcome]) -> Option<Failure> {
+    if outcomes.iter().all(BuildOutcome::succeeded) {
+        return None;
+    }
+    let refused = |codes: &[u16]| outcomes.iter().any(|o| o.gitlab_status.is_some_and(|s| codes.contains(&s)));
+    let mut failure = Failure::general("some builds did not succeed");
+    if refused(&[401, 403]) {
+        failure.code = 3;
+        failure.message = "GitLab refused the token for some builds (see above)".into();
+    } else if refused(&[404]) {
+        failure.code = 4;
+        failure.message = "GitLab did not find what some builds need (see above)".into();
+    }
+    Some(failure)
 }
 
 pub(super) fn daemon_failure(e: DaemonClientError) -> Failure {

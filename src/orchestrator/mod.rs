@@ -103,6 +103,9 @@ pub struct BuildOutcome {
     pub promoted: Option<String>,
     /// Why it did not run or what went wrong.
     pub reason: Option<String>,
+    /// The HTTP status GitLab refused it with, if it did.
+    #[serde(skip)]
+    pub gitlab_status: Option<u16>,
     /// Jobs and their final statuses.
     pub jobs: BTreeMap<String, Status>,
     /// The first job that failed (and did not count as allowed to), with its log file.
@@ -131,6 +134,7 @@ impl From<&BuildRecord> for BuildOutcome {
             merge_request: r.merge_request.clone(),
             promoted: r.promoted.clone(),
             reason: r.reason.clone(),
+            gitlab_status: r.gitlab_status,
             jobs: r.jobs.iter().map(|(n, j)| (n.clone(), j.status.clone())).collect(),
             failed_job: r
                 .jobs

@@ -303,10 +303,14 @@ impl Orchestrator {
         if work.settled.is_none() {
             let label = format!("{}/{}", record.project, record.target);
             let settled = match self.build_pass(&record, &work, &label).await {
-                Ok(status) => (status, None),
+                Ok(status) => (status, None, None),
                 Err(e) => {
                     self.inner.reporter.line(&label, &format!("error: {e}"));
-                    (BuildStatus::Error, Some(e.to_string()))
+                    let refused = match &e {
+                        OrchestratorError::Gitlab(g) => g.status(),
+                        _ => None,
+                    };
+                    (BuildStatus::Error, Some(e.to_string()), refused)
                 }
             };
             self.records()
@@ -315,6 +319,7 @@ impl Orchestrator {
                     if let Some(reason) = &settled.1 {
                         r.reason = Some(reason.clone());
                     }
+                    r.gitlab_status = settled.2;
                 })
                 .await?;
         }
