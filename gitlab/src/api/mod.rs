@@ -3,6 +3,7 @@
 
 mod hooks;
 mod jobs;
+mod lint;
 mod merge_requests;
 mod pipelines;
 mod projects;

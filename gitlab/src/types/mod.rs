@@ -8,6 +8,7 @@
 mod branch;
 mod hook;
 mod job;
+mod lint;
 mod merge_request;
 mod pipeline;
 mod project;
@@ -21,6 +22,7 @@ pub use hook::{
     HookResponseStatus, ProjectHook,
 };
 pub use job::{ArtifactsFile, Job, JobArtifact, JobCommit, JobPipeline, JobScope};
+pub use lint::{CiLint, CiLintResult, LintInclude, LintJob};
 pub use merge_request::{CreateMergeRequest, MergeOptions, MergeRequest, MergeRequestPipeline};
 pub use pipeline::{CreatePipeline, DetailedStatus, Pipeline, PipelineBasic, PipelineVariable, VariableType};
 pub use project::{Project, Version};
