@@ -1,28 +1,9 @@
-/* A tiny firmware: a status LED state machine driven by a tick counter. Built for the host (with a
- * self-test) and, when a cross compiler is available, for a Cortex-M4 board. */
-#include <stdint.h>
-
-#define BLINK_PERIOD_TICKS 500u
-
-typedef enum { LED_OFF = 0, LED_ON = 1 } led_state_t;
-
-static led_state_t led_next(led_state_t state, uint32_t tick) {
-    if (tick % BLINK_PERIOD_TICKS == 0u) {
-        return state == LED_ON ? LED_OFF : LED_ON;
-    }
-    return state;
-}
-
-uint32_t firmware_toggles(uint32_t ticks) {
-    led_state_t led = LED_OFF;
-    uint32_t toggles = 0;
-    for (uint32_t t = 1; t <= ticks; t++) {
-        led_state_t next = led_next(led, t);
-        toggles += next != led;
-        led = next;
-    }
-    return toggles;
-}
+/* A tiny firmware: a status LED state machine driven by a 1 kHz tick (blink.c), with a self-test.
+ * On a board it prints a banner, runs the self-test and stops with its result; on the host
+ * (`make BOARD=host`) it is an ordinary program. */
+#include "blink.h"
+#include "console.h"
+#include "selftest.h"
 
 #ifdef HOST_BUILD
 #include <stdio.h>
@@ -30,12 +11,16 @@ uint32_t firmware_toggles(uint32_t ticks) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--self-test") == 0) {
-        int ok = firmware_toggles(0) == 0 && firmware_toggles(499) == 0 && firmware_toggles(500) == 1 &&
-                 firmware_toggles(5000) == 10;
-        printf("self-test: %s\n", ok ? "passed" : "FAILED");
-        return ok ? 0 : 1;
+        return selftest_run() == 0 ? 0 : 1;
     }
     printf("toggles in 10 s at 1 kHz: %u\n", (unsigned)firmware_toggles(10000));
     return 0;
+}
+#else
+int main(void) {
+    console_write("firmware " BOARD_NAME " (" BOARD_CPU "): toggles in 10 s at 1 kHz: ");
+    console_write_u32(firmware_toggles(10000u));
+    console_write("\n");
+    platform_exit(selftest_run());
 }
 #endif
