@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloudci_gitlab::{Gitlab, JobFilter, PipelineFilter, PipelineId, ProjectId, ProjectRef};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::Notify;
 
 use crate::events::{BuildEvent, EventKind, EventSource, Observation};
@@ -40,6 +40,8 @@ pub const QUIET: Duration = Duration::from_secs(30);
 /// The longest wait between two catch-ups while webhooks stay silent.
 pub const MAX_CATCH_UP_INTERVAL: Duration = Duration::from_secs(600);
 
+/// Pipelines read from GitLab at once while catching up.
+const READS_AT_ONCE: usize = 4;
 /// A wait this much longer than asked for means the process was suspended.
 const SUSPEND_HINT: Duration = Duration::from_secs(5);
 
@@ -84,8 +86,7 @@ impl Reconciler {
                 continue;
             }
             tracing::info!(pipeline.id = p.pipeline_id, "no word from GitLab; asking its API");
-            let observations = self.observe(p.project_id, p.project.clone(), p.pipeline_id).await?;
-            logged += self.apply(observations).await?;
+            logged += self.read(p.project_id, p.project.clone(), p.pipeline_id).await?;
         }
         Ok(logged)
     }
@@ -135,17 +136,35 @@ impl Reconciler {
                 - chrono::Duration::from_std(CATCH_UP_MARGIN).unwrap_or_default();
             let filter = PipelineFilter { updated_after: Some(since), per_page: Some(100), ..Default::default() };
             let changed: Vec<_> = self.gitlab.pipelines(ProjectId(id), &filter).try_collect().await?;
-            if !changed.is_empty() {
-                tracing::info!(project = %project, pipelines = changed.len(), "catching up on what GitLab did meanwhile");
-            }
             let path = match project {
                 ProjectRef::Path(p) => Some(p.clone()),
                 ProjectRef::Id(_) => None,
             };
-            // Oldest first, so subscribers hear of them in the order they happened.
-            for p in changed.iter().rev() {
-                let observations = self.observe(id, path.clone(), p.id.0).await?;
-                logged += self.apply(observations).await?;
+            // What the log already has as GitLab lists it (finished, no job left unsettled) needs
+            // no second look: after a long healthy stretch most of the list is that.
+            let ids: Vec<u64> = changed.iter().map(|p| p.id.0).collect();
+            let store = self.hub.store().clone();
+            let (known, active) =
+                blocking(move || Ok((store.pipeline_statuses(&ids)?, store.active_pipelines()?))).await?;
+            let active: std::collections::HashSet<u64> = active.iter().map(|a| a.pipeline_id).collect();
+            let unheard: Vec<u64> = changed
+                .iter()
+                .rev()
+                .filter(|p| {
+                    !(p.status.is_completed() && known.get(&p.id.0) == Some(&p.status) && !active.contains(&p.id.0))
+                })
+                .map(|p| p.id.0)
+                .collect();
+            if !unheard.is_empty() {
+                tracing::info!(project = %project, pipelines = unheard.len(), "catching up on what GitLab did meanwhile");
+            }
+            // Oldest first, a few at a time: the order subscribers hear them in, without waiting
+            // on GitLab for each in turn.
+            let reads =
+                futures_util::stream::iter(unheard).map(|pid| self.read(id, path.clone(), pid)).buffered(READS_AT_ONCE);
+            let results: Vec<_> = reads.collect().await;
+            for r in results {
+                logged += r?;
             }
         }
         let store = self.hub.store().clone();
@@ -161,19 +180,19 @@ impl Reconciler {
         Ok(n)
     }
 
-    async fn observe(
-        &self,
-        project_id: u64,
-        path: Option<String>,
-        id: u64,
-    ) -> Result<Vec<Observation>, ReconcileError> {
+    /// Reads one pipeline and all its jobs, retried attempts included, and applies what is news.
+    /// Superseded attempts go in a batch of their own first, so the pipeline's evidence is its
+    /// current jobs only (the state machine judges an observation naming an old attempt late).
+    async fn read(&self, project_id: u64, path: Option<String>, id: u64) -> Result<usize, ReconcileError> {
         let pipeline = self.gitlab.pipeline(ProjectId(project_id), PipelineId(id)).await?;
-        let jobs: Vec<_> = self
-            .gitlab
-            .pipeline_jobs(ProjectId(project_id), PipelineId(id), &JobFilter::default())
-            .try_collect()
-            .await?;
-        let max_job_id = jobs.iter().map(|j| j.id.0).max().unwrap_or(0);
+        let all = JobFilter { include_retried: true, ..JobFilter::default() };
+        let mut jobs: Vec<_> =
+            self.gitlab.pipeline_jobs(ProjectId(project_id), PipelineId(id), &all).try_collect().await?;
+        jobs.sort_by_key(|j| j.id);
+        let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+        for j in &jobs {
+            newest.insert(j.name.as_str(), j.id.0);
+        }
         let blank = |kind| {
             let mut e = BuildEvent::new(kind, project_id, "poll", EventSource::Poll);
             e.project.clone_from(&path);
@@ -182,9 +201,7 @@ impl Reconciler {
             e.pipeline_id = Some(id);
             e
         };
-        let mut out = Vec::new();
-        let mut jobs = jobs;
-        jobs.sort_by_key(|j| j.id);
+        let (mut retried, mut current) = (Vec::new(), Vec::new());
         for j in &jobs {
             let mut e = blank(EventKind::Job);
             e.job_id = Some(j.id.0);
@@ -193,14 +210,21 @@ impl Reconciler {
             e.status = Some(j.status.to_string());
             e.failure_reason = j.failure_reason.clone();
             e.url = Some(j.web_url.clone());
-            out.push(Observation { event: e, max_job_id: j.id.0 });
+            let superseded = newest.get(j.name.as_str()).is_some_and(|n| *n > j.id.0);
+            let batch = if superseded { &mut retried } else { &mut current };
+            batch.push(Observation { event: e, max_job_id: j.id.0 });
         }
         // The pipeline last, after its jobs, as webhooks would have told it.
+        let max_job_id = current.iter().map(|o| o.max_job_id).max().unwrap_or(0);
         let mut e = blank(EventKind::Pipeline);
         e.status = Some(pipeline.status.to_string());
         e.url = Some(pipeline.web_url.clone());
-        out.push(Observation { event: e, max_job_id });
-        Ok(out)
+        current.push(Observation { event: e, max_job_id });
+        let mut logged = 0;
+        if !retried.is_empty() {
+            logged += self.apply(retried).await?;
+        }
+        Ok(logged + self.apply(current).await?)
     }
 
     /// Runs until dropped, a round every `every`: the first polls everything unfinished and

@@ -413,17 +413,17 @@ impl Store {
     /// (its last delivery was lost: the pipeline cannot have finished before it).
     pub fn active_pipelines(&self) -> Result<Vec<ActivePipeline>, StoreError> {
         let conn = self.conn();
+        // A finished pipeline cannot have a job still created, queued or running (GitLab skips or
+        // cancels what did not run), retried attempts included: such a job's last delivery was
+        // lost. The reconciler reads retried attempts too (`include_retried`).
         let unsettled =
-            ["waiting_for_resource", "preparing", "waiting_for_callback", "pending", "running", "canceling"]
+            ["created", "waiting_for_resource", "preparing", "waiting_for_callback", "pending", "running", "canceling"]
                 .map(|s| format!("'{s}'"))
                 .join(",");
         let mut stmt = conn.prepare(&format!(
             "SELECT project_id, project, id, status, last_heard FROM pipelines p
              WHERE status NOT IN ('success','failed','canceled','skipped')
-                OR EXISTS (SELECT 1 FROM jobs j WHERE j.pipeline_id = p.id AND j.status IN ({unsettled})
-                           -- A retried attempt's lost delivery is no reason to poll: GitLab's job
-                           -- list shows only the newest attempt.
-                           AND NOT EXISTS (SELECT 1 FROM jobs n WHERE n.pipeline_id = p.id AND n.name = j.name AND n.id > j.id))
+                OR EXISTS (SELECT 1 FROM jobs j WHERE j.pipeline_id = p.id AND j.status IN ({unsettled}))
              ORDER BY id"
         ))?;
         let rows = stmt.query_map([], |r| {
@@ -436,6 +436,20 @@ impl Store {
             })
         })?;
         Ok(rows.filter_map(Result::ok).collect())
+    }
+
+    /// The last accepted status of each of `ids` that the log knows, for the catch-up to skip
+    /// what it already has.
+    pub fn pipeline_statuses(&self, ids: &[u64]) -> Result<HashMap<u64, Status>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT status FROM pipelines WHERE id = ?1")?;
+        let mut out = HashMap::new();
+        for id in ids {
+            if let Some(status) = stmt.query_row([*id as i64], |r| r.get::<_, String>(0)).optional()? {
+                out.insert(*id, Status::parse(&status));
+            }
+        }
+        Ok(out)
     }
 
     /// The time (Unix seconds) up to which cloudci knows it heard everything of `project_id`,
