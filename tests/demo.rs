@@ -13,6 +13,11 @@ const BOARDS: [&str; 2] = ["mps2-an386", "microbit"];
 fn demo(dir: &Path, args: &[&str], path: Option<&Path>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cloudci"));
     c.arg("demo").arg("--dir").arg(dir).args(args).env_remove("CLOUDCI_LOG");
+    run_with_path(c, path)
+}
+
+/// Runs `c` to its end, with `path` as its PATH when given.
+fn run_with_path(mut c: Command, path: Option<&Path>) -> Output {
     if let Some(path) = path {
         c.env("PATH", path);
     }
@@ -186,10 +191,18 @@ fn without_qemu_the_images_are_built_and_the_boot_is_skipped() {
     assert!(has_compiler, "arm-none-eabi-gcc is needed: apt-get install gcc-arm-none-eabi (.ci/run does)");
     let dir = tempfile::tempdir().unwrap();
     let path = path_without(dir.path(), &["qemu-system-"]);
-    let work = dir.path().join("demo");
-    let out = demo(&work, &["--json"], Some(&path));
+    // No --dir: a new folder under the state directory, kept.
+    let state_home = dir.path().join("state-home");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cloudci"));
+    c.args(["demo", "--json"]).env_remove("CLOUDCI_LOG").env("XDG_STATE_HOME", &state_home);
+    let out = run_with_path(c, Some(&path));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let json = json(&out);
+    let kept: Vec<PathBuf> =
+        std::fs::read_dir(state_home.join("cloudci/demo")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].join("cloudci.toml").is_file());
+    assert!(json["logs"].as_str().unwrap().starts_with(kept[0].to_str().unwrap()), "{json}");
     let b = build(&json, "mps2-an386");
     assert_eq!(b["status"], "skipped", "{json}");
     assert!(b["reason"].as_str().unwrap().starts_with("qemu-system-arm is not installed"), "{json}");

@@ -150,7 +150,7 @@ impl DemoArgs {
         show.line("demo", &format!("done in {:.1} s", started.elapsed().as_secs_f64()));
         let ok = !outcomes.is_empty() && outcomes.iter().all(completed);
         let config_arg = format!("--config {}", config_path.display());
-        show.line("demo", &format!("kept in {}; to look at it:", root.display()));
+        show.line("demo", &format!("kept in {} (`rm -r` it when done); to look at it:", root.display()));
         show.line("demo", &format!("  cloudci {config_arg} status"));
         if let Some(o) = outcomes.iter().find(|o| o.artifacts.is_some()) {
             show.line("demo", &format!("  cloudci {config_arg} artifacts {} --output firmware-{}", o.id, o.target));
