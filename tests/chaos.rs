@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use cloudci_chaos::{Options, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "cloudci does not keep its promise under chaos yet (issue 9): at beb53a3 the superseded attempts \
-            of a cancelled-then-retried pipeline never get their final status; un-ignore when fixed"]
 async fn every_final_status_reaches_the_subscriber_once_and_in_order() {
     let report = run(Options {
         cloudci: PathBuf::from(env!("CARGO_BIN_EXE_cloudci")),
