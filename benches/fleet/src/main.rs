@@ -179,6 +179,7 @@ async fn sender(
     requests: Vec<(usize, Vec<u8>)>,
     rate: f64,
     start: Instant,
+    origin: Instant,
     acks: Arc<Vec<AtomicU64>>,
 ) {
     let mut s = TcpStream::connect(hook).await.expect("connect to the receiver");
@@ -199,7 +200,8 @@ async fn sender(
                 }
             }
         }
-        acks[k].store(start.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        // On the subscribers' clock (`origin`), not the schedule's.
+        acks[k].store(origin.elapsed().as_nanos() as u64, Ordering::SeqCst);
         assert!(resp.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&resp));
     }
 }
@@ -273,7 +275,7 @@ async fn main() {
     let run_start = start + start.elapsed() + Duration::from_millis(50);
     let mut sends = Vec::new();
     for reqs in per_sender {
-        sends.push(tokio::spawn(sender(hook, reqs, rate, run_start, acks.clone())));
+        sends.push(tokio::spawn(sender(hook, reqs, rate, run_start, start, acks.clone())));
     }
     for s in sends {
         s.await.unwrap();
