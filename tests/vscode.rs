@@ -224,5 +224,12 @@ async fn the_extension_builds_follows_cancels_and_retries_in_vs_code() {
         logged.contains(&format!("{}/acme/firmware/-/merge_requests/", sim.url().trim_end_matches('/'))),
         "{logged}"
     );
+    let tree_final = seen["tree_final"].as_array().unwrap();
+    assert!(
+        tree_final
+            .iter()
+            .any(|r| r.as_str().unwrap().starts_with("broken") && r.as_str().unwrap().contains("failed · build 3")),
+        "{tree_final:?}"
+    );
     assert!(seen["failure_notification"].as_str().unwrap().contains("selftest.c:42: assertion failed"), "{seen}");
 }

@@ -200,6 +200,8 @@ try {
   await pickTargets("host");
   await waitStatus(/feature: failed broken › selftest/, 90000);
   seen.failure_notification = (await toastText(/failed in job selftest/)).text;
+  await rows.filter({ hasText: /broken\s*failed/ }).first().waitFor({ timeout: 10000 });
+  seen.tree_final = await rows.evaluateAll((els) => els.map((e) => e.textContent.replace(/\s+/g, " ").trim()));
   await shot("failed");
   seen.statusbar = await page.evaluate(() => window.__sb);
   console.log(JSON.stringify(seen));
