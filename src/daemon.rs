@@ -21,9 +21,30 @@ use crate::state::{HookInfo, StateDir};
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// Configuration or secrets are not usable.
+    /// The configuration does not allow a start (e.g. a tunnel without what it needs).
     #[error("{0}")]
     Setup(String),
+    /// A secret in the state directory could not be read or written.
+    #[error(transparent)]
+    Secrets(#[from] cloudci_webhook::secrets::SecretFileError),
+    /// The webhook secrets are not usable.
+    #[error(transparent)]
+    HookSecrets(#[from] crate::state::HookSecretsError),
+    /// The event store could not be opened.
+    #[error(transparent)]
+    Events(#[from] cloudci_webhook::store::StoreError),
+    /// The build store could not be opened.
+    #[error(transparent)]
+    Builds(#[from] crate::builds::BuildStoreError),
+    /// A file of the state directory.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A listener could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -98,22 +119,25 @@ impl Daemon {
         gitlab: Option<Gitlab>,
     ) -> Result<Self, DaemonError> {
         let state = StateDir::new(config.state_dir());
-        state.create().map_err(|e| DaemonError::Setup(format!("{}: {e}", state.root().display())))?;
+        let io = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| DaemonError::Io { path, source }
+        };
+        state.create().map_err(io(state.root()))?;
         let lock = state.lock_daemon()?;
-        let setup = |e: String| DaemonError::Setup(e);
         let durability = match config.webhook.durability {
             DurabilitySetting::Full => Durability::Full,
             DurabilitySetting::Normal => Durability::Normal,
         };
-        let store = Arc::new(Store::open(&state.database(), durability).map_err(|e| setup(e.to_string()))?);
+        let store = Arc::new(Store::open(&state.database(), durability)?);
         let hub = Hub::new(store);
-        let keys = TokenKeys::new(&state.jwt_key().map_err(|e| setup(e.to_string()))?);
+        let keys = TokenKeys::new(&state.jwt_key()?);
         let probe_nonce = cloudci_webhook::secrets::random_token(16);
-        let receiver = Receiver::new(state.hook_secrets(false).map_err(setup)?, hub.clone(), probe_nonce.clone());
+        let receiver = Receiver::new(state.hook_secrets(false)?, hub.clone(), probe_nonce.clone());
         let mut tasks = Vec::new();
 
         let public = bind(config.webhook.listen).await?;
-        let public_addr = public.local_addr().map_err(|e| setup(e.to_string()))?;
+        let public_addr = public.local_addr().map_err(io(state.root()))?;
         let router = receiver.router();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(public, router).await {
@@ -121,14 +145,12 @@ impl Daemon {
             }
         }));
         let api = bind(config.api.listen).await?;
-        let api_addr = api.local_addr().map_err(|e| setup(e.to_string()))?;
+        let api_addr = api.local_addr().map_err(io(state.root()))?;
         let api_gitlab = match &gitlab {
             Some(g) => Some(g.clone()),
             None => gitlab_client(config).ok(),
         };
-        let builds = Arc::new(
-            crate::builds::SqliteBuilds::open(&state.root().join("builds.db")).map_err(|e| setup(e.to_string()))?,
-        );
+        let builds = Arc::new(crate::builds::SqliteBuilds::open(&state.root().join("builds.db"))?);
         let shared_config = Arc::new(config.clone());
         // The daemon's one orchestrator: it owns the builds started here and resumes them.
         let orchestrator = api_gitlab.as_ref().map(|g| {
@@ -151,7 +173,7 @@ impl Daemon {
         tasks.push(tokio::spawn(crate::watchers::notify(shared_config.clone(), hub.clone())));
         // `cloudci build` on this machine talks to this daemon with this token.
         let cli_token = keys.issue("cloudci CLI", vec![], Duration::from_secs(30 * 24 * 3600));
-        state.write_cli_token(&cli_token).map_err(|e| setup(e.to_string()))?;
+        state.write_cli_token(&cli_token)?;
         let api_router = crate::api::router(crate::api::ApiState {
             events: EventsState { hub: hub.clone(), keys: keys.clone() },
             config: shared_config,
@@ -185,15 +207,11 @@ impl Daemon {
             };
             let manager = HookManager::new(
                 gitlab.clone(),
-                state.instance_id().map_err(|e| setup(e.to_string()))?,
-                state.hook_url(&public_url).map_err(|e| setup(e.to_string()))?,
-                state.path_secrets().map_err(|e| setup(e.to_string()))?,
-                state.hook_token().map_err(|e| setup(e.to_string()))?,
-                if config.webhook.signing {
-                    Some(state.signing_token().map_err(|e| setup(e.to_string()))?)
-                } else {
-                    None
-                },
+                state.instance_id()?,
+                state.hook_url(&public_url)?,
+                state.path_secrets()?,
+                state.hook_token()?,
+                if config.webhook.signing { Some(state.signing_token()?) } else { None },
             );
             signing_confirmed = config.webhook.signing;
             let silence = Duration::from_secs(config.webhook.reconcile_after.max(1));
@@ -217,7 +235,7 @@ impl Daemon {
                 }
             }
             if signing_confirmed {
-                receiver.set_secrets(state.hook_secrets(true).map_err(setup)?);
+                receiver.set_secrets(state.hook_secrets(true)?);
             }
             tasks.push(tokio::spawn(reconciler.clone().run(Duration::from_secs((silence.as_secs() / 3).max(1)))));
             tasks.push(tokio::spawn(watch_hooks(
@@ -236,7 +254,7 @@ impl Daemon {
                 signing_confirmed,
                 api_url: format!("http://{api_addr}"),
             })
-            .map_err(|e| setup(e.to_string()))?;
+            .map_err(io(&state.root().join("hook.json")))?;
         Ok(Self { public_addr, api_addr, public_url, hub, keys, hooks, projects, tasks, _tunnel: tunnel, _lock: lock })
     }
 

@@ -27,6 +27,17 @@ pub struct HookInfo {
     pub api_url: String,
 }
 
+/// Why the webhook secrets could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HookSecretsError {
+    /// A secret file.
+    #[error(transparent)]
+    File(#[from] SecretFileError),
+    /// The signing token file does not hold a `whsec_` token.
+    #[error(transparent)]
+    Signing(#[from] cloudci_webhook::verify::BadSigningToken),
+}
+
 /// Held while a daemon uses the state directory; released when dropped or when the process ends.
 #[derive(Debug)]
 pub struct DaemonLock {
@@ -141,18 +152,18 @@ impl StateDir {
 
     /// What the receiver checks deliveries against. Signatures are required only when GitLab
     /// confirmed the signing token (older GitLab sends none).
-    pub fn hook_secrets(&self, require_signature: bool) -> Result<HookSecrets, String> {
-        let mut paths = self.path_secrets().map_err(|e| e.to_string())?.into_iter();
+    pub fn hook_secrets(&self, require_signature: bool) -> Result<HookSecrets, HookSecretsError> {
+        let mut paths = self.path_secrets()?.into_iter();
         let current = paths.next().expect("the current path secret");
-        let mut tokens = vec![self.hook_token().map_err(|e| e.to_string())?];
-        tokens.extend(self.secrets.read(&format!("{HOOK_TOKEN}.previous")).map_err(|e| e.to_string())?);
+        let mut tokens = vec![self.hook_token()?];
+        tokens.extend(self.secrets.read(&format!("{HOOK_TOKEN}.previous"))?);
         let mut secrets = HookSecrets::new(current, tokens);
         for previous in paths {
             secrets = secrets.with_previous_path(previous);
         }
         if require_signature {
-            let signing = self.signing_token().map_err(|e| e.to_string())?;
-            secrets = secrets.with_signing_token(&signing).map_err(|e| e.to_string())?;
+            let signing = self.signing_token()?;
+            secrets = secrets.with_signing_token(&signing)?;
         }
         Ok(secrets)
     }

@@ -70,20 +70,26 @@ impl TokenKeys {
     }
 }
 
+/// A duration that is not `90s`, `15m`, `12h` or `30d`; its text is what the user reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadDuration(String);
+
 /// Parses `90s`, `15m`, `12h`, `30d` (or plain seconds).
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub fn parse_duration(raw: &str) -> Result<Duration, BadDuration> {
     let raw = raw.trim();
     let (num, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{raw:?} is not a duration like 90s, 15m, 12h or 30d"))?;
+    let n: u64 =
+        num.parse().map_err(|_| BadDuration(format!("{raw:?} is not a duration like 90s, 15m, 12h or 30d")))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => return Err(format!("{raw:?}: unknown unit {unit:?} (use s, m, h or d)")),
+        _ => return Err(BadDuration(format!("{raw:?}: unknown unit {unit:?} (use s, m, h or d)"))),
     };
     if secs == 0 {
-        return Err("a duration must be more than 0".into());
+        return Err(BadDuration("a duration must be more than 0".into()));
     }
     Ok(Duration::from_secs(secs))
 }
