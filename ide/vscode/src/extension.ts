@@ -67,7 +67,7 @@ export function activate(context: vscode.ExtensionContext): void {
 
   const tree = new BuildsTree(controller);
   const logs = new LogDocuments(controller, log);
-  const notifier = new Notifier(controller, log, ws);
+  new Notifier(controller, log, ws); // listens to the controller
   const commands = new Commands(controller, ws, context, log, output);
 
   controller.onChange(() => {
@@ -107,7 +107,6 @@ export function activate(context: vscode.ExtensionContext): void {
     { dispose: () => controller.dispose() },
     ...commands.register(),
   );
-  void notifier;
 
   render();
   void updateBranch().then(() => controller.start());
