@@ -20,7 +20,18 @@ pub const MAX_BATCH: usize = 512;
 /// Deliveries waiting for the writer before handlers wait to queue (back-pressure).
 const QUEUE: usize = 4096;
 
-type Reply = oneshot::Sender<Result<Stored, String>>;
+type Reply = oneshot::Sender<Result<Stored, IngestError>>;
+
+/// Why a delivery was not stored (it is then not acknowledged).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    /// The store refused the batch it was in (the writer logged the cause once).
+    #[error("cannot store the delivery: {0}")]
+    Store(String),
+    /// The writer thread is gone (the daemon is stopping).
+    #[error("the ingest thread stopped")]
+    Stopped,
+}
 
 /// Counters of the group commit, for benchmarks and logs.
 #[derive(Debug, Default)]
@@ -66,10 +77,10 @@ impl Ingest {
     }
 
     /// Stores `incoming`; resolves once it is committed (durably, with `durability = "full"`).
-    pub async fn store(&self, incoming: Incoming) -> Result<Stored, String> {
+    pub async fn store(&self, incoming: Incoming) -> Result<Stored, IngestError> {
         let (tx, rx) = oneshot::channel();
-        self.queue.send((incoming, tx)).await.map_err(|_| "the ingest thread stopped".to_owned())?;
-        rx.await.map_err(|_| "the ingest thread stopped".to_owned())?
+        self.queue.send((incoming, tx)).await.map_err(|_| IngestError::Stopped)?;
+        rx.await.map_err(|_| IngestError::Stopped)?
     }
 
     /// The counters so far.
@@ -111,8 +122,10 @@ fn writer(mut rx: mpsc::Receiver<(Incoming, Reply)>, hub: Hub, wake: Arc<Notify>
             }
             Err(e) => {
                 tracing::error!("cannot store {n} webhook deliveries: {e}");
+                // One batch's error for each of its deliveries: the store error is not `Clone`.
+                let error = IngestError::Store(e.to_string());
                 for reply in replies {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }
