@@ -10,7 +10,7 @@ start=$SECONDS
 # code-server writes a default config under $XDG_CONFIG_HOME even for --version: keep it out of HOME.
 probe=$(mktemp -d)
 trap 'rm -rf "$probe"' EXIT
-version() { XDG_CONFIG_HOME="$probe" XDG_DATA_HOME="$probe" node_modules/.bin/code-server --version 2>/dev/null | head -1; }
+version() { XDG_CONFIG_HOME="$probe" XDG_DATA_HOME="$probe" node_modules/.bin/code-server --version 2>/dev/null | grep -m1 -E "^[0-9]+\.[0-9]+"; }
 if [ -x node_modules/.bin/code-server ] && [ -n "$(version)" ]; then
   echo "code-server $(version) already installed"
   exit 0
