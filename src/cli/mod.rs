@@ -2,6 +2,7 @@
 
 mod build;
 mod control;
+#[cfg(feature = "demo")]
 mod demo;
 mod gitlab;
 mod hooks;
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 pub use build::BuildArgs;
 pub use control::{CancelArgs, RetryArgs, SourceArgs};
+#[cfg(feature = "demo")]
 pub use demo::DemoArgs;
 pub use gitlab::GitlabCommand;
 pub use hooks::HooksCommand;
@@ -44,6 +46,7 @@ pub enum Command {
     /// Build projects or groups for their targets, in dependency order.
     Build(BuildArgs),
     /// Everything on this machine against a simulated GitLab: build, follow, fetch, merge request.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Run the daemon: receive GitLab's webhooks, serve the local API and event stream.
     Serve(ServeArgs),
@@ -185,6 +188,7 @@ impl Cli {
         };
         match self.command {
             Command::Build(args) => args.run(&config()?).await,
+            #[cfg(feature = "demo")]
             Command::Demo(args) => args.run().await,
             Command::Serve(args) => args.run(&with_state()?).await,
             Command::Status(args) => args.run(&with_state()?),
