@@ -63,6 +63,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/builds/{id}/source", get(source))
         .route("/v1/builds/{id}/cancel", post(cancel))
         .route("/v1/builds/{id}/retry", post(retry))
+        .route("/v1/builds/{id}/play", post(play))
         .route("/v1/watch", post(watch))
         .route("/v1/events/recent", get(recent_events))
         .route("/v1/openapi.json", get(openapi))
@@ -135,6 +136,8 @@ fn orchestrator_error(e: OrchestratorError) -> ApiError {
         OrchestratorError::NoDefaultBranch(_) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).field("ref")
         }
+        OrchestratorError::NothingToDo { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        OrchestratorError::Refused { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         other => internal(other),
     }
 }
@@ -450,4 +453,23 @@ async fn retry(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     pipeline_action(&s, &c, &id, true).await
+}
+
+/// `POST /v1/builds/{id}/play` body: which manual job (default: every manual job of the build).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlayBody {
+    job: Option<String>,
+}
+
+async fn play(
+    State(s): State<ApiState>,
+    Authorized(c): Authorized,
+    Path(id): Path<String>,
+    body: Option<axum::Json<PlayBody>>,
+) -> Result<Response, ApiError> {
+    let b = record(&s, &c, &id).await?;
+    let job = body.and_then(|axum::Json(b)| b.job);
+    let b = orchestrator(&s)?.play(b.id, job.as_deref()).await.map_err(orchestrator_error)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(b)).into_response())
 }

@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 pub use crate::orchestrator::BuildStatus;
+pub use crate::orchestrator::JobSelector;
 
 /// A job of a build, as last seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +73,14 @@ pub struct BuildRecord {
     pub gitlab_status: Option<u16>,
     /// The run's log folder.
     pub log_dir: Option<String>,
+    /// For a target built by jobs of a pipeline it shares with other targets: which jobs are
+    /// its own (its status, logs, artifacts, retry and cancel follow those). `None`: the
+    /// pipeline is the target's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<JobSelector>,
+    /// Allowed failures of a successful build (`job: failed (allowed to fail)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Created (RFC 3339).
     pub created_at: String,
     /// Last change (RFC 3339).
@@ -168,6 +177,10 @@ pub struct BuildWork {
     pub promote_request: Option<String>,
     /// Everything is done: nothing to resume.
     pub done: bool,
+    /// Its jobs, when the target is some jobs of a pipeline shared with the project's other
+    /// targets of the run (they share `request_id` too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<JobSelector>,
 }
 
 /// A build to create: the record's names and its work.
@@ -294,6 +307,8 @@ impl BuildStore for SqliteBuilds {
                 reason: None,
                 gitlab_status: None,
                 log_dir: log_dir.map(str::to_owned),
+                selector: b.work.selector.clone(),
+                warnings: Vec::new(),
                 created_at: at.clone(),
                 updated_at: at,
             };

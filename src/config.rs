@@ -182,11 +182,31 @@ pub struct StoreSection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
-    /// CI variables that select the target (`TARGET`, `BOARD`, ...).
+    /// CI variables that select the target (`TARGET`, `BOARD`, ...). For a target built by jobs
+    /// ([`TargetConfig::jobs`], [`TargetConfig::matrix`]) they are added to the shared pipeline.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// The jobs that build the target, by GitLab's names (`"build: [stm32f4]"`). A build of
+    /// several targets with jobs (or a matrix) of one project is one pipeline.
+    #[serde(default)]
+    pub jobs: Vec<Spanned<String>>,
+    /// The `parallel: matrix` values of the target's jobs (`{ BOARD = "stm32f4" }`): the jobs
+    /// whose matrix variables include these.
+    #[serde(default)]
+    pub matrix: BTreeMap<String, Spanned<String>>,
     /// Free text.
     pub description: Option<String>,
+}
+
+impl TargetConfig {
+    /// Which jobs of a shared pipeline are the target's; `None`: the target has a pipeline of
+    /// its own (told apart by variables).
+    pub fn selector(&self) -> Option<crate::orchestrator::JobSelector> {
+        crate::orchestrator::JobSelector::new(
+            self.jobs.iter().map(|j| j.get_ref().clone()).collect(),
+            self.matrix.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())).collect(),
+        )
+    }
 }
 
 /// `[projects.<name>]`
@@ -389,6 +409,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             }
         }
     }
+    for (name, target) in &config.targets {
+        for j in &target.jobs {
+            if j.get_ref().trim().is_empty() {
+                return Err(at(j.span().start, format!("targets.{name}.jobs: a job name is empty")));
+            }
+        }
+        for (key, value) in &target.matrix {
+            if key.trim().is_empty() || value.get_ref().trim().is_empty() {
+                return Err(at(
+                    value.span().start,
+                    format!("targets.{name}.matrix: {key:?} needs a variable name and a value"),
+                ));
+            }
+        }
+    }
     for (group, members) in &config.groups {
         if config.projects.contains_key(group) {
             return Err(at(header_at("groups", group), format!("groups.{group}: a project has the same name")));
@@ -470,10 +505,13 @@ fn find_cycle(config: &Config) -> Option<Vec<String>> {
 impl Config {
     /// Resolves a path written in the file: relative paths are relative to the file's folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        match (&self.source, p.is_relative()) {
+        let joined = match (&self.source, p.is_relative()) {
             (Some(src), true) => src.parent().map(|d| d.join(p)).unwrap_or_else(|| p.to_owned()),
             _ => p.to_owned(),
-        }
+        };
+        // Absolute, so paths the daemon records (logs, artifacts) mean the same to every reader,
+        // whatever directory it or they were started in.
+        std::path::absolute(&joined).unwrap_or(joined)
     }
 
     /// The state directory: `[store] path`, else `$XDG_STATE_HOME/cloudci`, else

@@ -75,6 +75,9 @@ impl BuildArgs {
             for line in dry_run(config, &plan, !self.no_actions) {
                 crate::say!("{line}");
             }
+            for line in lint_jobs(config, &plan).await {
+                crate::say!("{line}");
+            }
             return Ok(());
         }
         let state = StateDir::new(config.state_dir());
@@ -162,7 +165,9 @@ async fn through_daemon(
     let mut daemon = daemon.clone();
     let labels: BTreeMap<i64, String> =
         started.builds.iter().map(|b| (b.id, format!("{}/{}", b.project, b.target))).collect();
-    let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(BTreeMap::<u64, String>::new());
+    // Per pipeline, the builds it carries: their labels and job names (several targets can
+    // share one pipeline, each with its own jobs).
+    let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(Pipelines::new());
     let lines = progress.then(|| tokio::spawn(progress_lines(daemon.clone(), pipelines_rx, reporter.clone())));
     let mut logs = tokio::task::JoinSet::new();
     if watch_logs {
@@ -186,8 +191,24 @@ async fn through_daemon(
                     {
                         let url = r.pipeline_url.clone().unwrap_or_default();
                         reporter.line(label, &format!("pipeline {p} started: {url}"));
-                        pipelines_tx.send_modify(|m| {
-                            m.insert(p, label.clone());
+                    }
+                    if let Some(p) = r.pipeline_id {
+                        let names: BTreeSet<String> = r.jobs.keys().cloned().collect();
+                        let shared = r.selector.is_some();
+                        pipelines_tx.send_if_modified(|m| {
+                            let builds = m.entry(p).or_default();
+                            let entry = (label.clone(), shared, names.clone());
+                            match builds.iter_mut().find(|(l, _, _)| l == label) {
+                                Some(old) if *old == entry => false,
+                                Some(old) => {
+                                    *old = entry;
+                                    true
+                                }
+                                None => {
+                                    builds.push(entry);
+                                    true
+                                }
+                            }
                         });
                     }
                     let job = r.pick_job(None).ok().filter(|(_, j)| j.status == Status::Running).map(|(n, _)| n);
@@ -241,9 +262,23 @@ async fn through_daemon(
 
 /// Reports job changes of the pipelines in `pipelines` as the daemon's stream tells them,
 /// reconnecting (after the last event seen) when the daemon restarts.
+/// Per pipeline: each build it carries (label, whether it shares the pipeline, its job names).
+type Pipelines = BTreeMap<u64, Vec<(String, bool, BTreeSet<String>)>>;
+
+/// The build a job event of `pipeline` is about: the one whose jobs include `job` in a shared
+/// pipeline, else the pipeline's own build.
+fn label_for(pipelines: &Pipelines, pipeline: u64, job: &str) -> Option<String> {
+    let builds = pipelines.get(&pipeline)?;
+    builds
+        .iter()
+        .find(|(_, shared, names)| *shared && names.contains(job))
+        .or_else(|| builds.iter().find(|(_, shared, _)| !*shared))
+        .map(|(l, _, _)| l.clone())
+}
+
 async fn progress_lines(
     daemon: DaemonClient,
-    pipelines: tokio::sync::watch::Receiver<BTreeMap<u64, String>>,
+    pipelines: tokio::sync::watch::Receiver<Pipelines>,
     reporter: Arc<dyn Reporter>,
 ) {
     let mut last_seq = None;
@@ -254,7 +289,8 @@ async fn progress_lines(
             let mut stream = std::pin::pin!(stream);
             while let Some(e) = stream.next().await {
                 last_seq = Some(e.seq);
-                let label = e.pipeline_id.and_then(|p| pipelines.borrow().get(&p).cloned());
+                let job = e.job_name.clone().unwrap_or_default();
+                let label = e.pipeline_id.and_then(|p| label_for(&pipelines.borrow(), p, &job));
                 if let (Some(label), cloudci_webhook::EventKind::Job, Some(status)) = (label, e.kind, e.status())
                     && seen.insert((e.job_id.unwrap_or(0), status.to_string()))
                 {
@@ -324,7 +360,14 @@ pub(super) fn dry_run(config: &Config, plan: &Plan, actions: bool) -> Vec<String
         for project in wave {
             let p = &config.projects[project];
             let path = format!("/projects/{}", encode_segment(&p.gitlab));
+            let shared: Vec<&orchestrator::PlannedBuild> =
+                plan.builds[project].iter().filter(|b| b.shares_pipeline()).collect();
             for b in &plan.builds[project] {
+                // The targets built by jobs share one pipeline: it is created once, by the first.
+                let first_shared = shared.first().is_some_and(|f| std::ptr::eq(*f, b));
+                if b.shares_pipeline() && !first_shared {
+                    continue;
+                }
                 let git_ref = match &b.git_ref {
                     Some(r) => r.clone(),
                     None => {
@@ -339,7 +382,22 @@ pub(super) fn dry_run(config: &Config, plan: &Plan, actions: bool) -> Vec<String
                     .collect();
                 variables.push(serde_json::json!({"key": orchestrator::REQUEST_VARIABLE, "value": "<random id>", "variable_type": "env_var"}));
                 let body = serde_json::json!({"ref": git_ref, "variables": variables});
-                lines.push(format!("POST {path}/pipeline  {body}  # {}/{}", b.project, b.target));
+                if first_shared {
+                    let each: Vec<String> = shared
+                        .iter()
+                        .map(|s| {
+                            let jobs = s.selector.as_ref().map(|x| x.describe()).unwrap_or_default();
+                            format!("{} ({jobs})", s.target)
+                        })
+                        .collect();
+                    lines.push(format!(
+                        "POST {path}/pipeline  {body}  # {}: one pipeline for {}",
+                        b.project,
+                        each.join(", ")
+                    ));
+                } else {
+                    lines.push(format!("POST {path}/pipeline  {body}  # {}/{}", b.project, b.target));
+                }
                 lines.push(format!(
                     "GET  {path}/pipelines/<id>  (when webhooks are silent) and /pipelines/<id>/jobs, /jobs/<id>/trace"
                 ));
@@ -392,6 +450,7 @@ pub(super) fn print_outcomes(
                     ("ref", serde_json::json!(o.git_ref)),
                     ("sha", serde_json::json!(o.sha)),
                     ("jobs", serde_json::json!(o.jobs)),
+                    ("warnings", serde_json::json!(o.warnings)),
                     ("reason", serde_json::json!(o.reason)),
                     ("failed_job", serde_json::json!(o.failed_job.as_ref().map(|(n, _)| n))),
                     ("failed_log", serde_json::json!(o.failed_job.as_ref().and_then(|(_, l)| l.as_ref()))),
@@ -412,6 +471,11 @@ pub(super) fn print_outcomes(
         ]);
     }
     t.print()?;
+    for o in outcomes {
+        for w in &o.warnings {
+            crate::say!("warning: {}/{}: {w}", o.project, o.target);
+        }
+    }
     for o in outcomes.iter().filter(|o| !o.succeeded()) {
         if let Some((job, log)) = &o.failed_job {
             let log = log.as_ref().map(|l| format!(": {}", l.display())).unwrap_or_default();
@@ -427,4 +491,98 @@ pub(super) fn print_outcomes(
         }
     }
     Ok(())
+}
+
+/// How long a dry run waits for GitLab's lint before it says it could not ask.
+const LINT_PATIENCE: Duration = Duration::from_secs(20);
+
+/// For each project with targets built by jobs: the jobs each such target would run, from
+/// GitLab's lint of the project's CI configuration at the ref (`POST /projects/:id/ci/lint`,
+/// `dry_run`, `include_jobs`), which writes nothing. Without a token or GitLab, a note instead.
+async fn lint_jobs(config: &Config, plan: &Plan) -> Vec<String> {
+    let projects: Vec<&String> =
+        plan.builds.iter().filter(|(_, b)| b.iter().any(|b| b.shares_pipeline())).map(|(p, _)| p).collect();
+    if projects.is_empty() {
+        return Vec::new();
+    }
+    let mut lines =
+        vec![String::new(), "# the jobs each target would run (GitLab's CI lint, which writes nothing):".to_owned()];
+    // One attempt more at most: a dry run does not wait long for a GitLab it cannot reach.
+    let client = config.gitlab_token().and_then(|token| {
+        cloudci_gitlab::Gitlab::builder(config.gitlab_url())
+            .private_token(token)
+            .retry(cloudci_gitlab::RetryPolicy { max_retries: 1, ..cloudci_gitlab::RetryPolicy::default() })
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    let gitlab = match client {
+        Ok(g) => g,
+        Err(e) => {
+            lines.push(format!("#   could not ask GitLab: {e}"));
+            return lines;
+        }
+    };
+    for project in projects {
+        let asked = tokio::time::timeout(LINT_PATIENCE, lint_project(&gitlab, config, project, &plan.builds[project]));
+        match asked.await {
+            Ok(Ok(more)) => lines.extend(more),
+            Ok(Err(e)) => lines.push(format!("#   {project}: could not ask GitLab: {e}")),
+            Err(_) => lines
+                .push(format!("#   {project}: could not ask GitLab: no answer within {} s", LINT_PATIENCE.as_secs())),
+        }
+    }
+    lines
+}
+
+async fn lint_project(
+    gitlab: &cloudci_gitlab::Gitlab,
+    config: &Config,
+    project: &str,
+    builds: &[orchestrator::PlannedBuild],
+) -> Result<Vec<String>, cloudci_gitlab::Error> {
+    use cloudci_gitlab::ProjectRef;
+    use cloudci_gitlab::types::CiLint;
+    let path = ProjectRef::parse(&config.projects[project].gitlab);
+    let git_ref = match builds.iter().find_map(|b| b.git_ref.clone()) {
+        Some(r) => r,
+        None => gitlab.project(path.clone()).await?.default_branch.unwrap_or_else(|| "main".into()),
+    };
+    // The project's own file, as GitLab resolves it at the ref (includes and all).
+    let content = "include:\n  - local: .gitlab-ci.yml\n";
+    let result = gitlab.ci_lint(path, &CiLint::dry_run(content, git_ref.clone())).await?;
+    let gitlab_path = &config.projects[project].gitlab;
+    let mut lines = vec![format!(
+        "#   {gitlab_path} at {git_ref} (GitLab's lint simulates a push pipeline: an API pipeline, \
+         CI_PIPELINE_SOURCE=api, may not get every job listed, or may be refused)"
+    )];
+    if !result.valid {
+        for e in &result.errors {
+            let hint = orchestrator::error::refusal_hint(e).map(|h| format!(" (hint: {h})")).unwrap_or_default();
+            lines.push(format!("#   {project}: GitLab would refuse it: {e}{hint}"));
+        }
+        return Ok(lines);
+    }
+    let jobs = result.jobs.unwrap_or_default();
+    for b in builds {
+        let Some(selector) = &b.selector else {
+            lines.push(format!(
+                "#   {project}/{}: a pipeline of its own, its jobs chosen by its variables (the lint cannot set them)",
+                b.target
+            ));
+            continue;
+        };
+        let mine: Vec<String> =
+            jobs.iter().filter(|j| selector.matches(&j.name)).map(|j| format!("{} ({})", j.name, j.stage)).collect();
+        if mine.is_empty() {
+            lines.push(format!(
+                "#   {project}/{}: no job ({}); the pipeline's jobs: {}",
+                b.target,
+                selector.describe(),
+                jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        } else {
+            lines.push(format!("#   {project}/{}: {}", b.target, mine.join(", ")));
+        }
+    }
+    Ok(lines)
 }

@@ -32,6 +32,8 @@ const FIRMWARE: &[(&str, &str)] = &[
     ("boards/microbit/linker.ld", include_str!("../../examples/firmware/boards/microbit/linker.ld")),
     ("boards/mps2-an386/board.mk", include_str!("../../examples/firmware/boards/mps2-an386/board.mk")),
     ("boards/mps2-an386/linker.ld", include_str!("../../examples/firmware/boards/mps2-an386/linker.ld")),
+    ("ci/boards.yml", include_str!("../../examples/firmware/ci/boards.yml")),
+    ("ci/templates.yml", include_str!("../../examples/firmware/ci/templates.yml")),
     ("scripts/skip-unless-installed", include_str!("../../examples/firmware/scripts/skip-unless-installed")),
     ("src/blink.c", include_str!("../../examples/firmware/src/blink.c")),
     ("src/blink.h", include_str!("../../examples/firmware/src/blink.h")),
@@ -70,6 +72,11 @@ pub struct DemoArgs {
     /// Build with a self-test that fails (`BREAK_SELFTEST=1`), to see a red pipeline.
     #[arg(long = "break")]
     break_selftest: bool,
+    /// Build every board in one pipeline (the CI file's board matrix: `firmware: [<board>]`,
+    /// `selftest: [<board>]`), each target following its own jobs; default: one pipeline per
+    /// board, told apart by variables.
+    #[arg(long)]
+    matrix: bool,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -111,7 +118,7 @@ impl DemoArgs {
         show.line("demo", &format!("simulated GitLab at {}", sim.url()));
 
         let config_path = root.join("cloudci.toml");
-        let text = config_text(&root.join("state"), free_port()?, free_port()?);
+        let text = config_text(&root.join("state"), free_port()?, free_port()?, self.matrix);
         std::fs::write(&config_path, &text)?;
         let config = crate::config::parse(&text, &config_path)?;
         let gitlab = Gitlab::builder(sim.url())
@@ -194,8 +201,10 @@ fn new_demo_dir() -> Result<PathBuf, Failure> {
     Err(Failure::general(format!("no free folder name under {}", base.display())))
 }
 
-/// The demo's `cloudci.toml`: loopback listeners, the state under `state`, one target per board.
-fn config_text(state: &Path, hook_port: u16, api_port: u16) -> String {
+/// The demo's `cloudci.toml`: loopback listeners, the state under `state`, one target per board:
+/// a pipeline per board told apart by `BOARD` (the CI file's one-board shape), or with `matrix`,
+/// each board's jobs of one pipeline (its board matrix).
+fn config_text(state: &Path, hook_port: u16, api_port: u16, matrix: bool) -> String {
     let state = state.display().to_string().replace('\\', "\\\\");
     let mut text = format!(
         r#"# Written by `cloudci demo`: use it with `cloudci --config <this file> status`.
@@ -211,9 +220,12 @@ path = "{state}"
 "#
     );
     for (name, description, board) in TARGETS {
-        text.push_str(&format!(
-            "[targets.{name}]\ndescription = \"{description}\"\nvariables = {{ TARGET = \"{name}\", BOARD = \"{board}\" }}\n"
-        ));
+        let select = if matrix {
+            format!("matrix = {{ BOARD = \"{board}\" }}")
+        } else {
+            format!("variables = {{ TARGET = \"{name}\", BOARD = \"{board}\", CLOUDCI_MODE = \"board\" }}")
+        };
+        text.push_str(&format!("[targets.{name}]\ndescription = \"{description}\"\n{select}\n"));
     }
     let names: Vec<String> = TARGETS.iter().map(|(name, _, _)| format!("\"{name}\"")).collect();
     text.push_str(&format!(
@@ -286,11 +298,17 @@ mod tests {
 
     #[test]
     fn the_config_names_every_board() {
-        let text = config_text(Path::new("/tmp/state"), 1, 2);
+        let text = config_text(Path::new("/tmp/state"), 1, 2, false);
         let config = crate::config::parse(&text, Path::new("/tmp/cloudci.toml")).unwrap();
         let targets: Vec<&str> = config.projects["firmware"].targets.iter().map(|t| t.get_ref().as_str()).collect();
         assert_eq!(targets, ["host", "mps2-an386", "microbit"]);
         assert_eq!(config.targets["microbit"].variables["BOARD"], "microbit");
+        assert!(config.targets["microbit"].selector().is_none());
         assert_eq!(config.state_dir(), Path::new("/tmp/state"));
+        let text = config_text(Path::new("/tmp/state"), 1, 2, true);
+        let config = crate::config::parse(&text, Path::new("/tmp/cloudci.toml")).unwrap();
+        let microbit = config.targets["microbit"].selector().unwrap();
+        assert!(microbit.matches("firmware: [microbit]") && microbit.matches("selftest: [microbit]"));
+        assert!(!microbit.matches("firmware: [host]") && !microbit.matches("build"));
     }
 }

@@ -6,6 +6,7 @@ mod control;
 mod demo;
 mod gitlab;
 mod hooks;
+mod play;
 mod records;
 mod serve;
 mod token;
@@ -22,6 +23,7 @@ pub use control::{CancelArgs, RetryArgs, SourceArgs};
 pub use demo::DemoArgs;
 pub use gitlab::GitlabCommand;
 pub use hooks::HooksCommand;
+pub use play::PlayArgs;
 pub use records::{ArtifactsArgs, LogsArgs, StatusArgs};
 pub use serve::ServeArgs;
 pub use token::TokenCommand;
@@ -60,6 +62,8 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Retry a build and follow the new attempt.
     Retry(RetryArgs),
+    /// Start a build's manual jobs and follow it.
+    Play(PlayArgs),
     /// Download the source a build was built from.
     Source(SourceArgs),
     /// Tokens for the local API.
@@ -196,6 +200,7 @@ impl Cli {
             Command::Artifacts(args) => args.run(&with_state()?),
             Command::Cancel(args) => args.run(&with_state()?).await,
             Command::Retry(args) => args.run(&with_state()?).await,
+            Command::Play(args) => args.run(&with_state()?).await,
             Command::Source(args) => args.run(&with_state()?).await,
             Command::Token(cmd) => cmd.run(&with_state()?),
             Command::Hooks(cmd) => cmd.run(&with_state()?).await,

@@ -113,7 +113,9 @@ impl Orchestrator {
                     params = params.variable(k.clone(), v.clone());
                 }
                 params = params.variable(REQUEST_VARIABLE, work.request_id.clone());
-                start_pipeline(gitlab, project, &params, since, self.inner.reporter.as_ref(), label).await?
+                start_pipeline(gitlab, project, &params, since, self.inner.reporter.as_ref(), label)
+                    .await
+                    .map_err(|e| OrchestratorError::creating(e, &record.gitlab, &git_ref))?
             }
         };
         let (pid, url, sha, r) = (pipeline.id.0, pipeline.web_url.clone(), pipeline.sha.clone(), git_ref);

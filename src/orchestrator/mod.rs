@@ -24,6 +24,7 @@ pub mod records;
 pub mod run;
 pub mod skip;
 pub mod status;
+pub mod targets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ pub use plan::{Plan, PlanError, PlannedBuild, Request, plan};
 pub use queue::{Queue, Waiting};
 pub use records::Records;
 pub use status::BuildStatus;
+pub use targets::JobSelector;
 
 use crate::builds::{BuildRecord, BuildStore, Owner};
 use crate::config::Config;
@@ -108,6 +110,8 @@ pub struct BuildOutcome {
     pub gitlab_status: Option<u16>,
     /// Jobs and their final statuses.
     pub jobs: BTreeMap<String, Status>,
+    /// Allowed failures of a successful build.
+    pub warnings: Vec<String>,
     /// The first job that failed (and did not count as allowed to), with its log file.
     pub failed_job: Option<(String, Option<PathBuf>)>,
 }
@@ -136,6 +140,7 @@ impl From<&BuildRecord> for BuildOutcome {
             reason: r.reason.clone(),
             gitlab_status: r.gitlab_status,
             jobs: r.jobs.iter().map(|(n, j)| (n.clone(), j.status.clone())).collect(),
+            warnings: r.warnings.clone(),
             failed_job: r
                 .jobs
                 .iter()
@@ -170,7 +175,7 @@ pub struct Orchestrator {
     inner: Arc<Inner>,
 }
 
-type ProjectLock = Arc<tokio::sync::Mutex<()>>;
+pub(crate) type ProjectLock = Arc<tokio::sync::Mutex<()>>;
 
 struct Inner {
     config: Arc<Config>,

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::JobSelector;
 use crate::config::Config;
 
 /// One pipeline to start.
@@ -16,8 +17,20 @@ pub struct PlannedBuild {
     pub target: String,
     /// Ref to build; `None`: the project's default branch.
     pub git_ref: Option<String>,
-    /// CI variables: target's, then project's, then the command line's.
+    /// CI variables: target's, then project's, then the command line's. For targets built by
+    /// jobs, the pipeline's: every such target's of the project, then project's, then the
+    /// command line's.
     pub variables: BTreeMap<String, String>,
+    /// Which jobs of the project's shared pipeline are the target's; `None`: a pipeline of
+    /// its own.
+    pub selector: Option<JobSelector>,
+}
+
+impl PlannedBuild {
+    /// Built by jobs of a pipeline shared with the project's other such targets.
+    pub fn shares_pipeline(&self) -> bool {
+        self.selector.is_some()
+    }
 }
 
 /// The whole plan.
@@ -106,11 +119,21 @@ pub fn plan(config: &Config, req: &Request) -> Result<Plan, PlanError> {
     for name in &selected {
         let p = &config.projects[name];
         let mut list = Vec::new();
-        for t in p.targets.iter().map(|t| t.get_ref()) {
-            if !req.targets.is_empty() && !req.targets.contains(t) {
-                continue;
-            }
-            let mut variables = config.targets[t].variables.clone();
+        let chosen: Vec<&String> = p
+            .targets
+            .iter()
+            .map(|t| t.get_ref())
+            .filter(|t| req.targets.is_empty() || req.targets.contains(t))
+            .collect();
+        // One pipeline for every target of the project built by jobs: its variables are all of
+        // theirs.
+        let mut shared: BTreeMap<String, String> = BTreeMap::new();
+        for t in chosen.iter().filter(|t| config.targets[**t].selector().is_some()) {
+            shared.extend(config.targets[*t].variables.clone());
+        }
+        for t in chosen {
+            let selector = config.targets[t].selector();
+            let mut variables = if selector.is_some() { shared.clone() } else { config.targets[t].variables.clone() };
             variables.extend(p.variables.clone());
             variables.extend(req.variables.clone());
             list.push(PlannedBuild {
@@ -119,6 +142,7 @@ pub fn plan(config: &Config, req: &Request) -> Result<Plan, PlanError> {
                 target: t.clone(),
                 git_ref: req.git_ref.clone().or_else(|| p.default_ref.clone()),
                 variables,
+                selector,
             });
         }
         builds.insert(name.clone(), list);

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::follow::{JobSeen, follow_log};
 use super::queue::Slot;
-use super::{BuildStatus, Finished, Orchestrator, OrchestratorError, Plan, Started, actions, logs};
+use super::{BuildStatus, Finished, Orchestrator, OrchestratorError, Plan, Started, actions, logs, targets};
 use crate::builds::{BuildRecord, BuildWork, JobRecord, NewBuild};
 
 type Done = watch::Receiver<Option<bool>>;
@@ -86,7 +86,31 @@ impl Orchestrator {
             }
             return Ok(record);
         };
-        self.inner.gitlab.retry_pipeline(ProjectRef::parse(&record.gitlab), PipelineId(pipeline)).await?;
+        if let Some(selector) = &work.selector {
+            // A target of a shared pipeline: only its failed jobs (what they skipped follows).
+            let gitlab = &self.inner.gitlab;
+            let project = ProjectRef::parse(&record.gitlab);
+            let jobs: Vec<_> = gitlab
+                .pipeline_jobs(project.clone(), PipelineId(pipeline), &JobFilter::default())
+                .try_collect()
+                .await?;
+            let failed: Vec<_> = jobs
+                .iter()
+                .filter(|j| selector.matches(&j.name))
+                .filter(|j| (j.status == Status::Failed && !j.allow_failure) || j.status == Status::Canceled)
+                .collect();
+            if failed.is_empty() {
+                return Err(OrchestratorError::NothingToDo {
+                    build: id,
+                    what: "no failed or canceled job to retry".into(),
+                });
+            }
+            for j in failed {
+                gitlab.retry_job(project.clone(), j.id).await?;
+            }
+        } else {
+            self.inner.gitlab.retry_pipeline(ProjectRef::parse(&record.gitlab), PipelineId(pipeline)).await?;
+        }
         let (record, _) = self
             .records()
             .update(id, move |r, w| {
@@ -131,7 +155,32 @@ impl Orchestrator {
             }
             return Ok(record);
         };
-        let p = self.inner.gitlab.cancel_pipeline(ProjectRef::parse(&record.gitlab), PipelineId(pipeline)).await?;
+        let answer = match &work.selector {
+            // A target of a shared pipeline: only its own jobs.
+            Some(selector) => {
+                let gitlab = &self.inner.gitlab;
+                let project = ProjectRef::parse(&record.gitlab);
+                let jobs: Vec<_> = gitlab
+                    .pipeline_jobs(project.clone(), PipelineId(pipeline), &JobFilter::default())
+                    .try_collect()
+                    .await?;
+                let mut now = Vec::new();
+                for j in jobs.into_iter().filter(|j| selector.matches(&j.name)) {
+                    let j = if j.status.is_completed() { j } else { gitlab.cancel_job(project.clone(), j.id).await? };
+                    now.push(j);
+                }
+                targets::composite(now.iter().map(|j| (j.name.as_str(), &j.status, j.allow_failure)))
+                    .map_or(record.status, |c| c.status)
+            }
+            None => BuildStatus::from_pipeline(
+                &self
+                    .inner
+                    .gitlab
+                    .cancel_pipeline(ProjectRef::parse(&record.gitlab), PipelineId(pipeline))
+                    .await?
+                    .status,
+            ),
+        };
         let mut record = record;
         if ours {
             (record, _) = self
@@ -144,7 +193,59 @@ impl Orchestrator {
                 .await?;
             self.spawn_build(id);
         }
-        record.status = BuildStatus::from_pipeline(&p.status);
+        record.status = answer;
+        Ok(record)
+    }
+
+    /// Starts build `id`'s manual jobs (`job`: only that one) on GitLab and follows the build
+    /// again: in a shared pipeline, the target's own manual jobs only.
+    pub async fn play(&self, id: i64, job: Option<&str>) -> Result<BuildRecord, OrchestratorError> {
+        let (record, work) = self.records().get(id).await?;
+        let ours = work.owner == self.inner.owner || work.done;
+        let Some(pipeline) = record.pipeline_id else { return Err(OrchestratorError::NoPipeline(id)) };
+        let gitlab = &self.inner.gitlab;
+        let project = ProjectRef::parse(&record.gitlab);
+        let jobs: Vec<_> =
+            gitlab.pipeline_jobs(project.clone(), PipelineId(pipeline), &JobFilter::default()).try_collect().await?;
+        let manual: Vec<_> = jobs
+            .iter()
+            .filter(|j| work.selector.as_ref().is_none_or(|s| s.matches(&j.name)))
+            .filter(|j| j.status == Status::Manual)
+            .collect();
+        let chosen: Vec<_> = match job {
+            Some(name) => manual.iter().copied().filter(|j| j.name == name).collect(),
+            None => manual.clone(),
+        };
+        if chosen.is_empty() {
+            let names: Vec<&str> = manual.iter().map(|j| j.name.as_str()).collect();
+            let what = match job {
+                Some(name) if !names.is_empty() => {
+                    format!("no manual job {name:?}; its manual jobs: {}", names.join(", "))
+                }
+                Some(name) => format!("no manual job {name:?} (none waits to be started)"),
+                None => "no manual job to start".into(),
+            };
+            return Err(OrchestratorError::NothingToDo { build: id, what });
+        }
+        for j in chosen {
+            gitlab.play_job(project.clone(), j.id, &[]).await?;
+            self.inner.reporter.line(&format!("{}/{}", record.project, record.target), &format!("started {}", j.name));
+        }
+        let (record, _) = self
+            .records()
+            .update(id, move |r, w| {
+                r.status = BuildStatus::Running;
+                r.reason = None;
+                w.attempt += 1;
+                if ours {
+                    w.settled = None;
+                    w.done = false;
+                }
+            })
+            .await?;
+        if ours {
+            self.spawn_build(id);
+        }
         Ok(record)
     }
 
@@ -166,6 +267,9 @@ impl Orchestrator {
     async fn create(&self, plan: &Plan, actions: bool) -> Result<Started, OrchestratorError> {
         let logs_root = self.state_dir().join("logs");
         let log_dir = logs::new_run_dir(&logs_root).map_err(OrchestratorError::io(&logs_root))?;
+        // The targets of a project that share its pipeline share its request id too.
+        let shared: BTreeMap<&String, String> =
+            plan.builds.keys().map(|p| (p, cloudci_webhook::secrets::random_token(12))).collect();
         let builds: Vec<NewBuild> = plan
             .waves
             .iter()
@@ -179,9 +283,14 @@ impl Orchestrator {
                     owner: self.inner.owner,
                     git_ref: b.git_ref.clone(),
                     variables: b.variables.clone(),
-                    request_id: cloudci_webhook::secrets::random_token(12),
+                    request_id: if b.shares_pipeline() {
+                        shared[&b.project].clone()
+                    } else {
+                        cloudci_webhook::secrets::random_token(12)
+                    },
                     needs: plan.needs[&b.project].clone(),
                     actions,
+                    selector: b.selector.clone(),
                     ..BuildWork::default()
                 },
             })
@@ -308,6 +417,7 @@ impl Orchestrator {
                     self.inner.reporter.line(&label, &format!("error: {e}"));
                     let refused = match &e {
                         OrchestratorError::Gitlab(g) => g.status(),
+                        OrchestratorError::Refused { .. } => Some(400),
                         _ => None,
                     };
                     (BuildStatus::Error, Some(e.to_string()), refused)
@@ -341,12 +451,30 @@ impl Orchestrator {
         // Listen before creating, so no event about the new pipeline can be missed.
         let events = follower.subscribe(&record.gitlab).await;
         let (pipeline, check_first, slot) = match record.pipeline_id {
-            Some(p) => (PipelineId(p), true, self.inner.queue.take_now()),
+            Some(p) => (PipelineId(p), true, Some(self.inner.queue.take_now())),
+            None if work.selector.is_some() => {
+                // Targets built by jobs share the project's pipeline: the first to get there
+                // creates it, the others adopt it (one at a time, so it is created once).
+                let lock = self.lock_for(record.run, &format!("create {}", record.project)).await;
+                let _creating = lock.lock().await;
+                if self.records().get(id).await?.0.status == BuildStatus::Canceled {
+                    return Ok(BuildStatus::Canceled);
+                }
+                match self.sibling_pipeline(record, work).await? {
+                    Some(p) => (p, true, None),
+                    None => match self.create_when_its_turn(record, work, &project, label).await? {
+                        Some((p, slot)) => (p, false, Some(slot)),
+                        None => return Ok(BuildStatus::Canceled),
+                    },
+                }
+            }
             None => match self.create_when_its_turn(record, work, &project, label).await? {
-                Some((p, slot)) => (p, false, slot),
+                Some((p, slot)) => (p, false, Some(slot)),
                 None => return Ok(BuildStatus::Canceled),
             },
         };
+        let selector = work.selector.clone();
+        let mine = |name: &str| selector.as_ref().is_none_or(|s| s.matches(name));
         self.inner.reporter.state(label, BuildStatus::Running, None);
         self.seed_jobs(id, &project, pipeline).await;
         let record = self.records().get(id).await?.0;
@@ -389,6 +517,10 @@ impl Orchestrator {
         let mut running: BTreeMap<String, Status> = BTreeMap::new();
         let (reporter, follow_logs, gitlab) = (&self.inner.reporter, self.inner.follow_logs, &self.inner.gitlab);
         let mut on_job = |j: JobSeen| {
+            // In a shared pipeline, only the target's own jobs.
+            if !mine(&j.name) {
+                return;
+            }
             reporter.line(label, &format!("{}: {}", j.name, j.status));
             running.insert(j.name.clone(), j.status.clone());
             let now: Vec<&str> =
@@ -419,8 +551,27 @@ impl Orchestrator {
         let status = followed_to?;
         reporter.line(label, &format!("pipeline {pipeline}: {status}"));
 
-        // Every job of this attempt (GitLab lists the latest of each), with its log.
-        let jobs: Vec<_> = gitlab.pipeline_jobs(project.clone(), pipeline, &JobFilter::default()).try_collect().await?;
+        // Every job of this attempt (GitLab lists the latest of each), with its log; in a
+        // shared pipeline, the target's own.
+        let all: Vec<_> = gitlab.pipeline_jobs(project.clone(), pipeline, &JobFilter::default()).try_collect().await?;
+        let names: Vec<String> = all.iter().map(|j| j.name.clone()).collect();
+        let jobs: Vec<_> = all.into_iter().filter(|j| mine(&j.name)).collect();
+        let composite = match &work.selector {
+            None => None,
+            Some(sel) => match targets::composite(jobs.iter().map(|j| (j.name.as_str(), &j.status, j.allow_failure))) {
+                Some(c) => Some(c),
+                None => {
+                    return Err(OrchestratorError::NothingToDo {
+                        build: id,
+                        what: format!(
+                            "no job in pipeline {pipeline} (the target's {}; the pipeline's jobs: {})",
+                            sel.describe(),
+                            if names.is_empty() { "none".into() } else { names.join(", ") }
+                        ),
+                    });
+                }
+            },
+        };
         std::fs::create_dir_all(&dir).map_err(OrchestratorError::io(&dir))?;
         let mut recorded = BTreeMap::new();
         for job in &jobs {
@@ -445,16 +596,24 @@ impl Orchestrator {
                 },
             );
         }
-        let manual = status.is_blocked();
+        let status = match &composite {
+            Some(c) => c.status,
+            None => BuildStatus::from_pipeline(&status),
+        };
+        let manual = matches!(status, BuildStatus::Manual | BuildStatus::Scheduled);
+        let warnings = composite.map(|c| c.warnings).unwrap_or_default();
         self.records()
             .update(id, move |r, _| {
                 r.jobs.clone_from(&recorded);
+                r.warnings.clone_from(&warnings);
                 if manual {
                     r.reason = Some("waiting for a manual job to be started on GitLab".into());
                 }
             })
             .await?;
-        let status = BuildStatus::from_pipeline(&status);
+        if work.selector.is_some() {
+            reporter.line(label, &format!("its jobs: {status}"));
+        }
         self.inner.reporter.state(label, status, None);
         if status == BuildStatus::Success && work.actions {
             actions::fetch_artifacts(self, &record, &jobs, label).await?;
@@ -526,8 +685,8 @@ impl Orchestrator {
             Ok(jobs) => jobs,
             Err(e) => return tracing::debug!(build = id, "listing a new pipeline's jobs: {e}"),
         };
-        let saved = self.records().update(id, move |r, _| {
-            for j in &jobs {
+        let saved = self.records().update(id, move |r, w| {
+            for j in jobs.iter().filter(|j| w.selector.as_ref().is_none_or(|s| s.matches(&j.name))) {
                 let entry = r.jobs.entry(j.name.clone()).or_insert(JobRecord {
                     id: j.id.0,
                     status: j.status.clone(),
@@ -547,5 +706,50 @@ impl Orchestrator {
         if let Err(e) = saved.await {
             tracing::warn!(build = id, "saving a new pipeline's jobs: {e}");
         }
+    }
+}
+
+impl Orchestrator {
+    /// The lock of `key` in `run` (one task at a time does what it guards).
+    pub(super) async fn lock_for(&self, run: i64, key: &str) -> super::ProjectLock {
+        let mut locks = self.inner.projects.lock().await;
+        locks.entry((run, key.to_owned())).or_default().clone()
+    }
+
+    /// The pipeline a sibling target (same run, project and request) created for the jobs they
+    /// share, taken into this build's record.
+    async fn sibling_pipeline(
+        &self,
+        record: &BuildRecord,
+        work: &BuildWork,
+    ) -> Result<Option<PipelineId>, OrchestratorError> {
+        let siblings = self.records().run(record.run).await?;
+        let Some((found, _)) = siblings.into_iter().find(|(r, w)| {
+            r.id != record.id
+                && r.project == record.project
+                && w.selector.is_some()
+                && w.request_id == work.request_id
+                && r.pipeline_id.is_some()
+        }) else {
+            return Ok(None);
+        };
+        let (pid, url, sha, r) = (found.pipeline_id, found.pipeline_url, found.sha, found.git_ref);
+        self.records()
+            .update(record.id, move |rec, w| {
+                rec.pipeline_id = pid;
+                rec.pipeline_url.clone_from(&url);
+                rec.sha.clone_from(&sha);
+                rec.git_ref.clone_from(&r);
+                rec.status = BuildStatus::Running;
+                rec.reason = None;
+                w.create_attempted = true;
+            })
+            .await?;
+        let pid = pid.unwrap_or_default();
+        self.inner.reporter.line(
+            &format!("{}/{}", record.project, record.target),
+            &format!("its jobs are in pipeline {pid} (shared with the project's other targets)"),
+        );
+        Ok(Some(PipelineId(pid)))
     }
 }
