@@ -224,7 +224,12 @@ impl Reconciler {
         if !retried.is_empty() {
             logged += self.apply(retried).await?;
         }
-        Ok(logged + self.apply(current).await?)
+        logged += self.apply(current).await?;
+        if pipeline.status.is_completed() {
+            let store = self.hub.store().clone();
+            blocking(move || store.mark_reread(id)).await?;
+        }
+        Ok(logged)
     }
 
     /// Runs until dropped, a round every `every`: the first polls everything unfinished and
@@ -232,6 +237,9 @@ impl Reconciler {
     /// webhooks are quiet (after [`QUIET`], then less and less often, up to
     /// [`MAX_CATCH_UP_INTERVAL`]).
     pub async fn run(self, every: Duration) {
+        // Its own task, so that a round waiting on GitLab when the process is frozen does not hide
+        // the jump.
+        let _watch = AbortOnDrop(tokio::spawn(watch_suspension(self.wake.clone())));
         let quiet = QUIET.max(self.silence);
         let mut everything = true;
         let mut catch_up_due = true;
@@ -251,15 +259,7 @@ impl Reconciler {
                 Ok(_) => {}
                 Err(e) => tracing::warn!("reconciling: {e}"),
             }
-            let before = chrono::Utc::now();
-            let mut asked = tokio::time::timeout(every, self.wake.notified()).await.is_ok();
-            // The wall clock jumped past the wait: this process was suspended (a laptop asleep, a
-            // SIGSTOP). GitLab's deliveries meanwhile timed out, and it may have paused the hook.
-            let slept = (chrono::Utc::now() - before).to_std().unwrap_or_default();
-            if slept > every + SUSPEND_HINT {
-                tracing::info!(seconds = slept.as_secs(), "woke up after a suspension; catching up");
-                asked = true;
-            }
+            let asked = tokio::time::timeout(every, self.wake.notified()).await.is_ok();
             let store = self.hub.store().clone();
             let last_delivery = blocking(move || store.last_delivery_at()).await.ok().flatten();
             let silent_for = last_delivery
@@ -274,6 +274,31 @@ impl Reconciler {
             }
             // A catch-up after an outage also rereads every unfinished pipeline.
             everything = asked;
+        }
+    }
+}
+
+/// Aborts a task when dropped (the reconciler's helpers end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Asks for a catch-up whenever the wall clock jumps past a short sleep: this process was
+/// suspended (a laptop asleep, a SIGSTOP). GitLab's deliveries meanwhile timed out, and it may
+/// have paused the hook.
+async fn watch_suspension(wake: Arc<Notify>) {
+    const TICK: Duration = Duration::from_secs(1);
+    loop {
+        let before = chrono::Utc::now();
+        tokio::time::sleep(TICK).await;
+        let slept = (chrono::Utc::now() - before).to_std().unwrap_or_default();
+        if slept > TICK + SUSPEND_HINT {
+            tracing::info!(seconds = slept.as_secs(), "woke up after a suspension; catching up");
+            wake.notify_one();
         }
     }
 }

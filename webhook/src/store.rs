@@ -184,8 +184,14 @@ CREATE TABLE IF NOT EXISTS cursors (
 /// Columns added after the first release, for databases created before them. `pipelines.basis`
 /// is the JSON object (job name → id) of the jobs the evidence for the status mentioned
 /// ([`crate::tracker::PipelineKnown::basis`]); `max_job_id` and `retry_floor` are no longer read.
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("pipelines", "basis", "TEXT NOT NULL DEFAULT '{}'"), ("jobs", "name", "TEXT"), ("jobs", "stage", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("pipelines", "basis", "TEXT NOT NULL DEFAULT '{}'"),
+    ("jobs", "name", "TEXT"),
+    ("jobs", "stage", "TEXT"),
+    // 1 after a retry, until the reconciler read the finished pipeline with its retried
+    // attempts: an attempt nobody heard of (GitLab lists only the newest in hooks) is found so.
+    ("pipelines", "reread", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     for (table, column, decl) in ADDED_COLUMNS {
@@ -424,6 +430,7 @@ impl Store {
             "SELECT project_id, project, id, status, last_heard FROM pipelines p
              WHERE status NOT IN ('success','failed','canceled','skipped')
                 OR EXISTS (SELECT 1 FROM jobs j WHERE j.pipeline_id = p.id AND j.status IN ({unsettled}))
+                OR reread = 1
              ORDER BY id"
         ))?;
         let rows = stmt.query_map([], |r| {
@@ -436,6 +443,16 @@ impl Store {
             })
         })?;
         Ok(rows.filter_map(Result::ok).collect())
+    }
+
+    /// The reconciler read `pipeline_id` finished, retried attempts included: no second read is
+    /// owed for its retries (until the next one).
+    pub fn mark_reread(&self, pipeline_id: u64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE pipelines SET reread = 0 WHERE id = ?1 AND status IN ('success','failed','canceled','skipped')",
+            [pipeline_id as i64],
+        )?;
+        Ok(())
     }
 
     /// The last accepted status of each of `ids` that the log knows, for the catch-up to skip
@@ -607,6 +624,9 @@ fn apply(
                          basis = CASE WHEN ?7 THEN basis ELSE ?6 END, last_heard = strftime('%s','now'), project = COALESCE(?3, project)",
                     params![id as i64, event.project_id as i64, event.project, status.as_str(), max_job_id, basis, mentions.is_empty()],
                 )?;
+                if verdict == Verdict::Retry || mentions.iter().any(JobMention::is_retry_attempt) {
+                    exec(tx, "UPDATE pipelines SET reread = 1 WHERE id = ?1", [id as i64])?;
+                }
                 event.previous_status = known.map(|k| k.status.to_string());
                 event.retry = verdict == Verdict::Retry;
             }
@@ -631,6 +651,14 @@ fn apply(
                      ON CONFLICT (id) DO UPDATE SET status = ?3, pipeline_id = COALESCE(?2, pipeline_id), name = COALESCE(?4, name), stage = COALESCE(?5, stage)",
                     params![id as i64, pipeline.map(|p| p as i64), status.as_str(), event.job_name, event.stage],
                 )?;
+                if let (Some(p), Some(name)) = (pipeline, &event.job_name) {
+                    exec(
+                        tx,
+                        "UPDATE pipelines SET reread = 1 WHERE id = ?1
+                         AND EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND name = ?2 AND id < ?3)",
+                        params![p as i64, name, id as i64],
+                    )?;
+                }
                 event.previous_status = known.map(|k| k.to_string());
                 event.retry = verdict == Verdict::Retry;
             }
