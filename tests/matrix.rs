@@ -51,6 +51,7 @@ test:
           - BOARD: $[[ matrix.BOARD ]]
   script:
     - cat out/fw-$BOARD.bin
+    - if [ "$BOARD" = "$SLOW_BOARD" ]; then sleep 8; fi
     - echo "tested $BOARD"
 
 size:
@@ -208,9 +209,13 @@ async fn one_target_fails_the_other_passes_and_a_retry_retries_only_its_jobs() {
     std::fs::write(markers.join("fail-b"), "").unwrap();
     let sim = sim_with(dir.path(), &[(".gitlab-ci.yml", BOARDS_CI)]).await;
     let (config, _, _) = write_config(dir.path(), &projects(&markers), 1);
-    let (code, out, err) =
-        run(&config, sim.url(), &["build", "fw", "--ref", "feature", "--target", "a", "--target", "b", "--json"]);
+    let args = ["build", "fw", "--ref", "feature", "--target", "a", "--target", "b", "--var", "SLOW_BOARD=a"];
+    let (code, out, err) = run(&config, sim.url(), &[&args[..], &["--watch", "--json"]].concat());
     assert_eq!(code, 1, "{out}\n{err}");
+    // b is settled by its own jobs, while a's slow test still runs.
+    let b_done = err.find("[fw/b] its jobs: failed").unwrap_or_else(|| panic!("{err}"));
+    let a_done = err.find("[fw/a] test: [a]: success").unwrap_or_else(|| panic!("{err}"));
+    assert!(b_done < a_done, "{err}");
     let v = json(&out, &err);
     let (a, b) = (by_target(&v, "a"), by_target(&v, "b"));
     assert_eq!(a["status"], "success", "{a}");
@@ -297,18 +302,16 @@ async fn the_local_api_shows_each_target_and_plays_its_manual_job() {
                 .unwrap()
         }
     };
-    let wait_final = |id: i64| {
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-            loop {
-                let b = get(id).await;
-                let s = b["status"].as_str().unwrap_or("").to_owned();
-                if !["queued", "running"].contains(&s.as_str()) {
-                    return b;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "build {id} never settled: {b}");
-                tokio::time::sleep(Duration::from_millis(300)).await;
+    let wait_final = |id: i64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let b = get(id).await;
+            let s = b["status"].as_str().unwrap_or("").to_owned();
+            if !["queued", "running"].contains(&s.as_str()) {
+                return b;
             }
+            assert!(tokio::time::Instant::now() < deadline, "build {id} never settled: {b}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     };
     let a = wait_final(ids["a"]).await;

@@ -59,8 +59,20 @@ impl StatusArgs {
                     ("artifacts", b.artifacts.clone().unwrap_or_default()),
                     ("merge request", b.merge_request.clone().unwrap_or_default()),
                     ("reason", b.reason.clone().unwrap_or_default()),
+                    (
+                        "its jobs",
+                        b.selector
+                            .as_ref()
+                            .map(|s| format!("{} (a shared pipeline)", s.describe()))
+                            .unwrap_or_default(),
+                    ),
                 ] {
-                    t.row(vec![k.to_owned(), v]);
+                    if !v.is_empty() || k != "its jobs" {
+                        t.row(vec![k.to_owned(), v]);
+                    }
+                }
+                for w in &b.warnings {
+                    t.row(vec!["warning".to_owned(), w.clone()]);
                 }
                 for (name, j) in &b.jobs {
                     t.row(vec![format!("job {name}"), format!("{} (#{})", j.status, j.id)]);
@@ -79,7 +91,11 @@ impl StatusArgs {
                         b.project.clone(),
                         b.target.clone(),
                         b.git_ref.clone().unwrap_or_default(),
-                        b.status.to_string(),
+                        if b.warnings.is_empty() {
+                            b.status.to_string()
+                        } else {
+                            format!("{} ({} warnings)", b.status, b.warnings.len())
+                        },
                         b.pipeline_url.clone().unwrap_or_default(),
                     ]);
                 }

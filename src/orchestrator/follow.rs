@@ -27,6 +27,9 @@ pub enum EventFeed {
 /// Events about one project, subscribed before its pipeline is created so none is missed.
 pub type Events = Pin<Box<dyn Stream<Item = BuildEvent> + Send>>;
 
+/// Whether the jobs a caller follows are done, given the pipeline's jobs (name → status).
+pub type JobsDone<'a> = dyn Fn(&std::collections::BTreeMap<String, Status>) -> bool + Send + Sync + 'a;
+
 /// A job's status as the follower saw it change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSeen {
@@ -96,9 +99,25 @@ impl Follower {
         &self,
         project: &ProjectRef,
         id: PipelineId,
+        events: Option<Events>,
+        check_first: bool,
+        on_job: &mut (dyn FnMut(JobSeen) + Send),
+    ) -> Result<Status, cloudci_gitlab::Error> {
+        self.follow_until(project, id, events, check_first, on_job, None).await
+    }
+
+    /// Like [`Follower::follow`], and it also ends when `done` says so of the pipeline's jobs
+    /// (name → status) as GitLab's API lists them: a target that is some jobs of a shared
+    /// pipeline is settled when its own jobs are, whatever the others do. Returns the
+    /// pipeline's status at that moment (not settled, then).
+    pub async fn follow_until(
+        &self,
+        project: &ProjectRef,
+        id: PipelineId,
         mut events: Option<Events>,
         check_first: bool,
         on_job: &mut (dyn FnMut(JobSeen) + Send),
+        done: Option<&JobsDone<'_>>,
     ) -> Result<Status, cloudci_gitlab::Error> {
         let mut known: std::collections::BTreeMap<String, Status> = std::collections::BTreeMap::new();
         let mut poll_wait = FIRST_POLL;
@@ -112,7 +131,7 @@ impl Follower {
                 let contradicted = std::mem::take(&mut said_final);
                 // Events can be late or, around retries, wrong: GitLab's API decides.
                 let p = self.gitlab.pipeline(project.clone(), id).await?;
-                if events.is_none() || settled(&p.status) {
+                if events.is_none() || settled(&p.status) || done.is_some() {
                     // Without events, job changes are seen here.
                     let jobs: Vec<_> =
                         self.gitlab.pipeline_jobs(project.clone(), id, &JobFilter::default()).try_collect().await?;
@@ -123,7 +142,7 @@ impl Follower {
                         }
                     }
                 }
-                if settled(&p.status) {
+                if settled(&p.status) || done.is_some_and(|d| d(&known)) {
                     return Ok(p.status);
                 }
                 if contradicted {
@@ -148,6 +167,8 @@ impl Follower {
                             if known.get(&name) != Some(&status) {
                                 known.insert(name.clone(), status.clone());
                                 on_job(JobSeen { name, id: e.job_id.unwrap_or(0), status, stage: e.stage.clone() });
+                                // The target's jobs may be done: GitLab's API confirms.
+                                ask |= done.is_some_and(|d| d(&known));
                             }
                         }
                         EventKind::Pipeline if settled(&status) => {

@@ -12,7 +12,7 @@ use cloudci_gitlab::{JobFilter, PipelineId, ProjectRef};
 use futures_util::TryStreamExt;
 use tokio::sync::watch;
 
-use super::follow::{JobSeen, follow_log};
+use super::follow::{JobSeen, follow_log, settled};
 use super::queue::Slot;
 use super::{BuildStatus, Finished, Orchestrator, OrchestratorError, Plan, Started, actions, logs, targets};
 use crate::builds::{BuildRecord, BuildWork, JobRecord, NewBuild};
@@ -539,7 +539,15 @@ impl Orchestrator {
             }
             let _ = tx.send(j);
         };
-        let followed_to = follower.follow(&project, pipeline, events, check_first, &mut on_job).await;
+        // A target of a shared pipeline is settled when its own jobs are.
+        let own_done = |jobs: &BTreeMap<String, Status>| {
+            let Some(sel) = &work.selector else { return false };
+            // Allowed-to-fail is not known here; it does not change whether they are done.
+            targets::composite(jobs.iter().filter(|(n, _)| sel.matches(n)).map(|(n, s)| (n.as_str(), s, false)))
+                .is_some_and(|c| c.status.is_final())
+        };
+        let done: Option<&super::follow::JobsDone<'_>> = if work.selector.is_some() { Some(&own_done) } else { None };
+        let followed_to = follower.follow_until(&project, pipeline, events, check_first, &mut on_job, done).await;
         drop(tx);
         let _ = writer.await;
         // The pipeline settled: its slot goes to the next build in the queue.
@@ -549,7 +557,9 @@ impl Orchestrator {
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(30), futures_util::future::join_all(log_tasks)).await;
         let status = followed_to?;
-        reporter.line(label, &format!("pipeline {pipeline}: {status}"));
+        if work.selector.is_none() || settled(&status) {
+            reporter.line(label, &format!("pipeline {pipeline}: {status}"));
+        }
 
         // Every job of this attempt (GitLab lists the latest of each), with its log; in a
         // shared pipeline, the target's own.
