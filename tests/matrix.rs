@@ -496,3 +496,42 @@ targets = ["host-matrix", "mps2"]
     assert!(err.contains("[fw/mps2] firmware: [mps2-an386]: "), "{err}");
     assert!(!err.contains("[fw/mps2] firmware: [host]") && !err.contains("[fw/mps2] firmware: [microbit]"), "{err}");
 }
+
+/// Canceling one target cancels its jobs only: the other target of the pipeline goes on and
+/// succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceling_a_target_cancels_its_jobs_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let sim = sim_with(dir.path(), &[(".gitlab-ci.yml", BOARDS_CI)]).await;
+    let (config, _, _) = write_config(dir.path(), &projects(&markers), 1);
+    let args = ["build", "fw", "--ref", "feature", "--target", "a", "--target", "b", "--var", "SLOW_BOARD=a", "--json"];
+    let build = cloudci(&config, sim.url(), TOKEN, &args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    // Wait until a's slow test runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let id_a = loop {
+        let (_, out, _) = run(&config, sim.url(), &["status", "--json"]);
+        let list: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        let a = list.as_array().and_then(|l| l.iter().find(|r| r["target"] == "a").cloned());
+        if let Some(a) = a
+            && a["jobs"]["test: [a]"]["status"] == "running"
+        {
+            break a["id"].as_i64().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "a's test never ran: {out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let (code, out, err) = run(&config, sim.url(), &["cancel", &id_a.to_string()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("canceled"), "{out}");
+    let out = build.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{v}");
+    assert_eq!(by_target(&v, "a")["status"], "canceled", "{v}");
+    assert_eq!(by_target(&v, "a")["jobs"]["test: [a]"], "canceled", "{v}");
+    assert_eq!(by_target(&v, "b")["status"], "success", "{v}");
+    let jobs = jobs_of(sim.url(), pipelines(sim.url()).await[0]).await;
+    assert_eq!(jobs["test: [b]"].status.as_str(), "success");
+    assert_eq!(jobs["build: [c]"].status.as_str(), "success", "other targets' jobs are left alone");
+}
