@@ -145,6 +145,10 @@ async fn a_refused_connection_names_the_host() {
     assert!(last.starts_with("error: "), "{err}");
     assert!(last.contains(&format!("cannot reach 127.0.0.1:{port}: connection refused")), "{err}");
     assert!(!last.contains("error sending request") && !last.contains('?'), "{err}");
+    // The client's retries are the library's log: not shown unless asked for.
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (_, _, err) = w.run(&["-v", "gitlab", "pipelines", "acme/fw"], &[token(), ("GITLAB_HOST", &host)]);
+    assert!(err.contains("WARN") && err.lines().count() > 1, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

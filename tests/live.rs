@@ -124,7 +124,7 @@ async fn logs_follow_prints_the_running_job_live_and_ends_with_it() {
     let out = cloudci(&config, sim.url(), TOKEN, &["logs", &id.to_string(), "--follow"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("tick 1") && text.trim_end().ends_with("ERROR: Job failed: script_failure"), "{text}");
+    assert!(text.contains("tick 1") && text.trim_end().ends_with("ERROR: Job failed: exit code 1"), "{text}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("job build of build"), "{out:?}");
 
     // The API's log of a running job says where it stands and whether it is complete.

@@ -37,6 +37,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Show the library's log on stderr: -v warnings, -vv progress, -vvv debug (or set
+    /// `CLOUDCI_LOG` / `RUST_LOG`, e.g. `debug`). `serve` logs its progress by default.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -219,10 +224,20 @@ impl Cli {
     }
 }
 
-/// Logs go to stderr: warnings and errors by default, more with `CLOUDCI_LOG` (e.g. `debug`).
-pub fn init_logging() {
+/// Logs go to stderr. A command's own output says what a user needs; the library's log (retries,
+/// fallbacks) is shown only when asked for with `-v` or `CLOUDCI_LOG`/`RUST_LOG`. The daemon
+/// (`serve`) logs its progress (`info`) by default: that log is its output.
+pub fn init_logging(cli: &Cli) {
+    let level = if matches!(cli.command, Command::Serve(_)) { cli.verbose.max(2) } else { cli.verbose };
+    let default = match level {
+        0 => "off",
+        1 => "warn",
+        2 => "info",
+        _ => "debug",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDCI_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
