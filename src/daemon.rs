@@ -1,6 +1,10 @@
 //! `cloudci serve`: the long-running side. It opens the public webhook listener (through the
 //! tunnel), the local API, registers hooks on GitLab, turns deliveries into events, reconciles
 //! silent pipelines, and removes its hooks again on a clean shutdown.
+//!
+//! Both listeners get [`crate::layers`]. A stop is graceful: the listeners stop accepting, answers
+//! in progress are finished (a delivery is answered once its commit is done), event streams end,
+//! all within [`SHUTDOWN_GRACE`]; then the background tasks stop and the hooks are removed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +18,7 @@ use cloudci_webhook::tunnel::{NoTunnel, OpenTunnel, Tunnel};
 use cloudci_webhook::{Durability, Hub, Receiver, Store};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DurabilitySetting, TunnelKind};
 use crate::state::{HookInfo, StateDir};
@@ -82,6 +87,10 @@ pub struct Daemon {
     pub keys: TokenKeys,
     hooks: Option<HookManager>,
     projects: Vec<ProjectRef>,
+    /// Cancelled by [`Daemon::stop`]: the listeners stop accepting and event streams end.
+    shutdown: CancellationToken,
+    /// The two listeners, which finish once their open answers are done.
+    servers: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     _tunnel: Box<dyn OpenTunnel>,
     _lock: crate::state::DaemonLock,
@@ -104,6 +113,23 @@ pub fn gitlab_client(config: &Config) -> Result<Gitlab, DaemonError> {
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, DaemonError> {
     TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })
+}
+
+/// How long a stop waits for answers in progress and open event streams.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown`, then finishes what is in progress.
+fn spawn_server(
+    what: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+            tracing::error!("{what} stopped: {e}");
+        }
+    })
 }
 
 impl Daemon {
@@ -135,15 +161,13 @@ impl Daemon {
         let probe_nonce = cloudci_webhook::secrets::random_token(16);
         let receiver = Receiver::new(state.hook_secrets(false)?, hub.clone(), probe_nonce.clone());
         let mut tasks = Vec::new();
+        let shutdown = CancellationToken::new();
+        let layers = crate::layers::Layers::new(shutdown.clone());
 
         let public = bind(config.webhook.listen).await?;
         let public_addr = public.local_addr().map_err(io(state.root()))?;
-        let router = receiver.router();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(public, router).await {
-                tracing::error!("public listener stopped: {e}");
-            }
-        }));
+        let mut servers =
+            vec![spawn_server("public listener", public, layers.public(receiver.router()), shutdown.clone())];
         let api = bind(config.api.listen).await?;
         let api_addr = api.local_addr().map_err(io(state.root()))?;
         let api_gitlab = match &gitlab {
@@ -182,11 +206,8 @@ impl Daemon {
             builds,
             state_dir: state.root().to_owned(),
         });
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(api, api_router).await {
-                tracing::error!("local API stopped: {e}");
-            }
-        }));
+        let hosts = crate::layers::AllowedHosts::new(api_addr, &config.api.hosts);
+        servers.push(spawn_server("local API", api, layers.local(api_router, hosts), shutdown.clone()));
         // Builds a stop or crash left unfinished are carried on, each step once.
         if let Some(o) = orchestrator {
             tasks.push(tokio::spawn(async move { o.resume().await }));
@@ -255,11 +276,36 @@ impl Daemon {
                 api_url: format!("http://{api_addr}"),
             })
             .map_err(io(&state.root().join("hook.json")))?;
-        Ok(Self { public_addr, api_addr, public_url, hub, keys, hooks, projects, tasks, _tunnel: tunnel, _lock: lock })
+        Ok(Self {
+            public_addr,
+            api_addr,
+            public_url,
+            hub,
+            keys,
+            hooks,
+            projects,
+            shutdown,
+            servers,
+            tasks,
+            _tunnel: tunnel,
+            _lock: lock,
+        })
     }
 
-    /// Stops the listeners; removes this installation's hooks unless `keep_hooks`.
-    pub async fn stop(self, keep_hooks: bool) {
+    /// Stops gracefully: the listeners stop accepting; deliveries in progress are answered once
+    /// committed, other answers finish, event streams end (their clients resume from the next
+    /// daemon by `Last-Event-ID`), for at most [`SHUTDOWN_GRACE`]; then the background tasks stop
+    /// and this installation's hooks are removed unless `keep_hooks`.
+    pub async fn stop(mut self, keep_hooks: bool) {
+        self.shutdown.cancel();
+        let drained =
+            tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(self.servers.iter_mut())).await;
+        if drained.is_err() {
+            tracing::warn!("answers still open after {} s; closing them", SHUTDOWN_GRACE.as_secs());
+            for s in &self.servers {
+                s.abort();
+            }
+        }
         for t in &self.tasks {
             t.abort();
         }

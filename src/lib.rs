@@ -2,15 +2,28 @@
 //!
 //! # Layout
 //! - [`cli`]: the `cloudci` command line; each command group in its own module.
+//! - [`config`]: `cloudci.toml`, typed and checked once, every error with file, line and key.
+//! - [`orchestrator`]: carrying builds from a plan to their end (plan, create once, follow,
+//!   artifacts and merge requests, records), one per process.
+//! - [`builds`]: the record of builds (SQLite), behind `BuildStore`.
+//! - [`daemon`]: `cloudci serve`: both listeners, hooks, the reconciler, graceful shutdown.
+//! - [`layers`]: what both listeners share: request ids, spans, panic guard, timeouts, and the
+//!   local API's `Host` check, body limit and headers.
+//! - [`api`]: the local API's routes (`/v1/...`) and the dashboard.
+//! - [`watchers`]: daemon tasks on the event stream: rebuild on push, notifications.
+//! - [`sse_client`]: talking to a running daemon (its event stream, the builds it carries).
+//! - [`state`]: the state directory: databases, generated secrets, what the daemon publishes.
 //! - [`output`]: how results reach the terminal: tables for people, JSON for programs.
 //!
-//! The GitLab client lives in the `cloudci-gitlab` crate (`gitlab/`).
+//! The GitLab client lives in the `cloudci-gitlab` crate (`gitlab/`), the receiver, event log and
+//! fan-out in `cloudci-webhook` (`webhook/`).
 
 pub mod api;
 pub mod builds;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod layers;
 pub mod orchestrator;
 pub mod output;
 pub mod sse_client;
