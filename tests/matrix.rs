@@ -535,3 +535,71 @@ async fn canceling_a_target_cancels_its_jobs_only() {
     assert_eq!(jobs["test: [b]"].status.as_str(), "success");
     assert_eq!(jobs["build: [c]"].status.as_str(), "success", "other targets' jobs are left alone");
 }
+
+/// `cloudci build --watch` as a client of `cloudci serve`: one pipeline, each target's job
+/// lines under its own label, each its own status; a project whose rules leave API pipelines
+/// out has GitLab's message and the hint in its API record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_daemon_each_target_has_its_lines_and_a_refusal_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    std::fs::write(markers.join("fail-b"), "").unwrap();
+    let fw = gitlab_sim::fixtures::repo_with(dir.path(), "fw", &[(".gitlab-ci.yml", BOARDS_CI)]);
+    let push_only = "build:\n  script: [make]\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"push\"\n";
+    let boot = gitlab_sim::fixtures::repo_with(dir.path(), "boot", &[(".gitlab-ci.yml", push_only)]);
+    let sim = Sim::start(SimConfig {
+        token: TOKEN.into(),
+        projects: vec![("acme/fw".into(), fw), ("acme/boot".into(), boot)],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let projects = format!("{}\n[projects.boot]\ngitlab = \"acme/boot\"\ntargets = [\"host\"]\n", projects(&markers));
+    let (config, _, api_port) = write_config(dir.path(), &projects, 2);
+    let _daemon = serve(&config, sim.url(), TOKEN, &[]);
+    let args = ["build", "fw", "--ref", "feature", "--target", "a", "--target", "b", "--watch", "--json"];
+    let (code, out, err) = run(&config, sim.url(), &args);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let v = json(&out, &err);
+    assert_eq!(pipelines(sim.url()).await.len(), 1);
+    assert_eq!(by_target(&v, "a")["status"], "success", "{v}");
+    assert_eq!(by_target(&v, "b")["status"], "failed", "{v}");
+    // Each target's logs under its own label, and job lines (as the event stream tells them)
+    // never under the other's.
+    assert!(err.contains("[fw/a build: [a]] built a") && err.contains("[fw/b build: [b]] built b"), "{err}");
+    assert!(!err.contains("[fw/a build: [b]]") && !err.contains("[fw/b build: [a]]"), "{err}");
+    for (label, other) in [("[fw/a] ", "[b]: "), ("[fw/b] ", "[a]: ")] {
+        assert!(!err.lines().any(|l| l.starts_with(label) && l.contains(other)), "{err}");
+    }
+
+    // The refusal, in the API's record.
+    let token = token(&config);
+    let http = reqwest::Client::new();
+    let api = format!("http://127.0.0.1:{api_port}");
+    let started: Value = http
+        .post(format!("{api}/v1/builds"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"projects": ["boot"], "ref": "feature"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["builds"][0]["id"].as_i64().unwrap_or_else(|| panic!("{started}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let b = loop {
+        let b: Value =
+            http.get(format!("{api}/v1/builds/{id}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        if b["status"] == "error" {
+            break b;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{b}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let reason = b["reason"].as_str().unwrap();
+    assert!(reason.contains("acme/boot at feature") && reason.contains("would have been empty"), "{reason}");
+    assert!(reason.contains("$CI_PIPELINE_SOURCE == \"api\""), "{reason}");
+    assert_eq!(b["gitlab_status"], 400, "{b}");
+}
