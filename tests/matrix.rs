@@ -603,3 +603,32 @@ async fn through_the_daemon_each_target_has_its_lines_and_a_refusal_its_reason()
     assert!(reason.contains("$CI_PIPELINE_SOURCE == \"api\""), "{reason}");
     assert_eq!(b["gitlab_status"], 400, "{b}");
 }
+
+/// `cloudci play ID --job NAME`: the target waits for its manual job (exit 1, `manual`), then
+/// starting it from the command line carries it to success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudci_play_starts_a_targets_manual_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let markers = dir.path().join("markers");
+    let sim = sim_with(dir.path(), &[(".gitlab-ci.yml", BOARDS_CI)]).await;
+    let (config, _, _) = write_config(dir.path(), &projects(&markers), 1);
+    let args = ["build", "fw", "--ref", "feature", "--target", "c", "--var", "WITH_FLASH=1", "--json"];
+    let (code, out, err) = run(&config, sim.url(), &args);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let v = json(&out, &err);
+    let c = by_target(&v, "c");
+    assert_eq!(c["status"], "manual", "{c}");
+    assert_eq!(c["jobs"]["flash"], "manual", "{c}");
+    let (_, out, _) = run(&config, sim.url(), &["status", "--json"]);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let id = list.as_array().unwrap().iter().find(|r| r["target"] == "c").unwrap()["id"].as_i64().unwrap();
+    let (code, _, err) = run(&config, sim.url(), &["play", &id.to_string(), "--job", "deploy"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no manual job \"deploy\"; its manual jobs: flash"), "{err}");
+    let (code, out, err) = run(&config, sim.url(), &["play", &id.to_string(), "--job", "flash", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v = json(&out, &err);
+    assert_eq!(v["builds"][0]["status"], "success", "{v}");
+    assert_eq!(v["builds"][0]["jobs"]["flash"], "success", "{v}");
+    assert!(v["builds"][0]["merge_request"].is_string(), "{v}");
+}
