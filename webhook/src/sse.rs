@@ -3,7 +3,9 @@
 //! Each event is `id: <seq>`, `event: <kind>`, `data: <BuildEvent JSON>`. A client that reconnects
 //! with `Last-Event-ID` resumes right after it, with no gap and no duplicate. Filters:
 //! `?project=a/b,c/d&ref=main&pipeline=123`; `?since=SEQ` replays from the log (0: everything).
-//! Comment heartbeats every 15 s keep proxies from closing an idle stream.
+//! Comment heartbeats every 15 s keep proxies from closing an idle stream. A stream ends by itself
+//! only when the store fails; a server that stops gracefully ends it between two writes (`cloudci
+//! serve` does, in its local API's layers), so the client sees the end, not a reset, and resumes by id.
 //!
 //! Frames come from the hub already encoded ([`Hub::subscribe_frames`]): everything pending for a
 //! subscriber goes out in one write, usually the very buffer every other subscriber writes.
