@@ -632,3 +632,22 @@ async fn cloudci_play_starts_a_targets_manual_job() {
     assert_eq!(v["builds"][0]["jobs"]["flash"], "success", "{v}");
     assert!(v["builds"][0]["merge_request"].is_string(), "{v}");
 }
+
+/// The skip convention in a shared pipeline: the board whose job said `cloudci: skipped: <why>`
+/// (exit 77, allowed) is skipped with that reason; the other board of the pipeline succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_skipped_by_its_job_is_skipped_and_the_other_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let ci = "build:\n  parallel:\n    matrix:\n      - BOARD: [a, b]\n  script:\n    - 'if [ \"$BOARD\" = b ]; then echo \"cloudci: skipped: no rig for b\"; exit 77; fi'\n    - echo \"built $BOARD\"\n  allow_failure:\n    exit_codes: [77]\n";
+    let sim = sim_with(dir.path(), &[(".gitlab-ci.yml", ci)]).await;
+    let projects = "[targets.a]\nmatrix = { BOARD = \"a\" }\n[targets.b]\nmatrix = { BOARD = \"b\" }\n[projects.fw]\ngitlab = \"acme/fw\"\ntargets = [\"a\", \"b\"]\n";
+    let (config, _, _) = write_config(dir.path(), projects, 1);
+    let (code, out, err) = run(&config, sim.url(), &["build", "fw", "--ref", "feature", "--json"]);
+    let v = json(&out, &err);
+    assert_eq!(by_target(&v, "a")["status"], "success", "{v}");
+    let b = by_target(&v, "b");
+    assert_eq!(b["status"], "skipped", "{b}");
+    assert!(b["reason"].as_str().unwrap().contains("no rig for b"), "{b}");
+    assert_eq!(b["warnings"], serde_json::json!([]), "{b}");
+    assert_eq!(code, 1, "a skipped target is not a success");
+}

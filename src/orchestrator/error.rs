@@ -116,7 +116,11 @@ pub fn refusal_hint(message: &str) -> Option<String> {
             "a file the CI configuration includes could not be read at this ref: check its path, project and ref"
                 .into(),
         )
-    } else if message.contains("config") || message.contains("yaml") || message.contains("YAML") {
+    } else if message.contains("config")
+        || message.contains("yaml")
+        || message.contains("YAML")
+        || message.starts_with("(<unknown>)")
+    {
         Some("the .gitlab-ci.yml at this ref is not valid; `cloudci build --dry-run` shows GitLab's lint of it".into())
     } else {
         None

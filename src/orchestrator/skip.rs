@@ -66,6 +66,8 @@ pub fn mark(record: &mut BuildRecord) {
     if let Some(reason) = decide(record.status, logs.iter().map(|(s, l)| (s, l.as_str()))) {
         record.status = BuildStatus::Skipped;
         record.reason = Some(reason);
+        // The allowed failure was the skip, said in the reason: not a warning on top.
+        record.warnings.clear();
     }
 }
 
