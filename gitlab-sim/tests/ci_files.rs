@@ -276,7 +276,8 @@ async fn a_matrix_pipeline_runs_each_board_with_its_variables_in_needs_order() {
             log.contains(&format!("testing {board} from built for {board} node {node}/2 version 1.0.{node}")),
             "{log}"
         );
-        let build_log = String::from_utf8_lossy(&gitlab.job_trace("acme/firmware", build.id).await.unwrap()).into_owned();
+        let build_log =
+            String::from_utf8_lossy(&gitlab.job_trace("acme/firmware", build.id).await.unwrap()).into_owned();
         assert!(build_log.contains("west init -l . (manifest west.yml)"), "{build_log}");
     }
 }
