@@ -8,11 +8,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cloudci_gitlab::types::{CreatePipeline, Status};
-use cloudci_gitlab::{Gitlab, PipelineId, ProjectRef, RetryPolicy};
+use cloudci_gitlab::{Gitlab, PipelineId, ProjectRef};
 use common::*;
 use futures_util::TryStreamExt;
-use gitlab_sim::{Sim, SimConfig};
-use secrecy::SecretString;
+use gitlab_sim::Sim;
 
 const TOKEN: &str = "sim-token-for-recovery";
 const CI: &str =
@@ -20,20 +19,11 @@ const CI: &str =
 const PROJECT: &str = "[projects.firmware]\ngitlab = \"acme/firmware\"\ntargets = [\"host\"]\n";
 
 async fn sim(dir: &std::path::Path, faults: &str) -> Sim {
-    let repo = gitlab_sim::fixtures::repo_with(dir, "repo", &[(".gitlab-ci.yml", CI)]);
-    Sim::start(SimConfig {
-        token: TOKEN.into(),
-        projects: vec![("acme/firmware".into(), repo)],
-        faults: faults.parse().unwrap(),
-        seed: 11,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap()
+    sim_with(dir, TOKEN, CI, faults, 11).await
 }
 
 fn client(url: &str) -> Gitlab {
-    Gitlab::builder(url).private_token(SecretString::from(TOKEN)).retry(RetryPolicy::never()).build().unwrap()
+    client_of(url, TOKEN)
 }
 
 async fn wait_finished(gitlab: &Gitlab, id: PipelineId) {

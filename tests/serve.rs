@@ -8,31 +8,21 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cloudci_gitlab::types::{CreatePipeline, Status};
-use cloudci_gitlab::{Gitlab, ProjectRef, RetryPolicy};
+use cloudci_gitlab::{Gitlab, ProjectRef};
 use common::*;
 use futures_util::TryStreamExt;
 use gitlab_sim::{Sim, SimConfig};
-use secrecy::SecretString;
 use serde_json::Value;
 
 const TOKEN: &str = "sim-token-for-serve";
 const CI: &str = "stages: [build, test]\nbuild:\n  stage: build\n  script: echo build $BOARD\ntest:\n  stage: test\n  script: echo test\n";
 
 async fn sim(dir: &std::path::Path, faults: &str) -> Sim {
-    let repo = gitlab_sim::fixtures::repo_with(dir, "repo", &[(".gitlab-ci.yml", CI)]);
-    Sim::start(SimConfig {
-        token: TOKEN.into(),
-        projects: vec![("acme/firmware".into(), repo)],
-        faults: faults.parse().unwrap(),
-        seed: 7,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap()
+    sim_with(dir, TOKEN, CI, faults, 7).await
 }
 
 fn client(url: &str) -> Gitlab {
-    Gitlab::builder(url).private_token(SecretString::from(TOKEN)).retry(RetryPolicy::never()).build().unwrap()
+    client_of(url, TOKEN)
 }
 
 const PROJECT: &str = "[projects.firmware]\ngitlab = \"acme/firmware\"\ntargets = [\"host\"]\n";

@@ -139,3 +139,26 @@ impl Events {
         }
     }
 }
+
+/// gitlab-sim serving one repository, `acme/firmware`, whose `.gitlab-ci.yml` is `ci`.
+pub async fn sim_with(dir: &Path, token: &str, ci: &str, faults: &str, seed: u64) -> gitlab_sim::Sim {
+    let repo = gitlab_sim::fixtures::repo_with(dir, "repo", &[(".gitlab-ci.yml", ci)]);
+    gitlab_sim::Sim::start(gitlab_sim::SimConfig {
+        token: token.into(),
+        projects: vec![("acme/firmware".into(), repo)],
+        faults: faults.parse().unwrap(),
+        seed,
+        ..gitlab_sim::SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A client of `url` that never retries (the tests look at what happened, not at recovery).
+pub fn client_of(url: &str, token: &str) -> cloudci_gitlab::Gitlab {
+    cloudci_gitlab::Gitlab::builder(url)
+        .private_token(secrecy::SecretString::from(token))
+        .retry(cloudci_gitlab::RetryPolicy::never())
+        .build()
+        .unwrap()
+}
