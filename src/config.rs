@@ -561,7 +561,7 @@ impl Config {
 
     /// The GitLab token: from the variable `token_env` names (default `GITLAB_TOKEN`), else from
     /// `token_file`. The error says where it looked, never a value.
-    pub fn gitlab_token(&self) -> Result<secrecy::SecretString, String> {
+    pub fn gitlab_token(&self) -> Result<secrecy::SecretString, TokenError> {
         let var = self.gitlab.token_env.clone().unwrap_or_else(|| "GITLAB_TOKEN".into());
         if let Ok(v) = std::env::var(&var)
             && !v.trim().is_empty()
@@ -572,10 +572,30 @@ impl Config {
             let path = self.resolve(file);
             return std::fs::read_to_string(&path)
                 .map(|t| secrecy::SecretString::from(t.trim().to_owned()))
-                .map_err(|e| format!("cannot read the GitLab token from {}: {e}", path.display()));
+                .map_err(|source| TokenError::File { path, source });
         }
-        Err(format!("no GitLab token: set {var} (or [gitlab] token_file)"))
+        Err(TokenError::Missing { var })
     }
+}
+
+/// Why there is no GitLab token to send (exit 3, like any authentication failure).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Neither the environment variable nor a token file.
+    #[error("no GitLab token: set {var} (or [gitlab] token_file)")]
+    Missing {
+        /// The variable looked at.
+        var: String,
+    },
+    /// The configured token file cannot be read.
+    #[error("cannot read the GitLab token from {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[cfg(test)]

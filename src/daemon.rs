@@ -66,8 +66,8 @@ pub enum DaemonError {
     #[error("GitLab: {0}")]
     Gitlab(#[from] cloudci_gitlab::Error),
     /// No usable GitLab token (exit 3, like any authentication failure).
-    #[error("{0}")]
-    Token(String),
+    #[error(transparent)]
+    Token(#[from] crate::config::TokenError),
     /// Another daemon uses the state directory.
     #[error(transparent)]
     Locked(#[from] crate::state::LockError),
@@ -107,7 +107,7 @@ impl std::fmt::Debug for Daemon {
 
 /// The GitLab client the configuration describes.
 pub fn gitlab_client(config: &Config) -> Result<Gitlab, DaemonError> {
-    let token = config.gitlab_token().map_err(DaemonError::Token)?;
+    let token = config.gitlab_token()?;
     Gitlab::builder(config.gitlab_url()).private_token(token).build().map_err(DaemonError::Gitlab)
 }
 

@@ -508,7 +508,7 @@ async fn lint_jobs(config: &Config, plan: &Plan) -> Vec<String> {
     let mut lines =
         vec![String::new(), "# the jobs each target would run (GitLab's CI lint, which writes nothing):".to_owned()];
     // One attempt more at most: a dry run does not wait long for a GitLab it cannot reach.
-    let client = config.gitlab_token().and_then(|token| {
+    let client = config.gitlab_token().map_err(|e| e.to_string()).and_then(|token| {
         cloudci_gitlab::Gitlab::builder(config.gitlab_url())
             .private_token(token)
             .retry(cloudci_gitlab::RetryPolicy { max_retries: 1, ..cloudci_gitlab::RetryPolicy::default() })

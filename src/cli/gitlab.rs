@@ -234,7 +234,7 @@ fn connection(
     let config_token = |c: &Config| match c.gitlab_token() {
         Ok(t) => Ok(Some(t)),
         // A token file that is configured but unreadable is an error, not an anonymous call.
-        Err(e) if c.gitlab.token_file.is_some() => Err(Failure::auth(e)),
+        Err(e) if c.gitlab.token_file.is_some() => Err(Failure::auth(e.to_string())),
         Err(_) => Ok(None),
     };
     Ok(match (explicit, config) {

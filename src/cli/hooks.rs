@@ -141,7 +141,7 @@ impl HooksCommand {
 fn manager(config: &Config, state: &StateDir, public_url: String) -> Result<HookManager, Failure> {
     let secret = |e: cloudci_webhook::secrets::SecretFileError| Failure::general(e.to_string());
     // No usable token is an authentication failure (exit 3), like a token GitLab refuses.
-    let token = config.gitlab_token().map_err(Failure::auth)?;
+    let token = config.gitlab_token().map_err(|e| Failure::auth(e.to_string()))?;
     let gitlab =
         Gitlab::builder(config.gitlab_url()).private_token(token).build().map_err(|e| Failure::usage(e.to_string()))?;
     let url = if public_url.is_empty() { String::new() } else { state.hook_url(&public_url).map_err(secret)? };

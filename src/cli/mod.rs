@@ -172,7 +172,7 @@ impl From<crate::daemon::DaemonError> for Failure {
     fn from(e: crate::daemon::DaemonError) -> Self {
         match e {
             crate::daemon::DaemonError::Gitlab(g) => g.into(),
-            crate::daemon::DaemonError::Token(m) => Self::auth(m),
+            crate::daemon::DaemonError::Token(e) => Self::auth(e.to_string()),
             other => Self::general(other.to_string()),
         }
     }
