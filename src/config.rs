@@ -654,6 +654,21 @@ boards = ["firmware", "hal"]
     }
 
     #[test]
+    fn targets_by_jobs_are_read_and_checked_with_their_place() {
+        let text = "[targets.a]\nmatrix = { BOARD = \"a\" }\n[targets.b]\njobs = [\"build: [b]\"]\n[targets.c]\nvariables = { BOARD = \"c\" }\n[projects.p]\ngitlab = \"x/y\"\ntargets = [\"a\", \"b\", \"c\"]\n";
+        let c = parse(text, Path::new("c.toml")).unwrap();
+        assert!(c.targets["a"].selector().unwrap().matches("build: [a]"));
+        assert!(c.targets["b"].selector().unwrap().matches("build: [b]"));
+        assert!(c.targets["c"].selector().is_none());
+        let e = parse("[targets.a]\njobs = [\"\"]\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:2: targets.a.jobs: a job name is empty"), "{e}");
+        let e = parse("[targets.a]\n\nmatrix = { BOARD = \"\" }\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:3: targets.a.matrix"), "{e}");
+        let e = parse("[targets.a]\nmatrx = { BOARD = \"a\" }\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:2:") && e.contains("matrx"), "{e}");
+    }
+
+    #[test]
     fn errors_name_file_line_and_key() {
         let e = err("[gitlab]\nurl = \"x\"\ntoken = \"glpat-x\"\n");
         assert!(e.starts_with("cloudci.toml:3:") && e.contains("unknown field `token`"), "{e}");
