@@ -21,7 +21,7 @@ use crate::output::{Table, print_json, stderr_is_terminal};
 /// The server when neither the environment nor a configuration names one.
 const DEFAULT_SERVER: &str = "https://gitlab.com";
 
-/// `cloudci gitlab`: the server and token are chosen by [`connection`]; the user-facing text is
+/// `cloudci gitlab`: the server and token are chosen by `connection`; the user-facing text is
 /// on `Command::Gitlab` in `cli/mod.rs` (clap takes a subcommand's help from there).
 #[derive(Debug, Args)]
 pub struct GitlabCommand {

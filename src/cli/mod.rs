@@ -79,7 +79,7 @@ pub enum Command {
     ///
     /// The server: --gitlab-url or GITLAB_HOST when set, else `[gitlab] url` of the configuration
     /// (--config FILE, else $CLOUDCI_CONFIG, ./cloudci.toml, ~/.config/cloudci/config.toml), else
-    /// https://gitlab.com (said once on stderr when it is a terminal).
+    /// <https://gitlab.com> (said once on stderr when it is a terminal).
     ///
     /// The token: with the configuration's server, the one `cloudci build` uses (the variable
     /// `[gitlab] token_env` names, default GITLAB_TOKEN, else `token_file`); with a server from

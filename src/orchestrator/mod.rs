@@ -3,7 +3,7 @@
 //! CLI (no daemon), the local API, the watchers and the demo.
 //!
 //! Rooms, each with one door:
-//! - [`plan`]: names → builds and waves ([`Orchestrator::plan`]).
+//! - [`plan`](mod@plan): names → builds and waves ([`Orchestrator::plan`]).
 //! - [`create`]: starting a pipeline exactly once (adopting one an ambiguous failure created).
 //! - [`follow`]: the one pipeline follower ([`Follower::follow`]), hub-first or polling.
 //! - [`actions`]: after success — artifacts per build; merge request, auto-merge, promotion per
