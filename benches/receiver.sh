@@ -28,7 +28,7 @@ TOML
   shown=$(./target/release/cloudci --config "$work/$durability/cloudci.toml" hooks show --json)
   url=$(echo "$shown" | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])')
   export HOOK_TOKEN=$(echo "$shown" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-  export BODY="$PWD/../shared/gitlab-reference/samples/webhook-pipeline-event.json"
+  export BODY="$PWD/gitlab/tests/fixtures/webhook-pipeline-event.json"
   echo "== durability=$durability"
   (cd benches && wrk -t2 -c16 -d"$DURATION" --latency -s receiver.lua "$url") | grep -E "Requests/sec|Latency|99%|Non-2xx"
   kill %1 2>/dev/null || true; wait 2>/dev/null || true

@@ -1,5 +1,5 @@
 //! The sim's webhook deliveries, received by a real HTTP listener: GitLab's headers, payload keys
-//! as in the shared samples, signatures, a slow receiver, auto-disabling, and seeded faults.
+//! as in the GitLab samples (gitlab/tests/fixtures), signatures, a slow receiver, auto-disabling, and seeded faults.
 
 mod common;
 
@@ -54,7 +54,7 @@ fn sample_keys(name: &str) -> BTreeSet<String> {
 }
 
 fn sample(name: &str) -> Value {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/gitlab-reference/samples");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gitlab/tests/fixtures");
     serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
 }
 

@@ -7,7 +7,7 @@ use cloudci_gitlab::types::{HookEvent, HookEventResend, HookEventStatus, HookRes
 use serde_json::Value;
 
 fn sample(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/gitlab-reference/samples").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
