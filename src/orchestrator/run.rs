@@ -111,22 +111,7 @@ impl Orchestrator {
         } else {
             self.inner.gitlab.retry_pipeline(ProjectRef::parse(&record.gitlab), PipelineId(pipeline)).await?;
         }
-        let (record, _) = self
-            .records()
-            .update(id, move |r, w| {
-                r.status = BuildStatus::Running;
-                r.reason = None;
-                w.attempt += 1;
-                if ours {
-                    w.settled = None;
-                    w.done = false;
-                }
-            })
-            .await?;
-        if ours {
-            self.spawn_build(id);
-        }
-        Ok(record)
+        self.reopen(id, ours).await
     }
 
     /// Cancels build `id`'s pipeline; it is followed until GitLab says it settled, and recorded
@@ -231,6 +216,12 @@ impl Orchestrator {
             gitlab.play_job(project.clone(), j.id, &[]).await?;
             self.inner.reporter.line(&format!("{}/{}", record.project, record.target), &format!("started {}", j.name));
         }
+        self.reopen(id, ours).await
+    }
+
+    /// After a retry or a play on GitLab: the build runs again as a new attempt, carried on by
+    /// this process when it is this process's to carry.
+    async fn reopen(&self, id: i64, ours: bool) -> Result<BuildRecord, OrchestratorError> {
         let (record, _) = self
             .records()
             .update(id, move |r, w| {
