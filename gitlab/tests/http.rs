@@ -451,6 +451,9 @@ async fn the_token_never_appears_in_logs_or_errors() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Interest is cached per callsite process-wide; recompute it so this subscriber sees
+    // every event even if another test's thread reached a callsite first.
+    tracing::callsite::rebuild_interest_cache();
 
     let server = Server::start(|req, index| match index % 4 {
         0 => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
