@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::auth::TokenKeys;
+use crate::api::sse::EventsState;
 use cloudci_gitlab::{Gitlab, ProjectRef};
-use cloudci_webhook::auth::TokenKeys;
 use cloudci_webhook::hooks::HookManager;
 use cloudci_webhook::reconcile::Reconciler;
-use cloudci_webhook::sse::EventsState;
 use cloudci_webhook::tunnel::{NoTunnel, OpenTunnel, Tunnel};
 use cloudci_webhook::{Durability, Hub, Receiver, Store};
 use tokio::net::TcpListener;

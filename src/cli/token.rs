@@ -1,7 +1,7 @@
 //! `cloudci token issue`
 
+use crate::api::auth::{TokenKeys, parse_duration};
 use clap::{Args, Subcommand};
-use cloudci_webhook::auth::{TokenKeys, parse_duration};
 
 use super::Failure;
 use crate::config::Config;

@@ -9,15 +9,13 @@
 //! - [`tracker`]: the state machine that never moves a status backwards.
 //! - [`events`]: the event type subscribers receive, and delivery → events.
 //! - [`ingest`]: group commit — deliveries arriving together share one transaction and fsync.
-//! - [`hub`]: fan-out with bounded buffers, each event encoded once; laggards catch up from the log.
-//! - [`sse`]: `GET /v1/events` for the local listener, with JWT auth ([`auth`]).
+//! - [`hub`]: fan-out with bounded buffers, each event encoded once (as SSE frames); laggards
+//!   catch up from the log. The local API (`cloudci`'s `api` module) serves those frames.
 //! - [`reconcile`]: polls GitLab for pipelines the webhooks went silent about.
 //! - [`hooks`]: registering, finding, re-enabling and removing cloudci's project hooks.
 //! - [`tunnel`]: how GitLab reaches the public listener (none, or ngrok with the `ngrok` feature).
 //! - [`secrets`]: secrets generated into the state directory.
 
-pub mod api;
-pub mod auth;
 pub mod events;
 pub mod hooks;
 pub mod hub;
@@ -25,7 +23,6 @@ pub mod ingest;
 pub mod receiver;
 pub mod reconcile;
 pub mod secrets;
-pub mod sse;
 pub mod store;
 pub mod tracker;
 pub mod tunnel;

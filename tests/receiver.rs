@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudci_webhook::auth::TokenKeys;
-use cloudci_webhook::sse::{self, EventsState};
+use cloudci::api::auth::TokenKeys;
+use cloudci::api::sse::{self, EventsState};
 use cloudci_webhook::verify::{HookSecrets, sign};
 use cloudci_webhook::{BuildEvent, Durability, Hub, Receiver, Store};
 use futures_util::StreamExt;
@@ -48,7 +48,7 @@ async fn stack(db: &std::path::Path, signing: bool) -> Stack {
 }
 
 fn samples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gitlab/tests/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("gitlab/tests/fixtures")
 }
 
 struct Post<'a> {

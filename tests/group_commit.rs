@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudci_webhook::auth::TokenKeys;
+use cloudci::api::auth::TokenKeys;
+use cloudci::api::sse::{self, EventsState};
 use cloudci_webhook::events::{EventSource, observe};
-use cloudci_webhook::sse::{self, EventsState};
 use cloudci_webhook::store::{Incoming, NewDelivery, Stored};
 use cloudci_webhook::verify::HookSecrets;
 use cloudci_webhook::{BuildEvent, Durability, EventFilter, Hub, Receiver, Store};
@@ -20,7 +20,7 @@ const PATH: &str = "Zm9vYmFyYmF6cXV4MTIzNDU2";
 const TOKEN: &str = "hook-token-1";
 
 fn samples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gitlab/tests/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("gitlab/tests/fixtures")
 }
 
 /// The push sample, made distinct by `i` (one event each).

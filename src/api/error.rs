@@ -5,7 +5,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::{Claims, TokenKeys};
+use super::auth::{Claims, TokenKeys};
 
 /// An error answer: `{"error": "...", "field": "..."}` with a status.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,11 +7,20 @@
 //!
 //! (A little over 400 lines: one short handler per route; builds are started, retried and
 //! canceled by the orchestrator, so only routing, auth and HTTP shapes live here.)
+//!
+//! Its parts: [`error`] (the JSON error envelope and the bearer-token extractor), [`auth`] (the
+//! tokens), [`sse`] (`GET /v1/events`). They live with the local API, not the receiver, because
+//! only the listener that serves subscribers uses them.
+
+pub mod auth;
+pub mod error;
+pub mod sse;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use auth::TokenKeys;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRef, Path, Query, State};
@@ -19,11 +28,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cloudci_gitlab::{ArchiveFormat, Gitlab, JobId, ProjectRef};
-use cloudci_webhook::api::{ApiError, Authorized};
-use cloudci_webhook::auth::TokenKeys;
-use cloudci_webhook::sse::{self, EventsState};
+use error::{ApiError, Authorized};
 use serde::Deserialize;
 use serde_json::json;
+use sse::EventsState;
 
 use crate::builds::{BuildRecord, BuildStore, SqliteBuilds};
 use crate::config::Config;
@@ -241,7 +249,7 @@ async fn list_builds(
     Ok(axum::Json(visible).into_response())
 }
 
-async fn record(s: &ApiState, claims: &cloudci_webhook::auth::Claims, id: &str) -> Result<BuildRecord, ApiError> {
+async fn record(s: &ApiState, claims: &auth::Claims, id: &str) -> Result<BuildRecord, ApiError> {
     let id: i64 =
         id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "a build id is a number").field("id"))?;
     let store = s.builds.clone();
@@ -425,12 +433,7 @@ async fn source(
         .into_response())
 }
 
-async fn pipeline_action(
-    s: &ApiState,
-    c: &cloudci_webhook::auth::Claims,
-    id: &str,
-    retry: bool,
-) -> Result<Response, ApiError> {
+async fn pipeline_action(s: &ApiState, c: &auth::Claims, id: &str, retry: bool) -> Result<Response, ApiError> {
     let b = record(s, c, id).await?;
     let orchestrator = orchestrator(s)?;
     // The orchestrator follows the pipeline to its new end and records it like any build.

@@ -7,7 +7,7 @@
 //! only when the store fails; a server that stops gracefully ends it between two writes (`cloudci
 //! serve` does, in its local API's layers), so the client sees the end, not a reset, and resumes by id.
 //!
-//! Frames come from the hub already encoded ([`Hub::subscribe_frames`]): everything pending for a
+//! Frames come from the hub already encoded ([`Hub::subscribe_frames`](cloudci_webhook::Hub::subscribe_frames)): everything pending for a
 //! subscriber goes out in one write, usually the very buffer every other subscriber writes.
 
 use std::convert::Infallible;
@@ -23,10 +23,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use crate::api::{ApiError, Authorized};
-use crate::auth::{Claims, TokenKeys};
-use crate::hub::Hub;
-use crate::store::EventFilter;
+use super::auth::{Claims, TokenKeys};
+use super::error::{ApiError, Authorized};
+use cloudci_webhook::EventFilter;
+use cloudci_webhook::Hub;
 
 /// Heartbeat interval.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
