@@ -3,7 +3,7 @@
 //! Each event is `id: <seq>`, `event: <kind>`, `data: <BuildEvent JSON>`. A client that reconnects
 //! with `Last-Event-ID` resumes right after it, with no gap and no duplicate. Filters:
 //! `?project=a/b,c/d&ref=main&pipeline=123`; `?since=SEQ` replays from the log (0: everything).
-//! Comment heartbeats every 15 s keep proxies from closing an idle stream. A stream ends by itself
+//! A comment heartbeat every 15 s keeps proxies from closing an idle stream. A stream ends by itself
 //! only when the store fails; a server that stops gracefully ends it between two writes (`cloudci
 //! serve` does, in its local API's layers), so the client sees the end, not a reset, and resumes by id.
 //!
@@ -100,17 +100,55 @@ async fn events(
     };
     let after = last_event_id.or(q.since);
     let frames = Box::pin(state.hub.subscribe_frames(filter, after));
-    let body = futures_util::stream::unfold(frames, |mut frames| async move {
-        // Dropping `next()` on a timeout loses nothing: the stream keeps its own progress.
-        match tokio::time::timeout(HEARTBEAT, frames.next()).await {
-            Ok(Some(Ok(bytes))) => Some((Ok::<_, Infallible>(bytes), frames)),
-            // The store failed (it logged why): end the stream; the client resumes by id.
-            Ok(Some(Err(_)) | None) => None,
-            Err(_) => Some((Ok(Bytes::from_static(b":\n\n")), frames)),
+    // One timer per stream, ticking every 15 s whatever the traffic: a timeout around each
+    // `next()` registered and removed a timer per event per subscriber, a cost paid 1,000 times
+    // per event at 1,000 subscribers.
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let body = futures_util::stream::unfold((frames, heartbeat), |(mut frames, mut heartbeat)| async move {
+        // Dropping `next()` for a tick loses nothing: the stream keeps its own progress.
+        tokio::select! {
+            biased;
+            item = frames.next() => match item {
+                Some(Ok(bytes)) => Some((Ok::<_, Infallible>(bytes), (frames, heartbeat))),
+                // The store failed (it logged why): end the stream; the client resumes by id.
+                Some(Err(_)) | None => None,
+            },
+            _ = heartbeat.tick() => Some((Ok(Bytes::from_static(b":\n\n")), (frames, heartbeat))),
         }
     });
     let mut resp = Response::new(Body::from_stream(body));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::http::Request;
+    use cloudci_webhook::{Durability, Store};
+    use secrecy::SecretString;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_stream_gets_a_heartbeat_every_15_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::new(Arc::new(Store::open(&dir.path().join("events.db"), Durability::Normal).unwrap()));
+        let keys = TokenKeys::new(&SecretString::from("jwt-key-for-tests-0123456789abcdef"));
+        let token = keys.issue("test", Vec::new(), Duration::from_secs(3600));
+        let req = Request::get("/v1/events?since=0").header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let resp = router(EventsState { hub, keys }).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body().into_data_stream();
+        let start = tokio::time::Instant::now();
+        for n in 1..=3u32 {
+            let chunk = tokio::time::timeout(HEARTBEAT * 2, body.next()).await.expect("no heartbeat").unwrap().unwrap();
+            assert_eq!(&chunk[..], b":\n\n");
+            assert!(start.elapsed() >= HEARTBEAT * n, "heartbeat {n} came early: {:?}", start.elapsed());
+        }
+    }
 }
