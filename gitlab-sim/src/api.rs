@@ -273,9 +273,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/projects/{id}/hooks/{hid}/events", get(hook_events))
         .route("/projects/{id}/hooks/{hid}/events/{eid}/resend", post(resend_hook_event))
         .fallback(fallback)
-        .layer(middleware::from_fn_with_state(shared.clone(), guard))
-        .with_state(shared);
-    Router::new().nest("/api/v4", api).fallback(fallback)
+        // Inside the count, so compressed answers count as sent.
+        .route_layer(middleware::from_fn(crate::wire::compress))
+        .route_layer(middleware::from_fn_with_state(shared.counter.clone(), crate::wire::count))
+        .layer(middleware::from_fn_with_state(shared.clone(), guard));
+    let counter = shared.counter.clone();
+    Router::new().nest("/api/v4", api.with_state(shared)).merge(crate::wire::router(counter)).fallback(fallback)
 }
 
 async fn version(Ax(s): Sh) -> ApiResult {

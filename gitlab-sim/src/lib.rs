@@ -28,6 +28,7 @@ mod render;
 mod runner;
 pub mod state;
 mod webhooks;
+mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ use cloudci_gitlab::types::Status;
 pub use faults::{FaultSpec, Faults};
 pub use render::VERSION;
 pub use webhooks::sign;
+pub use wire::{RequestCounts, RouteCount};
 
 use crate::git::{MergeOutcome, Repo};
 use crate::render::Render;
@@ -113,6 +115,8 @@ pub(crate) struct Shared {
     pub(crate) runner_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) http: reqwest::Client,
     pub(crate) work_dir: PathBuf,
+    /// Requests and bytes answered per route (`/-/sim/requests`).
+    pub(crate) counter: wire::Counter,
 }
 
 impl Shared {
@@ -415,6 +419,7 @@ impl Sim {
             runner_slots: Arc::new(tokio::sync::Semaphore::new(config.runners.max(1))),
             http,
             work_dir,
+            counter: wire::Counter::default(),
         });
         let mut tasks = Vec::new();
         for (id, repo) in watched {
@@ -437,6 +442,17 @@ impl Sim {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Requests answered and bytes sent per API route since the start or the last
+    /// [`Sim::reset_requests`] (also `GET /-/sim/requests`, which GitLab does not have).
+    pub fn requests(&self) -> RequestCounts {
+        self.shared.counter.snapshot()
+    }
+
+    /// Starts the request counts again from zero (also `DELETE /-/sim/requests`).
+    pub fn reset_requests(&self) {
+        self.shared.counter.reset();
     }
 
     /// Moves every logged delivery of hook `hook_id` `by` into the past, as if the sim had been

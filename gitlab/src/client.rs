@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
-use reqwest::header::{HeaderMap, HeaderValue, LINK, LOCATION};
+use reqwest::header::{HeaderMap, LINK, LOCATION};
 use reqwest::{Method, Response, StatusCode};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
@@ -184,8 +184,6 @@ pub(crate) struct Request {
     body: Option<serde_json::Value>,
     headers: HeaderMap,
     idempotency: Idempotency,
-    /// Statuses besides 2xx handed to the caller instead of becoming errors (416 for logs).
-    pass_through: &'static [u16],
     /// Apply the per-call timeout (off for downloads, which are bounded per read instead).
     whole_timeout: bool,
 }
@@ -206,7 +204,6 @@ impl Request {
             body: None,
             headers: HeaderMap::new(),
             idempotency,
-            pass_through: &[],
             whole_timeout: true,
         }
     }
@@ -243,16 +240,6 @@ impl Request {
         let value = serde_json::to_value(body).map_err(|e| Error::Config(format!("cannot encode request: {e}")))?;
         self.body = Some(value);
         Ok(self)
-    }
-
-    pub(crate) fn header(mut self, name: &'static str, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
-        self
-    }
-
-    pub(crate) fn pass_through(mut self, statuses: &'static [u16]) -> Self {
-        self.pass_through = statuses;
-        self
     }
 
     pub(crate) fn streaming(mut self) -> Self {
@@ -295,8 +282,7 @@ impl Gitlab {
         url.origin() == self.inner.base.origin()
     }
 
-    /// Sends `req`, retrying as the policy allows, and returns a successful response (2xx or one of
-    /// `req.pass_through`).
+    /// Sends `req`, retrying as the policy allows, and returns a successful (2xx) response.
     pub(crate) async fn send(&self, req: &Request) -> Result<Response, Error> {
         let endpoint = req.endpoint();
         let url = self.url_for(req)?;
@@ -350,7 +336,7 @@ impl Gitlab {
             Err(other) => return Attempt::Fail(other),
         };
         let status = resp.status();
-        if status.is_success() || req.pass_through.contains(&status.as_u16()) {
+        if status.is_success() {
             return Attempt::Done(resp);
         }
         if status == StatusCode::TOO_MANY_REQUESTS {

@@ -2,7 +2,6 @@ use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use reqwest::header::{CONTENT_RANGE, HeaderValue};
 
 use super::project_path;
 use crate::client::Request;
@@ -87,10 +86,12 @@ impl Gitlab {
 
     /// The log after byte `offset`, for following a running job.
     ///
-    /// Asks with `Range: bytes=<offset>-`. A server that honours it answers 206 with only the new
-    /// bytes (or 416 when there are none). GitLab's own endpoint (gitlab.com included) ignores
-    /// `Range` and answers 200 with the whole log, since the API handler sends `build.trace.raw`
-    /// as one body; then the bytes before `offset` are skipped as they arrive and not kept.
+    /// GitLab's trace endpoint (gitlab.com included) ignores `Range` and answers 200 with the
+    /// whole log, as the API handler sends `build.trace.raw` as one body; so no `Range` is sent
+    /// (reqwest would then also stop asking for a compressed answer, and GitLab's nginx gzips
+    /// `text/plain`, which is what makes reading a growing log again cheap). The bytes before
+    /// `offset` are dropped here. A log shorter than `offset` (the job was retried or erased) is
+    /// returned whole with `reset`, from the same read.
     pub async fn job_trace_from(
         &self,
         project: impl Into<ProjectRef>,
@@ -98,67 +99,21 @@ impl Gitlab {
         offset: u64,
     ) -> Result<TraceChunk, Error> {
         let path = format!("{}/jobs/{id}/trace", project_path(&project.into()));
-        let chunk = self.trace_after(&path, offset).await?;
-        match chunk {
-            // The log is shorter than what was already read: the job was retried or erased. Read
-            // the new log from its start (only in this rare case are bytes fetched twice).
-            None => Ok(TraceChunk { reset: true, ..self.trace_after(&path, 0).await?.unwrap_or_default() }),
-            Some(chunk) => Ok(chunk),
-        }
-    }
-
-    /// `None` when the log is shorter than `offset`.
-    async fn trace_after(&self, path: &str, offset: u64) -> Result<Option<TraceChunk>, Error> {
-        let mut req = Request::get(path).pass_through(&[416]).streaming();
-        if offset > 0 {
-            let range = HeaderValue::from_str(&format!("bytes={offset}-")).map_err(|e| Error::Config(e.to_string()))?;
-            req = req.header("range", range);
-        }
+        let req = Request::get(&path).streaming();
         let mut resp = self.send(&req).await?;
         let url = resp.url().clone();
-        let endpoint = || format!("GET /{path}");
-        match resp.status().as_u16() {
-            // Nothing after `offset` (a server may also say so when the log shrank; the next
-            // read after a retry shows the new log through the 200 path or a smaller range).
-            416 => Ok(Some(TraceChunk { data: Bytes::new(), next_offset: offset, reset: false })),
-            206 => {
-                let start = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if start != Some(offset) {
-                    return Err(Error::Decode {
-                        endpoint: endpoint(),
-                        path: "Content-Range".into(),
-                        message: format!("asked for bytes from {offset}, got a range starting at {start:?}"),
-                    });
-                }
-                let data = self.body(&req, resp).await?;
-                Ok(Some(TraceChunk { next_offset: offset + data.len() as u64, data, reset: false }))
-            }
-            _ => {
-                // The whole log: skip the first `offset` bytes as they stream past.
-                let mut seen = 0u64;
-                let mut fresh = Vec::new();
-                while let Some(chunk) =
-                    resp.chunk().await.map_err(|source| Error::transport(endpoint(), &url, source))?
-                {
-                    let chunk_start = seen;
-                    seen += chunk.len() as u64;
-                    if seen > offset {
-                        let from = usize::try_from(offset.saturating_sub(chunk_start)).unwrap_or(chunk.len());
-                        fresh.extend_from_slice(&chunk[from..]);
-                    }
-                }
-                if seen < offset {
-                    return Ok(None);
-                }
-                Ok(Some(TraceChunk { next_offset: seen, data: Bytes::from(fresh), reset: false }))
-            }
+        let mut log = Vec::new();
+        while let Some(chunk) =
+            resp.chunk().await.map_err(|source| Error::transport(format!("GET /{path}"), &url, source))?
+        {
+            log.extend_from_slice(&chunk);
         }
+        let len = log.len() as u64;
+        if len < offset {
+            return Ok(TraceChunk { data: Bytes::from(log), next_offset: len, reset: true });
+        }
+        let from = usize::try_from(offset).unwrap_or(log.len());
+        Ok(TraceChunk { data: Bytes::copy_from_slice(&log[from..]), next_offset: len, reset: false })
     }
 
     /// `GET /projects/:id/jobs/:job_id/artifacts`: streams the job's artifact archive (a zip) into
