@@ -9,7 +9,8 @@ use std::time::Duration;
 use cloudci_gitlab::types::{CreatePipeline, Status};
 use common::*;
 
-const LOG_CI: &str = "log:\n  script:\n    - for i in $(seq 1 2000); do echo \"CC src/module_$i.c -> build/module_$i.o\"; done\n";
+const LOG_CI: &str =
+    "log:\n  script:\n    - for i in $(seq 1 2000); do echo \"CC src/module_$i.c -> build/module_$i.o\"; done\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_are_gzipped_for_clients_that_ask_and_range_is_ignored() {
@@ -17,19 +18,14 @@ async fn traces_are_gzipped_for_clients_that_ask_and_range_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let repo = repo_with(dir.path(), &[(".gitlab-ci.yml", LOG_CI)]);
     let sim = start_sim(&repo, "").await;
-    let gitlab = cloudci_gitlab::Gitlab::builder(sim.url())
-        .private_token(secrecy::SecretString::from(TOKEN))
-        .build()
-        .unwrap();
+    let gitlab =
+        cloudci_gitlab::Gitlab::builder(sim.url()).private_token(secrecy::SecretString::from(TOKEN)).build().unwrap();
     let p = gitlab.create_pipeline("acme/firmware", &CreatePipeline::new("main")).await.unwrap();
     let job = eventually(Duration::from_secs(30), || async {
-        let jobs: Vec<_> = futures_util::TryStreamExt::try_collect(gitlab.pipeline_jobs(
-            "acme/firmware",
-            p.id,
-            &Default::default(),
-        ))
-        .await
-        .unwrap();
+        let jobs: Vec<_> =
+            futures_util::TryStreamExt::try_collect(gitlab.pipeline_jobs("acme/firmware", p.id, &Default::default()))
+                .await
+                .unwrap();
         jobs.into_iter().find(|j| j.status == Status::Success)
     })
     .await;
