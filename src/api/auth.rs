@@ -81,13 +81,15 @@ pub fn parse_duration(raw: &str) -> Result<Duration, BadDuration> {
     let (num, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
     let n: u64 =
         num.parse().map_err(|_| BadDuration(format!("{raw:?} is not a duration like 90s, 15m, 12h or 30d")))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let per = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(BadDuration(format!("{raw:?}: unknown unit {unit:?} (use s, m, h or d)"))),
     };
+    // Found by fuzzing: `33333333333333390d` overflowed (a panic in debug builds).
+    let secs = n.checked_mul(per).ok_or_else(|| BadDuration(format!("{raw:?} is too long a duration")))?;
     if secs == 0 {
         return Err(BadDuration("a duration must be more than 0".into()));
     }
@@ -121,5 +123,6 @@ mod tests {
         assert_eq!(parse_duration("15m").unwrap().as_secs(), 900);
         assert_eq!(parse_duration("2d").unwrap().as_secs(), 172_800);
         assert!(parse_duration("1w").is_err() && parse_duration("0").is_err() && parse_duration("x").is_err());
+        assert!(parse_duration("33333333333333390d").is_err());
     }
 }

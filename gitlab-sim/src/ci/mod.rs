@@ -369,7 +369,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         }
     }
     flush(&mut num, &mut unit, &mut total, &mut any)?;
-    any.then(|| Duration::from_secs_f64(total))
+    // `try_`: a duration past `Duration::MAX` (`999999999999 years`) is not one, not a panic.
+    any.then(|| Duration::try_from_secs_f64(total).ok()).flatten()
 }
 
 #[cfg(test)]

@@ -440,4 +440,5 @@ fn durations() {
     assert_eq!(parse_duration("2 hours 5 min"), Some(std::time::Duration::from_secs(7500)));
     assert_eq!(parse_duration("1 day"), Some(std::time::Duration::from_secs(86400)));
     assert_eq!(parse_duration("soon"), None);
+    assert_eq!(parse_duration("999999999999 years"), None);
 }
