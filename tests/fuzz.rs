@@ -30,11 +30,51 @@ impl Rng {
 
 /// Tokens the parsers care about, spliced in whole: mutations that flip bytes rarely make them.
 const DICTIONARY: &[&[u8]] = &[
-    b"\"", b"{", b"}", b"[", b"]", b":", b",", b"null", b"-1", b"0", b"18446744073709551616", b"1e999",
-    b"99999999999999999999", b"\\u0000", b"\xff\xfe", b"\n", b"=", b"&", b"%", b"%ff", b"v1,", b"whsec_",
-    b"Bearer ", b"\"status\":", b"\"builds\":[", b"\"id\":", b"since=", b"pipeline=", b"project=", b"[projects.",
-    b"[targets.", b"jobs = [", b"extends:", b"include:", b"rules:\n  - if: ", b"needs:", b"parallel:\n    matrix:",
-    b"!reference [", b"timeout: ", b"999999999999 years", b"*anchor", b"&anchor ", b"<<: *", b"${CI_", b"=~ /",
+    b"\"",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b":",
+    b",",
+    b"null",
+    b"-1",
+    b"0",
+    b"18446744073709551616",
+    b"1e999",
+    b"99999999999999999999",
+    b"\\u0000",
+    b"\xff\xfe",
+    b"\n",
+    b"=",
+    b"&",
+    b"%",
+    b"%ff",
+    b"v1,",
+    b"whsec_",
+    b"Bearer ",
+    b"\"status\":",
+    b"\"builds\":[",
+    b"\"id\":",
+    b"since=",
+    b"pipeline=",
+    b"project=",
+    b"[projects.",
+    b"[targets.",
+    b"jobs = [",
+    b"extends:",
+    b"include:",
+    b"rules:\n  - if: ",
+    b"needs:",
+    b"parallel:\n    matrix:",
+    b"!reference [",
+    b"timeout: ",
+    b"999999999999 years",
+    b"*anchor",
+    b"&anchor ",
+    b"<<: *",
+    b"${CI_",
+    b"=~ /",
 ];
 
 fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>]) {
@@ -92,20 +132,26 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>]) {
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     files.iter().map(|f| std::fs::read(f).unwrap()).collect()
 }
 
 /// Runs `input` through `target`; on a panic, keeps the input and fails naming it.
-fn run_one(name: &str, target: fn(&[u8]), input: &[u8], n: usize) {
+fn run_one(name: &str, target: targets::Target, input: &[u8], n: usize) {
     if std::panic::catch_unwind(|| target(input)).is_err() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-failures");
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join(format!("{name}-{n}"));
         std::fs::write(&file, input).unwrap();
-        panic!("fuzz target {name} failed on input {n}, kept in {} ({:?})", file.display(), String::from_utf8_lossy(input));
+        panic!(
+            "fuzz target {name} failed on input {n}, kept in {} ({:?})",
+            file.display(),
+            String::from_utf8_lossy(input)
+        );
     }
 }
 
@@ -120,7 +166,8 @@ fn short_run(name: &str) {
     let runs: usize = std::env::var("CLOUDCI_FUZZ_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
     let seed: u64 = std::env::var("CLOUDCI_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
     // A different stream per target, all from one seed.
-    let mut rng = Rng(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x1b3)) | 1);
+    let mut rng =
+        Rng(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x1b3)) | 1);
     // Bounds the time on a loaded machine; the inputs stay the same, only fewer may run.
     let budget = Duration::from_secs(8);
     let started = Instant::now();

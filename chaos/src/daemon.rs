@@ -168,6 +168,11 @@ impl Serve {
         }
     }
 
+    /// The running process's id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(tokio::process::Child::id)
+    }
+
     /// `kill -SIG pid` (`STOP`, `CONT`, `TERM`, ...).
     pub(crate) fn signal(&self, sig: &str) {
         if let Some(pid) = self.child.as_ref().and_then(tokio::process::Child::id) {

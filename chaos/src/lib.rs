@@ -18,10 +18,16 @@
 //! - `subscriber`: the SSE client that records every event and reconnects.
 //! - `analysis`: the comparison with the sim's truth, and the failure list.
 //! - [`Report`]: the figures, printable for people ([`std::fmt::Display`]) or as JSON.
+//! - [`soak`]: the other instrument — `serve` for an hour under steady load, its memory, file
+//!   descriptors, database size and ingest latency sampled over time (`soak_load`: the load,
+//!   `probe`: `/proc` and the state directory).
 
 mod analysis;
 mod daemon;
+mod probe;
 mod sim_api;
+pub mod soak;
+mod soak_load;
 mod subscriber;
 
 use std::path::PathBuf;

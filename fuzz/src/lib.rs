@@ -23,8 +23,11 @@ use cloudci_webhook::{Hub, Store};
 use secrecy::SecretString;
 use tower::ServiceExt;
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as `cargo fuzz` and the corpus directories name them.
-pub const TARGETS: [(&str, fn(&[u8])); 5] =
+pub const TARGETS: [(&str, Target); 5] =
     [("webhook", webhook), ("verify", verify), ("sse", sse), ("config", config), ("ci", ci)];
 
 /// Splits `data` into at most `n` newline-separated fields; the last one keeps the rest.
@@ -57,8 +60,12 @@ pub fn webhook(data: &[u8]) {
         Err(e) => Err(e.to_string()),
     };
     let store = Store::in_memory().expect("an in-memory store opens");
-    let delivery =
-        NewDelivery { dedup_key: "key:fuzz".into(), event: event.to_owned(), headers: "{}".into(), body: body.to_vec() };
+    let delivery = NewDelivery {
+        dedup_key: "key:fuzz".into(),
+        event: event.to_owned(),
+        headers: "{}".into(),
+        body: body.to_vec(),
+    };
     // A store error here would answer 503 to every copy GitLab retries: a finding, like a panic.
     store.ingest(vec![Incoming { delivery, observations }]).expect("a parsed delivery is stored");
 }
