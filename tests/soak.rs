@@ -41,4 +41,6 @@ async fn serve_under_steady_load_keeps_fds_and_memory_bounded() {
         report.rss_warm_kib,
         report.rss_end_kib
     );
+    // Kept when an assertion failed (the messages name it); removed when all held.
+    let _ = std::fs::remove_dir_all(&report.dir);
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use cloudci::api::auth::TokenKeys;
 use cloudci_gitlab::webhook::{WebhookEvent, WebhookParseError};
-use cloudci_webhook::auth::TokenKeys;
 use cloudci_webhook::events::{EventSource, observe};
 use cloudci_webhook::store::{Incoming, NewDelivery};
 use cloudci_webhook::verify::{DeliveryHeaders, HookSecrets, sign};
@@ -125,7 +125,7 @@ fn local() -> &'static Local {
         let store = Arc::new(Store::in_memory().expect("an in-memory store opens"));
         let keys = TokenKeys::new(&SecretString::from("fuzz-secret-fuzz-secret-fuzz-secret!"));
         let token = keys.issue("fuzz", vec!["group/app".into()], Duration::from_secs(3600));
-        let router = cloudci_webhook::sse::router(cloudci_webhook::sse::EventsState { hub: Hub::new(store), keys });
+        let router = cloudci::api::sse::router(cloudci::api::sse::EventsState { hub: Hub::new(store), keys });
         Local { runtime, router, token }
     })
 }
@@ -171,7 +171,7 @@ pub fn config(data: &[u8]) {
             let _ = target.selector();
         }
     }
-    let _ = cloudci_webhook::auth::parse_duration(&text);
+    let _ = cloudci::api::auth::parse_duration(&text);
 }
 
 /// gitlab-sim's `.gitlab-ci.yml` reader (lossy UTF-8): compose, check and populate a pipeline;
