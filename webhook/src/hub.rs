@@ -11,12 +11,22 @@
 //! unfiltered SSE subscriber writes the very same bytes as every other one, without a copy.
 //! [`Hub::subscribe_frames`] hands out everything a subscriber has pending as one buffer (one
 //! write); [`Hub::subscribe`] hands in-process subscribers the events themselves.
+//!
+//! # Retention and resync
+//! The hub knows where each connected subscriber stands ([`Hub::oldest_subscriber`]): retention
+//! keeps every event above the oldest position. A subscriber of [`Hub::subscribe_frames`] that
+//! resumes from an id at or below [`Store::removed_through`] may have missed removed events: it
+//! first gets a `resync` frame (`id:` the log's last seq, `data:` why, see [`Resync`]), then the
+//! latest event of each pipeline, job and merge request still known ([`Store::snapshot`], frames
+//! without `id:` so a client's last id stays the resync's), then live events after that seq.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
+use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::events::BuildEvent;
@@ -89,18 +99,86 @@ pub fn frame(e: &BuildEvent) -> Bytes {
     f.freeze()
 }
 
+/// What a `resync` frame says: the subscriber asked for events some of which retention removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resync {
+    /// Why, in words.
+    pub reason: String,
+    /// The id the subscriber resumed from.
+    pub requested: u64,
+    /// Events at or below this id may have been removed; all above it are kept.
+    pub removed_through: u64,
+    /// The log's last id when the snapshot was taken: live events follow from after it.
+    pub last_seq: u64,
+    /// How many snapshot events follow this frame.
+    pub snapshot: usize,
+}
+
+/// The `resync` frame, then the snapshot's events without `id:` lines.
+fn resync_frames(resync: &Resync, snapshot: &[BuildEvent]) -> Bytes {
+    let mut f = BytesMut::new();
+    f.extend_from_slice(format!("id: {}\nevent: resync\ndata: ", resync.last_seq).as_bytes());
+    f.extend_from_slice(&serde_json::to_vec(resync).unwrap_or_else(|_| b"{}".to_vec()));
+    f.extend_from_slice(b"\n\n");
+    for e in snapshot {
+        f.extend_from_slice(b"event: ");
+        f.extend_from_slice(e.kind.as_str().as_bytes());
+        f.extend_from_slice(b"\ndata: ");
+        f.extend_from_slice(&serde_json::to_vec(e).unwrap_or_else(|_| b"{}".to_vec()));
+        f.extend_from_slice(b"\n\n");
+    }
+    f.freeze()
+}
+
+/// Where each connected subscriber stands (the last seq it was handed), for retention.
+#[derive(Debug, Default)]
+struct Positions {
+    next: u64,
+    at: HashMap<u64, Arc<AtomicU64>>,
+}
+
+/// A subscriber's entry in [`Positions`], removed when the subscriber is dropped.
+struct Registration {
+    id: u64,
+    at: Arc<AtomicU64>,
+    positions: Arc<Mutex<Positions>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.positions.lock().unwrap_or_else(|e| e.into_inner()).at.remove(&self.id);
+    }
+}
+
 /// The fan-out hub.
 #[derive(Debug, Clone)]
 pub struct Hub {
     store: Arc<Store>,
     live: broadcast::Sender<Arc<Batch>>,
+    positions: Arc<Mutex<Positions>>,
 }
 
 impl Hub {
     /// A hub over `store`'s event log.
     pub fn new(store: Arc<Store>) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        Self { store, live }
+        Self { store, live, positions: Arc::default() }
+    }
+
+    /// The position (last seq handed out) of the connected subscriber furthest behind; `None`
+    /// when none is connected. Retention keeps every event above it.
+    pub fn oldest_subscriber(&self) -> Option<u64> {
+        let positions = self.positions.lock().unwrap_or_else(|e| e.into_inner());
+        positions.at.values().map(|a| a.load(Ordering::Acquire)).min()
+    }
+
+    fn register(&self, at: u64) -> Registration {
+        let at = Arc::new(AtomicU64::new(at));
+        let mut positions = self.positions.lock().unwrap_or_else(|e| e.into_inner());
+        positions.next += 1;
+        let id = positions.next;
+        positions.at.insert(id, at.clone());
+        Registration { id, at, positions: self.positions.clone() }
     }
 
     /// The store behind it.
@@ -133,7 +211,9 @@ impl Hub {
         let store = self.store.clone();
         let last = after.or_else(|| store.last_seq().ok());
         let everything = filter == EventFilter::default();
-        Sub { store, rx, filter, everything, last, catch_up: true }
+        // Unknown start: hold everything until it is known.
+        let reg = self.register(last.unwrap_or(0));
+        Sub { store, rx, filter, everything, last, catch_up: true, reg }
     }
 
     /// Events passing `filter`, starting after `after` (a `Last-Event-ID`), or with what happens
@@ -168,11 +248,19 @@ impl Hub {
         filter: EventFilter,
         after: Option<u64>,
     ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static + use<> {
-        futures_util::stream::unfold(self.sub(filter, after), |mut sub| async move {
+        futures_util::stream::unfold((self.sub(filter, after), after), |(mut sub, resume)| async move {
+            if let Some(requested) = resume {
+                match sub.resync(requested).await {
+                    Ok(Some(bytes)) => return Some((Ok(bytes), (sub, None))),
+                    Ok(None) => {}
+                    Err(err) => return Some((Err(err), (sub, None))),
+                }
+            }
+            let mut sub = sub;
             loop {
                 let chunk = match sub.next_chunk().await {
                     Ok(c) => c,
-                    Err(err) => return Some((Err(err), sub)),
+                    Err(err) => return Some((Err(err), (sub, None))),
                 };
                 let mut out = Frames::Empty;
                 sub.append(&mut out, chunk);
@@ -181,7 +269,7 @@ impl Hub {
                     sub.append(&mut out, more);
                 }
                 if let Some(bytes) = out.finish() {
-                    return Some((Ok(bytes), sub));
+                    return Some((Ok(bytes), (sub, None)));
                 }
             }
         })
@@ -239,9 +327,46 @@ struct Sub {
     last: Option<u64>,
     /// Read the log before waiting for live events (at the start, after a gap or an overflow).
     catch_up: bool,
+    /// Its position, for retention.
+    reg: Registration,
 }
 
 impl Sub {
+    fn set_last(&mut self, last: u64) {
+        self.last = Some(last);
+        self.reg.at.store(last, Ordering::Release);
+    }
+
+    /// When retention may have removed events after `requested`: the `resync` frame and the
+    /// snapshot, and the subscriber moved to the log's last seq.
+    async fn resync(&mut self, requested: u64) -> Result<Option<Bytes>, StoreError> {
+        let store = self.store.clone();
+        let filter = self.filter.clone();
+        let found = blocking(move || {
+            let removed_through = store.removed_through()?;
+            if requested >= removed_through {
+                return Ok(None);
+            }
+            let last_seq = store.last_seq()?;
+            let snapshot = store.snapshot(&filter, last_seq)?;
+            Ok(Some((removed_through, last_seq, snapshot)))
+        })
+        .await?;
+        let Some((removed_through, last_seq, snapshot)) = found else { return Ok(None) };
+        let resync = Resync {
+            reason: format!(
+                "events after {requested} up to {removed_through} may have been removed by retention; \
+                 the latest known event of each pipeline, job and merge request follows, then live events after {last_seq}"
+            ),
+            requested,
+            removed_through,
+            last_seq,
+            snapshot: snapshot.len(),
+        };
+        self.set_last(last_seq);
+        Ok(Some(resync_frames(&resync, &snapshot)))
+    }
+
     /// The next events to hand out, waiting for them.
     async fn next_chunk(&mut self) -> Result<Chunk, StoreError> {
         let mut last = match self.last {
@@ -249,7 +374,7 @@ impl Sub {
             None => {
                 let store = self.store.clone();
                 let now = blocking(move || store.last_seq()).await?;
-                self.last = Some(now);
+                self.set_last(now);
                 now
             }
         };
@@ -261,7 +386,7 @@ impl Sub {
                     blocking(move || store.events_after(last, None, &filter, CATCH_UP_BATCH)).await?;
                 if examined > last {
                     last = examined;
-                    self.last = Some(last);
+                    self.set_last(last);
                     if !batch.is_empty() {
                         return Ok(Chunk::Logged(batch));
                     }
@@ -311,7 +436,7 @@ impl Sub {
             self.catch_up = true;
             return None;
         }
-        self.last = Some(batch.last_seq());
+        self.set_last(batch.last_seq());
         let from = (last + 1 - batch.first_seq()) as usize;
         Some(Chunk::Live(batch, from))
     }

@@ -6,6 +6,8 @@
 //!   that turns stored deliveries into events.
 //! - [`verify`]: path secret, `X-Gitlab-Token` (with rotation), GitLab 19 `webhook-signature`.
 //! - [`store`]: SQLite (WAL): raw deliveries, the event log, pipeline and job state.
+//! - [`retention`]: removing old deliveries and events in small batches, never what an
+//!   unfinished pipeline or a connected subscriber still needs.
 //! - [`tracker`]: the state machine that never moves a status backwards.
 //! - [`events`]: the event type subscribers receive, and delivery → events.
 //! - [`ingest`]: group commit — deliveries arriving together share one transaction and fsync.
@@ -22,6 +24,7 @@ pub mod hub;
 pub mod ingest;
 pub mod receiver;
 pub mod reconcile;
+pub mod retention;
 pub mod secrets;
 pub mod store;
 pub mod tracker;

@@ -191,6 +191,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // 1 after a retry, until the reconciler read the finished pipeline with its retried
     // attempts: an attempt nobody heard of (GitLab lists only the newest in hooks) is found so.
     ("pipelines", "reread", "INTEGER NOT NULL DEFAULT 0"),
+    // When the event was logged (Unix milliseconds), for retention; rows logged before it was
+    // kept are given the time of the migration (their age is unknown; they are kept longest).
+    ("events", "logged_at", "INTEGER"),
 ];
 
 fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
@@ -202,9 +205,13 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
         )?;
         if !present {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+            if (*table, *column) == ("events", "logged_at") {
+                conn.execute("UPDATE events SET logged_at = ?1 WHERE logged_at IS NULL", [crate::retention::now_ms()])?;
+            }
         }
     }
-    conn.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (pipeline_id, name)")
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (pipeline_id, name)")?;
+    crate::retention::init(conn)
 }
 
 impl Store {
@@ -230,7 +237,7 @@ impl Store {
         Ok(Self { conn: Mutex::new(conn) })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -409,9 +416,14 @@ impl Store {
         Ok((out, last))
     }
 
-    /// The newest seq in the log (0 when empty).
+    /// The newest seq ever logged (0 when none was), also when retention removed it: seqs come
+    /// from `AUTOINCREMENT`, whose counter SQLite keeps in `sqlite_sequence`.
     pub fn last_seq(&self) -> Result<u64, StoreError> {
-        let seq: Option<i64> = self.conn().query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+        let seq: Option<i64> = self.conn().query_row(
+            "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM events UNION ALL SELECT seq FROM sqlite_sequence WHERE name = 'events')",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(seq.unwrap_or(0) as u64)
     }
 
@@ -669,7 +681,7 @@ fn apply(
         let data = serde_json::to_string(&event).unwrap_or_default();
         exec(
             tx,
-            "INSERT INTO events (delivery_id, kind, project_id, project, git_ref, pipeline_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO events (delivery_id, kind, project_id, project, git_ref, pipeline_id, data, logged_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 delivery_id,
                 event.kind.as_str(),
@@ -677,7 +689,8 @@ fn apply(
                 event.project,
                 event.git_ref,
                 event.pipeline_id.map(|p| p as i64),
-                data
+                data,
+                crate::retention::now_ms()
             ],
         )?;
         event.seq = tx.last_insert_rowid() as u64;

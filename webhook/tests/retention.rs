@@ -1,0 +1,192 @@
+//! Retention of the event store: what a pass removes and what it must keep (an unfinished
+//! pipeline, an unfinished build's pipeline, a connected laggard's unread events), a dry run that
+//! removes nothing and reports the same, and the `resync` a subscriber gets when it resumes from
+//! before what was removed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cloudci_webhook::events::Observation;
+use cloudci_webhook::retention::{Keep, StorePolicy, now_ms};
+use cloudci_webhook::store::{Incoming, NewDelivery};
+use cloudci_webhook::{BuildEvent, Durability, EventFilter, EventKind, EventSource, Hub, Store};
+use futures_util::StreamExt;
+
+const DAY_MS: i64 = 86_400_000;
+
+fn obs(kind: EventKind, pipeline: u64, job: Option<u64>, status: &str) -> Observation {
+    let mut e = BuildEvent::new(kind, 1, "Pipeline Hook", EventSource::Webhook);
+    e.project = Some("acme/fw".into());
+    e.pipeline_id = Some(pipeline);
+    e.job_id = job;
+    e.job_name = job.map(|j| format!("job{j}"));
+    e.status = Some(status.into());
+    Observation { event: e, max_job_id: job.unwrap_or(0) }
+}
+
+fn deliver(store: &Store, key: &str, observations: Vec<Observation>) -> Vec<BuildEvent> {
+    let delivery = NewDelivery {
+        dedup_key: key.into(),
+        event: "Pipeline Hook".into(),
+        headers: "{}".into(),
+        body: vec![b'x'; 1000],
+    };
+    store.ingest(vec![Incoming { delivery, observations: Ok(observations) }]).unwrap().events
+}
+
+/// Pipeline 1 finished, 2 running, 3 finished but followed by an unfinished build; then a push.
+fn fill(store: &Store) -> u64 {
+    for (p, job) in [(1, 10), (2, 20), (3, 30)] {
+        deliver(
+            store,
+            &format!("{p}-a"),
+            vec![obs(EventKind::Job, p, Some(job), "running"), obs(EventKind::Pipeline, p, None, "running")],
+        );
+    }
+    deliver(
+        store,
+        "1-b",
+        vec![obs(EventKind::Job, 1, Some(10), "success"), obs(EventKind::Pipeline, 1, None, "success")],
+    );
+    deliver(
+        store,
+        "3-b",
+        vec![obs(EventKind::Job, 3, Some(30), "success"), obs(EventKind::Pipeline, 3, None, "success")],
+    );
+    let mut push = obs(EventKind::Push, 0, None, "pushed");
+    push.event.pipeline_id = None;
+    deliver(store, "push", vec![push]).last().unwrap().seq
+}
+
+fn seqs(store: &Store) -> Vec<(u64, Option<u64>)> {
+    let (events, _) = store.events_after(0, None, &EventFilter::default(), 10_000).unwrap();
+    events.iter().map(|e| (e.seq, e.pipeline_id)).collect()
+}
+
+#[test]
+fn a_pass_removes_only_what_it_may_and_a_dry_run_says_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("e.db"), Durability::Normal).unwrap();
+    let last = fill(&store);
+    // Stored, never processed: the processor still needs it.
+    store
+        .insert_delivery(&NewDelivery {
+            dedup_key: "pending".into(),
+            event: "Job Hook".into(),
+            headers: "{}".into(),
+            body: b"{}".to_vec(),
+        })
+        .unwrap();
+    let policy = StorePolicy { batch: 2, ..StorePolicy::default() };
+    let keep = Keep { pipelines: vec![3], subscribers_at: None };
+    let later = now_ms() + 40 * DAY_MS;
+
+    // Nothing is old yet.
+    let now = store.gc(&policy, &keep, now_ms(), false).unwrap();
+    assert_eq!((now.deliveries.count, now.events.count, now.pipelines.count), (0, 0, 0));
+
+    let before = seqs(&store);
+    let dry = store.gc(&policy, &keep, later, true).unwrap();
+    assert_eq!(seqs(&store), before, "a dry run removed something");
+    assert_eq!(store.removed_through().unwrap(), 0);
+    // Six processed deliveries of 1,000 bytes (and their keys, headers); not the pending one.
+    assert_eq!(dry.deliveries.count, 6);
+    assert!(dry.deliveries.bytes >= 6000);
+    // Pipeline 1's four events and the push.
+    assert_eq!(dry.events.count, 5);
+    assert_eq!((dry.pipelines.count, dry.jobs.count), (1, 1));
+
+    let real = store.gc(&policy, &keep, later, false).unwrap();
+    assert_eq!(real, dry, "the pass removed something else than the dry run reported");
+    let left = seqs(&store);
+    assert!(left.iter().all(|(_, p)| matches!(p, Some(2 | 3))), "{left:?}");
+    assert_eq!(left.len(), 6);
+    assert_eq!(store.removed_through().unwrap(), last);
+    assert_eq!(real.removed_through, last);
+    assert!(store.pending_deliveries(10).unwrap().iter().any(|d| d.event == "Job Hook"));
+    let statuses = store.pipeline_statuses(&[1, 2, 3]).unwrap();
+    assert!(!statuses.contains_key(&1) && statuses.contains_key(&2) && statuses.contains_key(&3));
+    // A second pass has nothing more to do.
+    let again = store.gc(&policy, &keep, later, false).unwrap();
+    assert_eq!((again.deliveries.count, again.events.count, again.pipelines.count), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_connected_laggard_keeps_what_it_has_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::new(Arc::new(Store::open(&dir.path().join("e.db"), Durability::Normal).unwrap()));
+    fill(hub.store());
+    assert_eq!(hub.oldest_subscriber(), None);
+    // Connected, resuming after event 2, and reading nothing.
+    let laggard = hub.subscribe_frames(EventFilter::default(), Some(2));
+    let reader = hub.subscribe_frames(EventFilter::default(), None);
+    assert_eq!(hub.oldest_subscriber(), Some(2));
+    let keep = Keep { pipelines: vec![], subscribers_at: hub.oldest_subscriber() };
+    let report = hub.store().gc(&StorePolicy::default(), &keep, now_ms() + 40 * DAY_MS, false).unwrap();
+    // Pipeline 1's first two events (seqs 1 and 2) only; its later ones are above the laggard.
+    assert_eq!(report.events.count, 2);
+    assert_eq!(report.pipelines.count, 0, "pipeline 1 still has events");
+    assert!(seqs(hub.store()).iter().all(|(s, _)| *s > 2));
+    drop((laggard, reader));
+    assert_eq!(hub.oldest_subscriber(), None);
+}
+
+async fn first_frame(
+    stream: impl futures_util::Stream<Item = Result<Bytes, cloudci_webhook::store::StoreError>>,
+) -> String {
+    let mut stream = Box::pin(stream);
+    let bytes = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("a frame").unwrap().unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn resuming_from_before_what_was_removed_gets_resync_and_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::new(Arc::new(Store::open(&dir.path().join("e.db"), Durability::Normal).unwrap()));
+    let last = fill(hub.store());
+    let keep = Keep { pipelines: vec![3], subscribers_at: None };
+    hub.store().gc(&StorePolicy::default(), &keep, now_ms() + 40 * DAY_MS, false).unwrap();
+    let removed_through = hub.store().removed_through().unwrap();
+    assert_eq!(removed_through, last);
+
+    let text = first_frame(hub.subscribe_frames(EventFilter::default(), Some(1))).await;
+    let mut frames = text.split("\n\n").filter(|f| !f.is_empty());
+    let resync = frames.next().unwrap();
+    assert!(resync.starts_with(&format!("id: {last}\nevent: resync\ndata: ")), "{resync}");
+    let data: serde_json::Value =
+        serde_json::from_str(resync.lines().nth(2).unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(data["requested"], 1);
+    assert_eq!(data["removed_through"], removed_through);
+    assert_eq!(data["last_seq"], last);
+    assert!(data["reason"].as_str().unwrap().contains("retention"));
+    // The state still known: pipelines 2 and 3 and their jobs (1's events are gone), latest each,
+    // without ids (the client's last id stays the resync's).
+    let rest: Vec<BuildEvent> = frames
+        .map(|f| {
+            assert!(!f.contains("id: "), "{f}");
+            serde_json::from_str(f.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap()
+        })
+        .collect();
+    assert_eq!(data["snapshot"], rest.len());
+    let mut got: Vec<(EventKind, Option<u64>, String)> =
+        rest.iter().map(|e| (e.kind, e.pipeline_id, e.status.clone().unwrap())).collect();
+    got.sort_by_key(|g| (g.1, g.0 == EventKind::Pipeline));
+    assert_eq!(
+        got,
+        [
+            (EventKind::Job, Some(2), "running".into()),
+            (EventKind::Pipeline, Some(2), "running".into()),
+            (EventKind::Job, Some(3), "success".into()),
+            (EventKind::Pipeline, Some(3), "success".into()),
+        ]
+    );
+
+    // From the newest id there is nothing missed: no resync, just what comes next.
+    let mut current = Box::pin(hub.subscribe_frames(EventFilter::default(), Some(last)));
+    let next = deliver(hub.store(), "2-b", vec![obs(EventKind::Pipeline, 2, None, "success")]);
+    hub.publish(next.clone());
+    let bytes = tokio::time::timeout(Duration::from_secs(5), current.next()).await.unwrap().unwrap().unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(text.starts_with(&format!("id: {}\nevent: pipeline\n", next[0].seq)), "{text}");
+}
