@@ -289,6 +289,11 @@ async fn build_log(
     let b = record(&s, &c, &id).await?;
     let (name, job) =
         b.pick_job(q.job.as_deref()).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()).field("job"))?;
+    if let Some(o) = &s.orchestrator
+        && let Some(answer) = local_log(o, &b, name, job, q.offset.unwrap_or(0)).await
+    {
+        return Ok(answer);
+    }
     let gitlab = gitlab(&s)?;
     let project = ProjectRef::parse(&b.gitlab);
     // Status first: whatever the job wrote before it ended is in the read that follows.
@@ -311,6 +316,66 @@ async fn build_log(
         chunk.data,
     )
         .into_response())
+}
+
+/// The log as this daemon has it: the saved file of a finished job, or the file its follower
+/// writes (one follower per job however many readers poll, reading GitLab at the log's pace;
+/// the job's status comes from the record, which webhooks keep current). `None`: ask GitLab
+/// (the follower gave up).
+async fn local_log(
+    o: &Orchestrator,
+    b: &BuildRecord,
+    name: &str,
+    job: &crate::builds::JobRecord,
+    offset: u64,
+) -> Option<Response> {
+    use cloudci_gitlab::types::Status;
+    let started = (job.status == Status::Running || job.status.is_completed()) && job.status != Status::Skipped;
+    let (path, complete) = match job.log.as_ref().map(PathBuf::from) {
+        Some(saved) if job.status.is_completed() && saved.exists() => (saved, true),
+        _ if started => {
+            let tail = o.tail(b, name, job.id, None);
+            // Read before the file: when it says done, the file holds the whole log.
+            let done = *tail.done.borrow();
+            match done {
+                Some(false) => return None,
+                done => (tail.path, done.is_some()),
+            }
+        }
+        // Not started (or skipped): no log yet, or none ever.
+        _ => return Some(log_answer(name, &job.status, Vec::new(), offset, false, job.status.is_completed())),
+    };
+    let log = tokio::fs::read(&path).await.unwrap_or_default();
+    let (data, reset) = match usize::try_from(offset).ok().filter(|&o| o <= log.len()) {
+        Some(from) => (log[from..].to_vec(), false),
+        // Shorter than what the reader has: a retried job's new log, from its start.
+        None => (log, true),
+    };
+    let next = if reset { data.len() as u64 } else { offset + data.len() as u64 };
+    Some(log_answer(name, &job.status, data, next, reset, complete))
+}
+
+fn log_answer(
+    name: &str,
+    status: &cloudci_gitlab::types::Status,
+    data: Vec<u8>,
+    next_offset: u64,
+    reset: bool,
+    complete: bool,
+) -> Response {
+    let header = header::HeaderName::from_static;
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (header("x-next-offset"), next_offset.to_string()),
+            (header("x-log-reset"), reset.to_string()),
+            (header("x-job"), name.to_owned()),
+            (header("x-job-status"), status.to_string()),
+            (header("x-log-complete"), complete.to_string()),
+        ],
+        data,
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,8 +94,10 @@ enum GitlabAction {
         /// Keep reading new output until the job finishes.
         #[arg(long, short)]
         follow: bool,
-        /// Seconds between reads when following.
-        #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+        /// The shortest wait between reads when following, in seconds: reads come this often
+        /// while the log grows and back off to 10 s while it is quiet (GitLab sends the whole
+        /// log each time, gzipped).
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
         interval: f64,
     },
     /// Download a job's artifact archive (a zip).
@@ -490,6 +492,7 @@ async fn follow_trace(
 ) -> Result<(), Failure> {
     let mut offset = 0;
     let mut out = std::io::stdout().lock();
+    let mut pace = crate::orchestrator::tail::Pace::new(interval, crate::orchestrator::tail::Pace::MAX);
     loop {
         // Read the status first: output written before the job ended is then surely in the read
         // that follows, so the last read after completion misses nothing.
@@ -504,7 +507,7 @@ async fn follow_trace(
         if finished {
             return Ok(());
         }
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(pace.after(!chunk.data.is_empty())).await;
     }
 }
 

@@ -3,17 +3,13 @@
 //! into events when webhooks are silent), and asks GitLab itself only to confirm a final status
 //! and as a long safety net. Without a daemon it polls GitLab, from 2–3 s backing off to 30 s.
 
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cloudci_gitlab::types::Status;
-use cloudci_gitlab::{Gitlab, JobFilter, JobId, PipelineId, ProjectRef};
+use cloudci_gitlab::{Gitlab, JobFilter, PipelineId, ProjectRef};
 use cloudci_webhook::{BuildEvent, EventFilter, EventKind, Hub};
 use futures_util::{Stream, StreamExt, TryStreamExt};
-
-use super::Reporter;
 
 /// Where live events come from.
 #[derive(Clone)]
@@ -195,56 +191,10 @@ impl Follower {
 }
 
 /// `wait` ± 20%, so many followers do not poll in step.
-fn jittered(wait: Duration) -> Duration {
+pub(super) fn jittered(wait: Duration) -> Duration {
     let spread = wait.as_millis() as u64 / 5;
     let offset = rand::random_range(0..=2 * spread.max(1));
     (wait + Duration::from_millis(offset)).saturating_sub(Duration::from_millis(spread))
-}
-
-/// Appends a running job's new output to `path` and reports it line by line, until the job ends.
-/// (GitLab's API sends the whole log on every read, so this is for watching, not the default.)
-pub async fn follow_log(
-    gitlab: Gitlab,
-    project: ProjectRef,
-    job: JobId,
-    path: PathBuf,
-    label: String,
-    reporter: Arc<dyn Reporter>,
-) {
-    use tokio::io::AsyncWriteExt;
-    if let Some(dir) = path.parent() {
-        let _ = tokio::fs::create_dir_all(dir).await;
-    }
-    let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await else { return };
-    let mut offset = 0;
-    let mut partial = String::new();
-    loop {
-        // Status first: output written before the job ended is in the read that follows.
-        let finished = match gitlab.job(project.clone(), job).await {
-            Ok(j) => j.status.is_completed(),
-            Err(e) => {
-                tracing::debug!("following a log: {e}");
-                true
-            }
-        };
-        if let Ok(chunk) = gitlab.job_trace_from(project.clone(), job, offset).await {
-            offset = chunk.next_offset;
-            let _ = file.write_all(&chunk.data).await;
-            partial.push_str(&String::from_utf8_lossy(&chunk.data));
-            while let Some(end) = partial.find('\n') {
-                let line: String = partial.drain(..=end).collect();
-                reporter.line(&label, line.trim_end());
-            }
-        }
-        if finished {
-            // The last line may have no newline (GitLab's footer usually has one).
-            if !partial.trim().is_empty() {
-                reporter.line(&label, partial.trim_end());
-            }
-            return;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
 }
 
 #[cfg(test)]

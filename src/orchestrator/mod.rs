@@ -11,6 +11,8 @@
 //! - [`records`]: the build store, step by step ([`Records`]).
 //! - [`run`]: carrying runs and builds: fresh, resumed after a restart, retried or canceled.
 //! - [`logs`]: per-run log folders.
+//! - [`tail`]: following running jobs' logs into their files ([`tail::Tails`]), read again at a
+//!   pace that follows the log's growth; the file followed is the file saved.
 //! - [`queue`]: at most `max_concurrent_pipelines` pipelines at once per GitLab; 429s hold it.
 
 pub mod actions;
@@ -24,6 +26,7 @@ pub mod records;
 pub mod run;
 pub mod skip;
 pub mod status;
+pub mod tail;
 pub mod targets;
 
 use std::collections::{BTreeMap, HashMap};
@@ -193,6 +196,8 @@ struct Inner {
     active: Mutex<HashMap<i64, bool>>,
     /// One lock per run and project: its after-success actions are done by one task at a time.
     projects: tokio::sync::Mutex<HashMap<(i64, String), ProjectLock>>,
+    /// The job logs followed in this process.
+    tails: tail::Tails,
 }
 
 impl Orchestrator {
@@ -221,6 +226,7 @@ impl Orchestrator {
                 queue: Queue::new(config.gitlab.max_concurrent_pipelines()),
                 active: Mutex::new(HashMap::new()),
                 projects: tokio::sync::Mutex::new(HashMap::new()),
+                tails: tail::Tails::default(),
             }),
         }
     }

@@ -6,13 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cloudci_gitlab::types::Status;
 use cloudci_gitlab::{JobFilter, PipelineId, ProjectRef};
 use futures_util::TryStreamExt;
 use tokio::sync::watch;
 
-use super::follow::{JobSeen, follow_log, settled};
+use super::follow::{JobSeen, settled};
 use super::queue::Slot;
 use super::{BuildStatus, Finished, Orchestrator, OrchestratorError, Plan, Started, actions, logs, targets};
 use crate::builds::{BuildRecord, BuildWork, JobRecord, NewBuild};
@@ -506,7 +507,8 @@ impl Orchestrator {
         let mut followed = std::collections::BTreeSet::new();
         let mut log_tasks = Vec::new();
         let mut running: BTreeMap<String, Status> = BTreeMap::new();
-        let (reporter, follow_logs, gitlab) = (&self.inner.reporter, self.inner.follow_logs, &self.inner.gitlab);
+        let (reporter, follow_logs, gitlab, this) =
+            (&self.inner.reporter, self.inner.follow_logs, &self.inner.gitlab, self);
         let mut on_job = |j: JobSeen| {
             // In a shared pipeline, only the target's own jobs.
             if !mine(&j.name) {
@@ -519,14 +521,9 @@ impl Orchestrator {
             reporter.state(label, BuildStatus::Running, (!now.is_empty()).then(|| now.join(", ")).as_deref());
             let started = j.status == Status::Running || j.status.is_completed();
             if follow_logs && started && j.id != 0 && followed.insert(j.id) {
-                log_tasks.push(tokio::spawn(follow_log(
-                    gitlab.clone(),
-                    project.clone(),
-                    cloudci_gitlab::JobId(j.id),
-                    dir.join(format!("{}.log", actions::sanitize(&j.name))),
-                    format!("{label} {}", j.name),
-                    reporter.clone(),
-                )));
+                let lines: Arc<dyn super::Reporter> = reporter.clone();
+                let tail = this.tail(&record, &j.name, j.id, Some((lines, format!("{label} {}", j.name))));
+                log_tasks.push(tail.done);
             }
             let _ = tx.send(j);
         };
@@ -545,8 +542,10 @@ impl Orchestrator {
         drop(slot);
         // Each followed log reads to its job's end, so the last lines (`ERROR: Job failed`) are
         // shown before the summary.
-        let _ =
-            tokio::time::timeout(std::time::Duration::from_secs(30), futures_util::future::join_all(log_tasks)).await;
+        let ends = log_tasks.into_iter().map(|mut done| async move {
+            let _ = done.wait_for(Option::is_some).await;
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), futures_util::future::join_all(ends)).await;
         let status = followed_to?;
         if work.selector.is_none() || settled(&status) {
             reporter.line(label, &format!("pipeline {pipeline}: {status}"));
@@ -578,9 +577,12 @@ impl Orchestrator {
         for job in &jobs {
             let mut log = None;
             if job.started_at.is_some() {
-                let text = gitlab.job_trace(project.clone(), job.id).await?;
                 let path = dir.join(format!("{}.log", actions::sanitize(&job.name)));
-                std::fs::write(&path, &text).map_err(OrchestratorError::io(&path))?;
+                // The log followed to its end is the log saved: not read again.
+                if !self.log_followed(job.id.0, &path) {
+                    let text = gitlab.job_trace(project.clone(), job.id).await?;
+                    std::fs::write(&path, &text).map_err(OrchestratorError::io(&path))?;
+                }
                 if job.status == Status::Failed && !job.allow_failure {
                     let _ = logs::mark_error(&log_dir, &path);
                 }
