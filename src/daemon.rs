@@ -115,6 +115,14 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, DaemonError> {
     TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })
 }
 
+/// The event store's durability the configuration asks for.
+pub fn durability(config: &Config) -> Durability {
+    match config.webhook.durability {
+        DurabilitySetting::Full => Durability::Full,
+        DurabilitySetting::Normal => Durability::Normal,
+    }
+}
+
 /// How long a stop waits for answers in progress and open event streams.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -151,10 +159,7 @@ impl Daemon {
         };
         state.create().map_err(io(state.root()))?;
         let lock = state.lock_daemon()?;
-        let durability = match config.webhook.durability {
-            DurabilitySetting::Full => Durability::Full,
-            DurabilitySetting::Normal => Durability::Normal,
-        };
+        let durability = durability(config);
         let store = Arc::new(Store::open(&state.database(), durability)?);
         let hub = Hub::new(store);
         let keys = TokenKeys::new(&state.jwt_key()?);
@@ -195,6 +200,17 @@ impl Daemon {
             )));
         }
         tasks.push(tokio::spawn(crate::watchers::notify(shared_config.clone(), hub.clone())));
+        if let Some(every) = config.retention.interval() {
+            let builds: Arc<dyn crate::builds::BuildStore> = builds.clone();
+            let policy = config.retention.policy();
+            tasks.push(tokio::spawn(crate::retention::every(
+                state.root().to_owned(),
+                hub.clone(),
+                builds,
+                policy,
+                every,
+            )));
+        }
         // `cloudci build` on this machine talks to this daemon with this token.
         let cli_token = keys.issue("cloudci CLI", vec![], Duration::from_secs(30 * 24 * 3600));
         state.write_cli_token(&cli_token)?;

@@ -13,6 +13,8 @@
 //! - [`watchers`]: daemon tasks on the event stream: rebuild on push, notifications.
 //! - [`sse_client`]: talking to a running daemon (its event stream, the builds it carries).
 //! - [`state`]: the state directory: databases, generated secrets, what the daemon publishes.
+//! - [`retention`]: removing old deliveries, events, logs and artifacts, never what is still
+//!   needed (`cloudci gc`, and the daemon every interval).
 //! - [`output`]: how results reach the terminal: tables for people, JSON for programs.
 //!
 //! The GitLab client lives in the `cloudci-gitlab` crate (`gitlab/`), the receiver, event log and
@@ -26,6 +28,7 @@ pub mod daemon;
 pub mod layers;
 pub mod orchestrator;
 pub mod output;
+pub mod retention;
 pub mod sse_client;
 pub mod state;
 pub mod watchers;

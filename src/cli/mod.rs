@@ -4,6 +4,7 @@ mod build;
 mod control;
 #[cfg(feature = "demo")]
 mod demo;
+mod gc;
 mod gitlab;
 mod hooks;
 mod play;
@@ -21,6 +22,7 @@ pub use build::BuildArgs;
 pub use control::{CancelArgs, RetryArgs, SourceArgs};
 #[cfg(feature = "demo")]
 pub use demo::DemoArgs;
+pub use gc::GcArgs;
 pub use gitlab::GitlabCommand;
 pub use hooks::HooksCommand;
 pub use play::PlayArgs;
@@ -75,6 +77,8 @@ pub enum Command {
     Token(TokenCommand),
     /// cloudci's webhooks on GitLab.
     Hooks(HooksCommand),
+    /// Remove old deliveries, events, logs and artifacts now (`--dry-run`: only say what).
+    Gc(GcArgs),
     /// Talk to GitLab directly: pipelines, jobs, logs, artifacts, merge requests.
     ///
     /// The server: --gitlab-url or GITLAB_HOST when set, else `[gitlab] url` of the configuration
@@ -209,6 +213,7 @@ impl Cli {
             Command::Source(args) => args.run(&with_state()?).await,
             Command::Token(cmd) => cmd.run(&with_state()?),
             Command::Hooks(cmd) => cmd.run(&with_state()?).await,
+            Command::Gc(args) => args.run(&with_state()?),
             Command::Gitlab(cmd) => cmd.run(self.config.as_deref()).await,
             Command::Completions { shell } => {
                 // Into memory first: clap_complete panics when it cannot write, e.g. into `| head`.

@@ -21,6 +21,7 @@ mod gitlab;
 mod load;
 mod notify;
 mod projects;
+mod retention;
 mod store;
 mod targets;
 #[cfg(test)]
@@ -33,6 +34,7 @@ pub use gitlab::{DEFAULT_MAX_CONCURRENT_PIPELINES, GitlabSection, TokenError};
 pub use load::{candidates, load, parse};
 pub use notify::NotifySection;
 pub use projects::{AfterSuccess, MergeRequestConfig, ProjectConfig, PromoteConfig};
+pub use retention::RetentionSection;
 pub use store::StoreSection;
 pub use targets::TargetConfig;
 pub use webhook::{DurabilitySetting, TunnelKind, WebhookSection};
@@ -65,6 +67,9 @@ pub struct Config {
     /// `[notify]`
     #[serde(default)]
     pub notify: NotifySection,
+    /// `[retention]`: how long the daemon keeps deliveries, events, logs and artifacts.
+    #[serde(default)]
+    pub retention: RetentionSection,
     /// The file it came from (set by [`load`]); relative paths inside are relative to its folder.
     #[serde(skip)]
     pub source: Option<PathBuf>,
