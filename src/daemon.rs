@@ -12,10 +12,7 @@ use std::time::Duration;
 use crate::api::auth::TokenKeys;
 use crate::api::sse::EventsState;
 use cloudci_gitlab::{Gitlab, ProjectRef};
-use cloudci_webhook::hooks::HookManager;
-use cloudci_webhook::reconcile::Reconciler;
-use cloudci_webhook::tunnel::{NoTunnel, OpenTunnel, Tunnel};
-use cloudci_webhook::{Durability, Hub, Receiver, Store};
+use cloudci_webhook::{Durability, HookManager, Hub, NoTunnel, OpenTunnel, Receiver, Reconciler, Store, Tunnel};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,13 +28,13 @@ pub enum DaemonError {
     Setup(String),
     /// A secret in the state directory could not be read or written.
     #[error(transparent)]
-    Secrets(#[from] cloudci_webhook::secrets::SecretFileError),
+    Secrets(#[from] cloudci_webhook::SecretFileError),
     /// The webhook secrets are not usable.
     #[error(transparent)]
     HookSecrets(#[from] crate::state::HookSecretsError),
     /// The event store could not be opened.
     #[error(transparent)]
-    Events(#[from] cloudci_webhook::store::StoreError),
+    Events(#[from] cloudci_webhook::StoreError),
     /// The build store could not be opened.
     #[error(transparent)]
     Builds(#[from] crate::builds::BuildStoreError),
@@ -61,7 +58,7 @@ pub enum DaemonError {
     },
     /// The tunnel failed.
     #[error(transparent)]
-    Tunnel(#[from] cloudci_webhook::tunnel::TunnelError),
+    Tunnel(#[from] cloudci_webhook::TunnelError),
     /// GitLab refused something.
     #[error("GitLab: {0}")]
     Gitlab(#[from] cloudci_gitlab::Error),
@@ -163,7 +160,7 @@ impl Daemon {
         let store = Arc::new(Store::open(&state.database(), durability)?);
         let hub = Hub::new(store);
         let keys = TokenKeys::new(&state.jwt_key()?);
-        let probe_nonce = cloudci_webhook::secrets::random_token(16);
+        let probe_nonce = cloudci_webhook::random_token(16);
         let receiver = Receiver::new(state.hook_secrets(false)?, hub.clone(), probe_nonce.clone());
         let mut tasks = Vec::new();
         let shutdown = CancellationToken::new();
@@ -232,7 +229,7 @@ impl Daemon {
 
         let tunnel = open_tunnel(config, public_addr).await?;
         let public_url = tunnel.public_url().trim_end_matches('/').to_owned();
-        cloudci_webhook::tunnel::probe(&public_url, &probe_nonce, Duration::from_secs(30)).await?;
+        cloudci_webhook::probe(&public_url, &probe_nonce, Duration::from_secs(30)).await?;
 
         let mut projects = Vec::new();
         let mut hooks = None;
@@ -358,7 +355,7 @@ async fn open_tunnel(config: &Config, local: std::net::SocketAddr) -> Result<Box
                         .into(),
                 )
             })?;
-            let tunnel = cloudci_webhook::tunnel::NgrokTunnel { authtoken: secrecy::SecretString::from(token) };
+            let tunnel = cloudci_webhook::NgrokTunnel { authtoken: secrecy::SecretString::from(token) };
             Ok(tunnel.open(local).await?)
         }
         #[cfg(not(feature = "ngrok"))]

@@ -49,7 +49,7 @@ pub const SENSITIVE_HEADERS: [HeaderName; 6] = [
 ];
 
 /// The local API's body limit: its bodies are small JSON documents (a build request, a job
-/// name); nothing uploads. The public listener keeps GitLab's 25 MB ([`cloudci_webhook::receiver::MAX_BODY`]).
+/// name); nothing uploads. The public listener keeps GitLab's 25 MB ([`cloudci_webhook::MAX_BODY`]).
 pub const API_BODY_LIMIT: usize = 1024 * 1024;
 
 /// The SSE route: long-lived, never timed out, ended at shutdown.
@@ -203,8 +203,7 @@ fn with_request_id(router: Router) -> Router {
 }
 
 async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = HeaderValue::from_str(&cloudci_webhook::secrets::random_token(9))
-        .unwrap_or_else(|_| HeaderValue::from_static("-"));
+    let id = HeaderValue::from_str(&cloudci_webhook::random_token(9)).unwrap_or_else(|_| HeaderValue::from_static("-"));
     req.headers_mut().insert(REQUEST_ID, id.clone());
     let mut resp = next.run(req).await;
     resp.headers_mut().insert(REQUEST_ID, id);

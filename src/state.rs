@@ -3,8 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cloudci_webhook::secrets::{SecretFileError, SecretFiles, create_private_dir, random_token};
-use cloudci_webhook::verify::HookSecrets;
+use cloudci_webhook::{HookSecrets, SecretFileError, SecretFiles, create_private_dir, random_token};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +34,7 @@ pub enum HookSecretsError {
     File(#[from] SecretFileError),
     /// The signing token file does not hold a `whsec_` token.
     #[error(transparent)]
-    Signing(#[from] cloudci_webhook::verify::BadSigningToken),
+    Signing(#[from] cloudci_webhook::BadSigningToken),
 }
 
 /// Held while a daemon uses the state directory; released when dropped or when the process ends.

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use cloudci::api::auth::TokenKeys;
 use cloudci::api::sse::{self, EventsState};
-use cloudci_webhook::events::{EventSource, observe};
-use cloudci_webhook::store::{Incoming, NewDelivery, Stored};
-use cloudci_webhook::verify::HookSecrets;
-use cloudci_webhook::{BuildEvent, Durability, EventFilter, Hub, Receiver, Store};
+use cloudci_webhook::{
+    BuildEvent, Durability, EventFilter, EventSource, HookSecrets, Hub, Incoming, NewDelivery, Receiver, Store, Stored,
+    observe,
+};
 use futures_util::StreamExt;
 use secrecy::SecretString;
 use serde_json::Value;

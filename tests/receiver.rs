@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use cloudci::api::auth::TokenKeys;
 use cloudci::api::sse::{self, EventsState};
-use cloudci_webhook::verify::{HookSecrets, sign};
-use cloudci_webhook::{BuildEvent, Durability, Hub, Receiver, Store};
+use cloudci_webhook::{BuildEvent, Durability, HookSecrets, Hub, Receiver, Store, sign};
 use futures_util::StreamExt;
 use secrecy::SecretString;
 use serde_json::Value;

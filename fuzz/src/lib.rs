@@ -16,10 +16,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use cloudci::api::auth::TokenKeys;
 use cloudci_gitlab::webhook::{WebhookEvent, WebhookParseError};
-use cloudci_webhook::events::{EventSource, observe};
-use cloudci_webhook::store::{Incoming, NewDelivery};
-use cloudci_webhook::verify::{DeliveryHeaders, HookSecrets, sign};
-use cloudci_webhook::{Hub, Store};
+use cloudci_webhook::{DeliveryHeaders, EventSource, HookSecrets, Hub, Incoming, NewDelivery, Store, observe, sign};
 use secrecy::SecretString;
 use tower::ServiceExt;
 
@@ -51,7 +48,7 @@ pub fn webhook(data: &[u8]) {
             let _ = (parsed.event_name(), parsed.project_id(), parsed.to_value());
             let observations = observe(&parsed, EventSource::Webhook);
             for o in &observations {
-                let _ = (cloudci_webhook::hub::frame(&o.event), o.event.status(), o.is_weak());
+                let _ = (cloudci_webhook::frame(&o.event), o.event.status(), o.is_weak());
             }
             Ok(observations)
         }
@@ -99,7 +96,7 @@ pub fn verify(data: &[u8]) {
     let _ = secrets.check_path(part(0).unwrap_or(""));
     // The same headers, signed for real, must pass.
     if let (Some(id), Some(ts)) = (headers.webhook_id, headers.timestamp)
-        && ts.trim().parse::<i64>().is_ok_and(|t| (NOW - t).abs() <= cloudci_webhook::verify::SIGNATURE_TOLERANCE_SECS)
+        && ts.trim().parse::<i64>().is_ok_and(|t| (NOW - t).abs() <= cloudci_webhook::SIGNATURE_TOLERANCE_SECS)
     {
         let good = sign(SIGNING, id, ts.trim(), body).expect("the reference key signs");
         let signed = DeliveryHeaders { token: Some("t0ken"), signature: Some(&good), ..headers };

@@ -403,7 +403,7 @@ async fn recent_events(
             store.events_after(last.saturating_sub(RECENT_WINDOW), Some(last), &filter, usize::MAX)?;
         let skip = events.len().saturating_sub(limit);
         events.drain(..skip);
-        Ok::<_, cloudci_webhook::store::StoreError>((events, last))
+        Ok::<_, cloudci_webhook::StoreError>((events, last))
     })
     .await
     .map_err(internal)?

@@ -27,8 +27,7 @@ use serde::Deserialize;
 
 use super::auth::{Claims, TokenKeys};
 use super::error::{ApiError, Authorized};
-use cloudci_webhook::EventFilter;
-use cloudci_webhook::Hub;
+use cloudci_webhook::{EventFilter, Hub};
 
 /// Heartbeat interval.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);

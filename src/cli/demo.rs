@@ -105,7 +105,7 @@ impl DemoArgs {
         })
         .await
         .map_err(|e| Failure::general(e.to_string()))?;
-        let token = cloudci_webhook::secrets::random_token(24);
+        let token = cloudci_webhook::random_token(24);
         let sim = Sim::start(SimConfig {
             token: token.clone(),
             projects: vec![("demo/firmware".into(), repo)],

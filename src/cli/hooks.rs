@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 use cloudci_gitlab::{Gitlab, ProjectRef};
-use cloudci_webhook::hooks::HookManager;
+use cloudci_webhook::HookManager;
 use secrecy::ExposeSecret;
 
 use super::Failure;
@@ -45,7 +45,7 @@ impl HooksCommand {
     pub async fn run(self, config: &Config) -> Result<(), Failure> {
         let state = StateDir::new(config.state_dir());
         state.create()?;
-        let secret = |e: cloudci_webhook::secrets::SecretFileError| Failure::general(e.to_string());
+        let secret = |e: cloudci_webhook::SecretFileError| Failure::general(e.to_string());
         let published = state.hook_info();
         match self.action {
             HooksAction::Show => {
@@ -139,7 +139,7 @@ impl HooksCommand {
 }
 
 fn manager(config: &Config, state: &StateDir, public_url: String) -> Result<HookManager, Failure> {
-    let secret = |e: cloudci_webhook::secrets::SecretFileError| Failure::general(e.to_string());
+    let secret = |e: cloudci_webhook::SecretFileError| Failure::general(e.to_string());
     // No usable token is an authentication failure (exit 3), like a token GitLab refuses.
     let token = config.gitlab_token().map_err(|e| Failure::auth(e.to_string()))?;
     let gitlab =

@@ -222,7 +222,7 @@ async fn promotion(
             request.clone()
         }
         None => {
-            let request = cloudci_webhook::secrets::random_token(12);
+            let request = cloudci_webhook::random_token(12);
             let saved = request.clone();
             record_all(o, builds, move |_, w| w.promote_request = Some(saved.clone())).await?;
             request

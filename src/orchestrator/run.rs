@@ -261,7 +261,7 @@ impl Orchestrator {
         let log_dir = logs::new_run_dir(&logs_root).map_err(OrchestratorError::io(&logs_root))?;
         // The targets of a project that share its pipeline share its request id too.
         let shared: BTreeMap<&String, String> =
-            plan.builds.keys().map(|p| (p, cloudci_webhook::secrets::random_token(12))).collect();
+            plan.builds.keys().map(|p| (p, cloudci_webhook::random_token(12))).collect();
         let builds: Vec<NewBuild> = plan
             .waves
             .iter()
@@ -278,7 +278,7 @@ impl Orchestrator {
                     request_id: if b.shares_pipeline() {
                         shared[&b.project].clone()
                     } else {
-                        cloudci_webhook::secrets::random_token(12)
+                        cloudci_webhook::random_token(12)
                     },
                     needs: plan.needs[&b.project].clone(),
                     actions,

@@ -127,7 +127,7 @@ impl BuildEvent {
 ///
 /// A delivery's observations are judged together: its job observations (id, name, status) are
 /// the evidence for its pipeline observation, which is how the state machine tells a retry (a
-/// new id for a known job name) from a late or reordered delivery ([`crate::tracker`]).
+/// new id for a known job name) from a late or reordered delivery (the `tracker` module).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     /// The event, `seq` 0.
@@ -141,7 +141,7 @@ pub struct Observation {
 impl Observation {
     /// Whether this is a pipeline status read from a Job Hook's `commit.status`: rendered when
     /// that job changed, so weaker evidence than a Pipeline Hook or a poll (see
-    /// [`crate::tracker`]).
+    /// the `tracker` module).
     pub fn is_weak(&self) -> bool {
         self.event.kind == EventKind::Pipeline && self.event.gitlab_event == JOB_HOOK
     }

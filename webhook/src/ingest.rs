@@ -16,7 +16,7 @@ use crate::hub::Hub;
 use crate::store::{Incoming, Stored};
 
 /// Deliveries in one transaction at most: bounds the time a commit holds the store.
-pub const MAX_BATCH: usize = 512;
+pub(crate) const MAX_BATCH: usize = 512;
 /// Deliveries waiting for the writer before handlers wait to queue (back-pressure).
 const QUEUE: usize = 4096;
 
@@ -24,7 +24,7 @@ type Reply = oneshot::Sender<Result<Stored, IngestError>>;
 
 /// Why a delivery was not stored (it is then not acknowledged).
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum IngestError {
+pub(crate) enum IngestError {
     /// The store refused the batch it was in (the writer logged the cause once).
     #[error("cannot store the delivery: {0}")]
     Store(String),
@@ -57,7 +57,7 @@ impl IngestStats {
 /// The handle handlers queue deliveries through. The writer thread stops when the last handle is
 /// dropped, after answering what was queued.
 #[derive(Debug, Clone)]
-pub struct Ingest {
+pub(crate) struct Ingest {
     queue: mpsc::Sender<(Incoming, Reply)>,
     stats: Arc<IngestStats>,
 }
@@ -65,7 +65,7 @@ pub struct Ingest {
 impl Ingest {
     /// Starts the writer thread over `hub`'s store; `wake` is notified when deliveries were
     /// stored but left for the processor.
-    pub fn start(hub: Hub, wake: Arc<Notify>) -> Self {
+    pub(crate) fn start(hub: Hub, wake: Arc<Notify>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(IngestStats::default());
         let s = stats.clone();
@@ -77,14 +77,14 @@ impl Ingest {
     }
 
     /// Stores `incoming`; resolves once it is committed (durably, with `durability = "full"`).
-    pub async fn store(&self, incoming: Incoming) -> Result<Stored, IngestError> {
+    pub(crate) async fn store(&self, incoming: Incoming) -> Result<Stored, IngestError> {
         let (tx, rx) = oneshot::channel();
         self.queue.send((incoming, tx)).await.map_err(|_| IngestError::Stopped)?;
         rx.await.map_err(|_| IngestError::Stopped)?
     }
 
     /// The counters so far.
-    pub fn stats(&self) -> &IngestStats {
+    pub(crate) fn stats(&self) -> &IngestStats {
         &self.stats
     }
 }

@@ -2,36 +2,58 @@
 //! change once, in order — even when deliveries are late, repeated, dropped, or cloudci restarts.
 //!
 //! # Layout
-//! - [`receiver`]: the public listener (`POST /hooks/{path-secret}` only) and the [`Processor`]
+//! The modules are private: what callers (the `cloudci` binary, tests, benches, fuzzing) may use
+//! is the list re-exported at the top of the crate; everything else is `pub(crate)`.
+//!
+//! - `receiver`: the public listener (`POST /hooks/{path-secret}` only) and the [`Processor`]
 //!   that turns stored deliveries into events.
-//! - [`verify`]: path secret, `X-Gitlab-Token` (with rotation), GitLab 19 `webhook-signature`.
-//! - [`store`]: SQLite (WAL): raw deliveries, the event log, pipeline and job state.
-//! - [`retention`]: removing old deliveries and events in small batches, never what an
+//! - `verify`: path secret, `X-Gitlab-Token` (with rotation), GitLab 19 `webhook-signature`.
+//! - `store`: SQLite (WAL): raw deliveries, the event log, pipeline and job state.
+//! - `retention`: removing old deliveries and events in small batches, never what an
 //!   unfinished pipeline or a connected subscriber still needs.
-//! - [`tracker`]: the state machine that never moves a status backwards.
-//! - [`events`]: the event type subscribers receive, and delivery → events.
-//! - [`ingest`]: group commit — deliveries arriving together share one transaction and fsync.
-//! - [`hub`]: fan-out with bounded buffers, each event encoded once (as SSE frames); laggards
+//! - `tracker`: the state machine that never moves a status backwards.
+//! - `events`: the event type subscribers receive, and delivery → events.
+//! - `ingest`: group commit — deliveries arriving together share one transaction and fsync.
+//! - `hub`: fan-out with bounded buffers, each event encoded once (as SSE frames); laggards
 //!   catch up from the log. The local API (`cloudci`'s `api` module) serves those frames.
-//! - [`reconcile`]: polls GitLab for pipelines the webhooks went silent about.
-//! - [`hooks`]: registering, finding, re-enabling and removing cloudci's project hooks.
-//! - [`tunnel`]: how GitLab reaches the public listener (none, or ngrok with the `ngrok` feature).
-//! - [`secrets`]: secrets generated into the state directory.
+//! - `reconcile`: polls GitLab for pipelines the webhooks went silent about.
+//! - `hooks`: registering, finding, re-enabling and removing cloudci's project hooks.
+//! - `tunnel`: how GitLab reaches the public listener (none, or ngrok with the `ngrok` feature).
+//! - `secrets`: secrets generated into the state directory.
 
-pub mod events;
-pub mod hooks;
-pub mod hub;
-pub mod ingest;
-pub mod receiver;
-pub mod reconcile;
-pub mod retention;
-pub mod secrets;
-pub mod store;
-pub mod tracker;
-pub mod tunnel;
-pub mod verify;
+mod events;
+mod hooks;
+mod hub;
+mod ingest;
+mod receiver;
+mod reconcile;
+mod retention;
+mod secrets;
+mod store;
+mod tracker;
+mod tunnel;
+mod verify;
 
-pub use events::{BuildEvent, EventKind, EventSource};
-pub use hub::Hub;
-pub use receiver::{Processor, Receiver};
-pub use store::{Durability, EventFilter, Store};
+// Events, as subscribers see them and as a delivery becomes them.
+pub use events::{BuildEvent, EventKind, EventSource, Observation, observe};
+// Fan-out and its SSE frames.
+pub use hub::{Batch, Encoded, Hub, frame};
+// The public listener and the worker behind it.
+pub use ingest::IngestStats;
+pub use receiver::{MAX_BODY, Processor, Receiver};
+// The event log (SQLite), and keeping it small.
+pub use retention::{Keep, Removed, StorePolicy, StoreReport, now_ms};
+pub use store::{Durability, EventFilter, Incoming, NewDelivery, Store, StoreError, Stored};
+// The state machine, for property tests.
+pub use tracker::{Verdict, judge_job};
+// Checking a delivery.
+pub use verify::{BadSigningToken, DeliveryHeaders, HookSecrets, SIGNATURE_TOLERANCE_SECS, VerifyError, sign};
+// GitLab's side: project hooks and polling.
+pub use hooks::HookManager;
+pub use reconcile::{ReconcileError, Reconciler};
+// Reaching the public listener.
+#[cfg(feature = "ngrok")]
+pub use tunnel::NgrokTunnel;
+pub use tunnel::{NoTunnel, OpenFuture, OpenTunnel, Tunnel, TunnelError, probe};
+// Secrets generated into the state directory.
+pub use secrets::{SecretFileError, SecretFiles, create_private_dir, random_token};

@@ -34,11 +34,11 @@ pub enum ReconcileError {
 
 /// How far back a catch-up looks before the last one, for clock skew between this machine and
 /// GitLab and for pipelines updated while the last listing ran.
-pub const CATCH_UP_MARGIN: Duration = Duration::from_secs(120);
+pub(crate) const CATCH_UP_MARGIN: Duration = Duration::from_secs(120);
 /// Webhooks silent this long (and never less than the reconciler's `silence`) start catch-ups.
-pub const QUIET: Duration = Duration::from_secs(30);
+pub(crate) const QUIET: Duration = Duration::from_secs(30);
 /// The longest wait between two catch-ups while webhooks stay silent.
-pub const MAX_CATCH_UP_INTERVAL: Duration = Duration::from_secs(600);
+pub(crate) const MAX_CATCH_UP_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Pipelines read from GitLab at once while catching up.
 const READS_AT_ONCE: usize = 4;
@@ -92,7 +92,7 @@ impl Reconciler {
     }
 
     /// Catches up on every project: reads each pipeline updated since the last catch-up (less
-    /// [`CATCH_UP_MARGIN`]). The first catch-up of a new state directory only starts the clock.
+    /// `CATCH_UP_MARGIN`). The first catch-up of a new state directory only starts the clock.
     /// Returns how many events it logged.
     pub async fn catch_up(&self) -> Result<usize, ReconcileError> {
         let mut logged = 0;
@@ -234,8 +234,8 @@ impl Reconciler {
 
     /// Runs until dropped, a round every `every`: the first polls everything unfinished and
     /// catches up; later ones poll what went silent, and catch up when asked or while the
-    /// webhooks are quiet (after [`QUIET`], then less and less often, up to
-    /// [`MAX_CATCH_UP_INTERVAL`]).
+    /// webhooks are quiet (after `QUIET`, then less and less often, up to
+    /// `MAX_CATCH_UP_INTERVAL`).
     pub async fn run(self, every: Duration) {
         // Its own task, so that a round waiting on GitLab when the process is frozen does not hide
         // the jump.

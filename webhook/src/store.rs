@@ -62,7 +62,7 @@ pub struct StoredDelivery {
 
 /// What a delivery's body says: its observations, or why it could not be read (kept with the
 /// delivery, never dropped silently).
-pub type Parsed = Result<Vec<Observation>, String>;
+pub(crate) type Parsed = Result<Vec<Observation>, String>;
 
 /// A delivery and what its body says, read before it is stored so that storing and processing
 /// share one transaction.
@@ -260,7 +260,7 @@ impl Store {
     /// first copy, exactly as across batches. Processing happens in the same transaction unless
     /// an older delivery is still pending (it must be processed first, by the [`crate::Processor`])
     /// or processing fails (it is rolled back to a savepoint, the deliveries stay stored and
-    /// pending): then [`Ingested::deferred`] is set and the processor has work.
+    /// pending): then `Ingested::deferred` is set and the processor has work.
     pub fn ingest(&self, batch: Vec<Incoming>) -> Result<Ingested, StoreError> {
         let mut conn = self.conn();
         let mut tx = conn.transaction()?;

@@ -90,7 +90,7 @@ fn forward(known: &Status, status: &Status) -> Verdict {
 
 /// What the log knows of a pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PipelineKnown {
+pub(crate) struct PipelineKnown {
     /// Last accepted status.
     pub status: Status,
     /// The jobs (name → id) that the evidence for `status` mentioned.
@@ -99,7 +99,7 @@ pub struct PipelineKnown {
 
 /// One job a delivery mentions, with what the log knew of it before the delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobMention {
+pub(crate) struct JobMention {
     /// Job id.
     pub id: u64,
     /// Job name (absent in rows stored before names were kept).
@@ -114,19 +114,19 @@ pub struct JobMention {
 
 impl JobMention {
     /// A newer attempt of this job's name is known: whatever mentions it predates that retry.
-    pub fn superseded(&self) -> bool {
+    pub(crate) fn superseded(&self) -> bool {
         self.other_attempts.is_some_and(|(_, max)| max > self.id)
     }
 
     /// An earlier attempt of this job's name is known: this id is a retry.
-    pub fn is_retry_attempt(&self) -> bool {
+    pub(crate) fn is_retry_attempt(&self) -> bool {
         self.other_attempts.is_some_and(|(min, _)| min < self.id)
     }
 }
 
 /// What a pipeline observation brings besides its status.
 #[derive(Debug, Clone, Copy)]
-pub struct PipelineEvidence<'a> {
+pub(crate) struct PipelineEvidence<'a> {
     /// The jobs the same delivery mentions (for a Job Hook: its one job).
     pub mentions: &'a [JobMention],
     /// The status is a Job Hook's `commit.status`.
@@ -137,12 +137,12 @@ pub struct PipelineEvidence<'a> {
 }
 
 /// The basis a pipeline status gets from the jobs its evidence mentions.
-pub fn basis_of(mentions: &[JobMention]) -> BTreeMap<String, u64> {
+pub(crate) fn basis_of(mentions: &[JobMention]) -> BTreeMap<String, u64> {
     mentions.iter().filter_map(|m| Some((m.name.clone()?, m.id))).collect()
 }
 
 /// Judges a pipeline observation of `status` against what is known.
-pub fn judge_pipeline(known: Option<&PipelineKnown>, status: &Status, ev: &PipelineEvidence<'_>) -> Verdict {
+pub(crate) fn judge_pipeline(known: Option<&PipelineKnown>, status: &Status, ev: &PipelineEvidence<'_>) -> Verdict {
     if ev.mentions.iter().any(JobMention::superseded) {
         return Verdict::Late;
     }

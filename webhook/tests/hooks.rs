@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cloudci_gitlab::types::{CreatePipeline, HookEvents, HookParams};
 use cloudci_gitlab::{Gitlab, ProjectRef, RetryPolicy};
-use cloudci_webhook::hooks::HookManager;
+use cloudci_webhook::HookManager;
 use futures_util::TryStreamExt;
 use gitlab_sim::{Sim, SimConfig};
 use secrecy::SecretString;

@@ -3,9 +3,7 @@
 
 use cloudci_gitlab::types::Status;
 use cloudci_gitlab::webhook::WebhookEvent;
-use cloudci_webhook::events::{EventSource, observe};
-use cloudci_webhook::tracker::judge_job;
-use cloudci_webhook::verify::{DeliveryHeaders, HookSecrets, VerifyError, sign};
+use cloudci_webhook::{DeliveryHeaders, EventSource, HookSecrets, VerifyError, judge_job, observe, sign};
 use proptest::prelude::*;
 use secrecy::SecretString;
 

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use cloudci_gitlab::types::CreatePipeline;
 use cloudci_gitlab::{Gitlab, RetryPolicy};
-use cloudci_webhook::reconcile::Reconciler;
-use cloudci_webhook::{EventFilter, Hub, Store};
+use cloudci_webhook::{EventFilter, Hub, Reconciler, Store};
 use futures_util::StreamExt;
 use gitlab_sim::{Sim, SimConfig};
 use secrecy::SecretString;
@@ -66,7 +65,7 @@ async fn silence_is_filled_in_by_polling() {
 async fn a_retried_attempt_nobody_heard_of_is_read_once_the_retry_finished() {
     use cloudci_gitlab::types::{Job, Status};
     use cloudci_gitlab::{JobFilter, PipelineId};
-    use cloudci_webhook::events::{EventKind, EventSource, Observation};
+    use cloudci_webhook::{EventKind, EventSource, Observation};
     use futures_util::TryStreamExt;
 
     let dir = tempfile::tempdir().unwrap();

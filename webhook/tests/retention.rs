@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cloudci_webhook::events::Observation;
-use cloudci_webhook::retention::{Keep, StorePolicy, now_ms};
-use cloudci_webhook::store::{Incoming, NewDelivery};
-use cloudci_webhook::{BuildEvent, Durability, EventFilter, EventKind, EventSource, Hub, Store};
+use cloudci_webhook::{
+    BuildEvent, Durability, EventFilter, EventKind, EventSource, Hub, Incoming, Keep, NewDelivery, Observation, Store,
+    StorePolicy, now_ms,
+};
 use futures_util::StreamExt;
 
 const DAY_MS: i64 = 86_400_000;
@@ -132,9 +132,7 @@ async fn a_connected_laggard_keeps_what_it_has_not_read() {
     assert_eq!(hub.oldest_subscriber(), None);
 }
 
-async fn first_frame(
-    stream: impl futures_util::Stream<Item = Result<Bytes, cloudci_webhook::store::StoreError>>,
-) -> String {
+async fn first_frame(stream: impl futures_util::Stream<Item = Result<Bytes, cloudci_webhook::StoreError>>) -> String {
     let mut stream = Box::pin(stream);
     let bytes = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("a frame").unwrap().unwrap();
     String::from_utf8(bytes.to_vec()).unwrap()

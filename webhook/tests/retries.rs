@@ -9,8 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cloudci_gitlab::types::Status;
 use cloudci_gitlab::webhook::WebhookEvent;
-use cloudci_webhook::events::{BuildEvent, EventKind, EventSource, observe};
-use cloudci_webhook::store::{NewDelivery, Store, Stored};
+use cloudci_webhook::{BuildEvent, EventKind, EventSource, NewDelivery, Store, Stored, observe};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
