@@ -37,7 +37,7 @@ mod verify;
 // Events, as subscribers see them and as a delivery becomes them.
 pub use events::{BuildEvent, EventKind, EventSource, Observation, observe};
 // Fan-out and its SSE frames.
-pub use hub::{Batch, Encoded, Hub, frame};
+pub use hub::{Batch, Encoded, Hub, Resync, frame};
 // The public listener and the worker behind it.
 pub use ingest::IngestStats;
 pub use receiver::{MAX_BODY, Processor, Receiver};

@@ -145,7 +145,7 @@ impl Store {
     }
 
     /// One retention pass at `now_ms` (Unix milliseconds): removes what `policy` allows and `keep`
-    /// does not hold, or with `dry_run` only counts it. See the [module docs](self).
+    /// does not hold, or with `dry_run` only counts it. See `retention.rs` for what is never removed.
     pub fn gc(&self, policy: &StorePolicy, keep: &Keep, now_ms: i64, dry_run: bool) -> Result<StoreReport, StoreError> {
         let batch = policy.batch.max(1);
         let mut report = StoreReport::default();
