@@ -21,8 +21,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use cloudci_webhook::Store;
-use cloudci_webhook::retention::{Keep, Removed, StorePolicy, StoreReport};
+use cloudci_webhook::{Keep, Removed, Store, StorePolicy, StoreReport};
 use serde::Serialize;
 
 use crate::builds::{BuildStore, BuildStoreError, Owner};
@@ -78,7 +77,7 @@ impl GcReport {
 pub enum GcError {
     /// The event store.
     #[error(transparent)]
-    Store(#[from] cloudci_webhook::store::StoreError),
+    Store(#[from] cloudci_webhook::StoreError),
     /// The build store.
     #[error(transparent)]
     Builds(#[from] BuildStoreError),

@@ -7,9 +7,9 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use cloudci::builds::{BuildStore, BuildWork, NewBuild, Owner, SqliteBuilds};
-use cloudci_webhook::events::Observation;
-use cloudci_webhook::store::{Incoming, NewDelivery};
-use cloudci_webhook::{BuildEvent, Durability, EventFilter, EventKind, EventSource, Store};
+use cloudci_webhook::{
+    BuildEvent, Durability, EventFilter, EventKind, EventSource, Incoming, NewDelivery, Observation, Store,
+};
 
 const DAY: Duration = Duration::from_secs(86_400);
 

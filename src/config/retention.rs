@@ -42,7 +42,7 @@ impl RetentionSection {
     /// The limits as [`crate::retention::Policy`].
     pub fn policy(&self) -> crate::retention::Policy {
         crate::retention::Policy {
-            store: cloudci_webhook::retention::StorePolicy {
+            store: cloudci_webhook::StorePolicy {
                 deliveries: Duration::from_secs(u64::from(self.deliveries_days) * DAY),
                 events: Duration::from_secs(u64::from(self.events_days) * DAY),
                 ..Default::default()
