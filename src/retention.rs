@@ -1,6 +1,6 @@
 //! Retention: what `cloudci serve` removes from the state directory as it ages, and what
 //! `cloudci gc` reports. The event store's part (raw deliveries, events, pipeline state) is
-//! [`cloudci_webhook::retention`]; this adds the files: run logs and artifacts.
+//! [`cloudci_webhook::Store::gc`]; this adds the files: run logs and artifacts.
 //!
 //! # What an unfinished build needs
 //! A build whose work is not done or whose status is not final holds everything of it: its

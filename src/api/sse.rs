@@ -4,7 +4,7 @@
 //! with `Last-Event-ID` resumes right after it, with no gap and no duplicate. Filters:
 //! `?project=a/b,c/d&ref=main&pipeline=123`; `?since=SEQ` replays from the log (0: everything retained).
 //! A resume from before what retention removed starts with an `event: resync` frame and the latest
-//! known state, which the hub writes ([`cloudci_webhook::hub`]).
+//! known state, which the hub writes ([`cloudci_webhook::Resync`]).
 //! A comment heartbeat every 15 s keeps proxies from closing an idle stream. A stream ends by itself
 //! only when the store fails; a server that stops gracefully ends it between two writes (`cloudci
 //! serve` does, in its local API's layers), so the client sees the end, not a reset, and resumes by id.
