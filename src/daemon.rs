@@ -158,7 +158,7 @@ impl Daemon {
         let lock = state.lock_daemon()?;
         let durability = durability(config);
         let store = Arc::new(Store::open(&state.database(), durability)?);
-        let hub = Hub::new(store);
+        let hub = Hub::new(store.clone());
         let keys = TokenKeys::new(&state.jwt_key()?);
         let probe_nonce = cloudci_webhook::random_token(16);
         let receiver = Receiver::new(state.hook_secrets(false)?, hub.clone(), probe_nonce.clone());
@@ -202,6 +202,7 @@ impl Daemon {
             let policy = config.retention.policy();
             tasks.push(tokio::spawn(crate::retention::every(
                 state.root().to_owned(),
+                store.clone(),
                 hub.clone(),
                 builds,
                 policy,
@@ -406,8 +407,7 @@ async fn watch_hooks(
         }
         not_installed = still;
         retry = (retry * 2).min(HOOK_CHECK);
-        let store = hub.store().clone();
-        let last = tokio::task::spawn_blocking(move || store.last_delivery_at()).await.ok().and_then(Result::ok);
+        let last = hub.last_delivery_at().await.ok();
         let silent = last.flatten().is_none_or(|t| chrono::Utc::now().timestamp() - t >= HOOK_CHECK.as_secs() as i64);
         let mut re_enabled = false;
         if silent {

@@ -268,9 +268,11 @@ fn artifacts(root: &Path, policy: &Policy, held: &Held, now: SystemTime, dry_run
 }
 
 /// The daemon's task: a pass every `every` (the first a minute after start at most), on the
-/// blocking pool, each logged when it removed something.
+/// blocking pool, each logged when it removed something. The pass removes files and rows in one
+/// blocking job, so it holds the store itself; `hub` says what subscribers have not read yet.
 pub async fn every(
     root: PathBuf,
+    store: std::sync::Arc<Store>,
     hub: cloudci_webhook::Hub,
     builds: std::sync::Arc<dyn BuildStore>,
     policy: Policy,
@@ -280,10 +282,10 @@ pub async fn every(
     loop {
         tokio::time::sleep(wait).await;
         wait = every;
-        let (root, hub, builds, policy) = (root.clone(), hub.clone(), builds.clone(), policy.clone());
+        let (root, store, builds, policy) = (root.clone(), store.clone(), builds.clone(), policy.clone());
+        let at = hub.oldest_subscriber();
         let pass = tokio::task::spawn_blocking(move || {
-            let at = hub.oldest_subscriber();
-            run(&root, hub.store(), builds.as_ref(), &policy, at, SystemTime::now(), false)
+            run(&root, &store, builds.as_ref(), &policy, at, SystemTime::now(), false)
         })
         .await;
         match pass {

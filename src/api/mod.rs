@@ -224,11 +224,7 @@ async fn watch(
             ApiError::new(StatusCode::FORBIDDEN, format!("this token may not watch {}", w.project)).field("project")
         );
     }
-    let store = s.events.hub.store().clone();
-    tokio::task::spawn_blocking(move || store.track_pipeline(w.project_id, &w.project, w.pipeline_id))
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+    s.events.hub.track(w.project_id, &w.project, w.pipeline_id).await.map_err(internal)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -395,19 +391,13 @@ async fn recent_events(
     Query(q): Query<RecentQuery>,
 ) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let store = s.events.hub.store().clone();
+    let hub = &s.events.hub;
     let filter = cloudci_webhook::EventFilter { projects: claims.projects.clone(), ..Default::default() };
-    let (events, last) = tokio::task::spawn_blocking(move || {
-        let last = store.last_seq()?;
-        let (mut events, _) =
-            store.events_after(last.saturating_sub(RECENT_WINDOW), Some(last), &filter, usize::MAX)?;
-        let skip = events.len().saturating_sub(limit);
-        events.drain(..skip);
-        Ok::<_, cloudci_webhook::StoreError>((events, last))
-    })
-    .await
-    .map_err(internal)?
-    .map_err(internal)?;
+    let last = hub.last_seq().await.map_err(internal)?;
+    let (mut events, _) =
+        hub.events_after(last.saturating_sub(RECENT_WINDOW), Some(last), filter, usize::MAX).await.map_err(internal)?;
+    let skip = events.len().saturating_sub(limit);
+    events.drain(..skip);
     Ok(axum::Json(json!({"events": events, "last_seq": last})).into_response())
 }
 

@@ -79,12 +79,10 @@ impl Follower {
 
     /// Asks the daemon's reconciler to cover `pipeline` if its webhooks stay silent.
     pub async fn track(&self, project_id: u64, path: &str, pipeline: u64) {
-        if let EventFeed::Hub(hub) = &self.feed {
-            let (store, path) = (hub.store().clone(), path.to_owned());
-            let tracked = tokio::task::spawn_blocking(move || store.track_pipeline(project_id, &path, pipeline)).await;
-            if !matches!(tracked, Ok(Ok(()))) {
-                tracing::warn!(pipeline.id = pipeline, "could not hand the pipeline to the reconciler");
-            }
+        if let EventFeed::Hub(hub) = &self.feed
+            && hub.track(project_id, path, pipeline).await.is_err()
+        {
+            tracing::warn!(pipeline.id = pipeline, "could not hand the pipeline to the reconciler");
         }
     }
 

@@ -181,8 +181,8 @@ impl Hub {
         Registration { id, at, positions: self.positions.clone() }
     }
 
-    /// The store behind it.
-    pub fn store(&self) -> &Arc<Store> {
+    /// The store behind it, for this crate; callers use the async front (`front.rs`).
+    pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
     }
 

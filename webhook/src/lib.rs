@@ -14,6 +14,8 @@
 //! - `tracker`: the state machine that never moves a status backwards.
 //! - `events`: the event type subscribers receive, and delivery → events.
 //! - `ingest`: group commit — deliveries arriving together share one transaction and fsync.
+//! - `front`: the event log's async front on [`Hub`] (`track`, `last_seq`, `events_after`, ...):
+//!   the only way callers read or write the log; its SQLite work runs on the blocking pool.
 //! - `hub`: fan-out with bounded buffers, each event encoded once (as SSE frames); laggards
 //!   catch up from the log. The local API (`cloudci`'s `api` module) serves those frames.
 //! - `reconcile`: polls GitLab for pipelines the webhooks went silent about.
@@ -22,6 +24,7 @@
 //! - `secrets`: secrets generated into the state directory.
 
 mod events;
+mod front;
 mod hooks;
 mod hub;
 mod ingest;

@@ -27,11 +27,12 @@ async fn silence_is_filled_in_by_polling() {
     .unwrap();
     let gitlab =
         Gitlab::builder(sim.url()).private_token(SecretString::from("t")).retry(RetryPolicy::never()).build().unwrap();
-    let hub = Hub::new(Arc::new(Store::open(&dir.path().join("e.db"), cloudci_webhook::Durability::Normal).unwrap()));
+    let store = Arc::new(Store::open(&dir.path().join("e.db"), cloudci_webhook::Durability::Normal).unwrap());
+    let hub = Hub::new(store.clone());
     let reconciler = Reconciler::new(gitlab.clone(), hub.clone(), Duration::ZERO);
 
     let p = gitlab.create_pipeline("acme/firmware", &CreatePipeline::new("main")).await.unwrap();
-    hub.store().track_pipeline(1, "acme/firmware", p.id.0).unwrap();
+    store.track_pipeline(1, "acme/firmware", p.id.0).unwrap();
     let mut events = Box::pin(hub.subscribe(EventFilter::default(), Some(0)));
     // Poll as the daemon would, until GitLab's API says the pipeline is done.
     let mut seen = Vec::new();
@@ -53,7 +54,7 @@ async fn silence_is_filled_in_by_polling() {
     assert_eq!(last_of("test"), "success");
     assert!(seen.iter().all(|(_, _, s)| !s.is_empty()));
     // Nothing more to ask once everything is final.
-    assert!(hub.store().active_pipelines().unwrap().is_empty());
+    assert!(store.active_pipelines().unwrap().is_empty());
     assert_eq!(reconciler.round(true).await.unwrap(), 0);
 }
 
@@ -81,7 +82,8 @@ async fn a_retried_attempt_nobody_heard_of_is_read_once_the_retry_finished() {
     .unwrap();
     let gitlab =
         Gitlab::builder(sim.url()).private_token(SecretString::from("t")).retry(RetryPolicy::never()).build().unwrap();
-    let hub = Hub::new(Arc::new(Store::open(&dir.path().join("e.db"), cloudci_webhook::Durability::Normal).unwrap()));
+    let store = Arc::new(Store::open(&dir.path().join("e.db"), cloudci_webhook::Durability::Normal).unwrap());
+    let hub = Hub::new(store.clone());
     let reconciler = Reconciler::new(gitlab.clone(), hub.clone(), Duration::ZERO);
     let all = JobFilter { include_retried: true, ..JobFilter::default() };
     let jobs = |id: PipelineId| {
@@ -111,14 +113,14 @@ async fn a_retried_attempt_nobody_heard_of_is_read_once_the_retry_finished() {
     }
     // Heard: the first build running.
     let first = jobs(p.id).await;
-    hub.store().apply_observations(vec![observed(&first[0], Status::Running)]).unwrap();
+    store.apply_observations(vec![observed(&first[0], Status::Running)]).unwrap();
     gitlab.cancel_pipeline("acme/firmware", p.id).await.unwrap();
     while jobs(p.id).await.iter().any(|j| !j.status.is_completed()) {
         assert!(tokio::time::Instant::now() < deadline, "the cancel never finished");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Heard: that build canceled (so nothing known is left unsettled).
-    hub.store().apply_observations(vec![observed(&first[0], Status::Canceled)]).unwrap();
+    store.apply_observations(vec![observed(&first[0], Status::Canceled)]).unwrap();
     gitlab.retry_pipeline("acme/firmware", p.id).await.unwrap();
     while !gitlab.pipeline("acme/firmware", p.id).await.unwrap().status.is_completed() {
         assert!(tokio::time::Instant::now() < deadline, "the retry never finished");
@@ -138,7 +140,7 @@ async fn a_retried_attempt_nobody_heard_of_is_read_once_the_retry_finished() {
     pe.pipeline_id = Some(p.id.0);
     pe.status = Some("success".into());
     last.push(Observation { event: pe, max_job_id: 0 });
-    hub.store().apply_observations(last).unwrap();
+    store.apply_observations(last).unwrap();
 
     let mut events = Box::pin(hub.subscribe(EventFilter::default(), None));
     assert!(reconciler.round(false).await.unwrap() > 0, "the finished retry was not read again");
@@ -151,6 +153,6 @@ async fn a_retried_attempt_nobody_heard_of_is_read_once_the_retry_finished() {
     }
     assert_eq!(old_deploy_status.as_deref(), Some("canceled"));
     // Read once: nothing is owed any more.
-    assert!(hub.store().active_pipelines().unwrap().is_empty());
+    assert!(store.active_pipelines().unwrap().is_empty());
     assert_eq!(reconciler.round(false).await.unwrap(), 0);
 }

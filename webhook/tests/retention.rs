@@ -115,19 +115,20 @@ fn a_pass_removes_only_what_it_may_and_a_dry_run_says_the_same() {
 #[tokio::test]
 async fn a_connected_laggard_keeps_what_it_has_not_read() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::new(Arc::new(Store::open(&dir.path().join("e.db"), Durability::Normal).unwrap()));
-    fill(hub.store());
+    let store = Arc::new(Store::open(&dir.path().join("e.db"), Durability::Normal).unwrap());
+    let hub = Hub::new(store.clone());
+    fill(&store);
     assert_eq!(hub.oldest_subscriber(), None);
     // Connected, resuming after event 2, and reading nothing.
     let laggard = hub.subscribe_frames(EventFilter::default(), Some(2));
     let reader = hub.subscribe_frames(EventFilter::default(), None);
     assert_eq!(hub.oldest_subscriber(), Some(2));
     let keep = Keep { pipelines: vec![], subscribers_at: hub.oldest_subscriber() };
-    let report = hub.store().gc(&StorePolicy::default(), &keep, now_ms() + 40 * DAY_MS, false).unwrap();
+    let report = store.gc(&StorePolicy::default(), &keep, now_ms() + 40 * DAY_MS, false).unwrap();
     // Pipeline 1's first two events (seqs 1 and 2) only; its later ones are above the laggard.
     assert_eq!(report.events.count, 2);
     assert_eq!(report.pipelines.count, 0, "pipeline 1 still has events");
-    assert!(seqs(hub.store()).iter().all(|(s, _)| *s > 2));
+    assert!(seqs(&store).iter().all(|(s, _)| *s > 2));
     drop((laggard, reader));
     assert_eq!(hub.oldest_subscriber(), None);
 }
@@ -141,11 +142,12 @@ async fn first_frame(stream: impl futures_util::Stream<Item = Result<Bytes, clou
 #[tokio::test]
 async fn resuming_from_before_what_was_removed_gets_resync_and_the_state() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::new(Arc::new(Store::open(&dir.path().join("e.db"), Durability::Normal).unwrap()));
-    let last = fill(hub.store());
+    let store = Arc::new(Store::open(&dir.path().join("e.db"), Durability::Normal).unwrap());
+    let hub = Hub::new(store.clone());
+    let last = fill(&store);
     let keep = Keep { pipelines: vec![3], subscribers_at: None };
-    hub.store().gc(&StorePolicy::default(), &keep, now_ms() + 40 * DAY_MS, false).unwrap();
-    let removed_through = hub.store().removed_through().unwrap();
+    store.gc(&StorePolicy::default(), &keep, now_ms() + 40 * DAY_MS, false).unwrap();
+    let removed_through = store.removed_through().unwrap();
     assert_eq!(removed_through, last);
 
     let text = first_frame(hub.subscribe_frames(EventFilter::default(), Some(1))).await;
@@ -182,7 +184,7 @@ async fn resuming_from_before_what_was_removed_gets_resync_and_the_state() {
 
     // From the newest id there is nothing missed: no resync, just what comes next.
     let mut current = Box::pin(hub.subscribe_frames(EventFilter::default(), Some(last)));
-    let next = deliver(hub.store(), "2-b", vec![obs(EventKind::Pipeline, 2, None, "success")]);
+    let next = deliver(&store, "2-b", vec![obs(EventKind::Pipeline, 2, None, "success")]);
     hub.publish(next.clone());
     let bytes = tokio::time::timeout(Duration::from_secs(5), current.next()).await.unwrap().unwrap().unwrap();
     let text = String::from_utf8(bytes.to_vec()).unwrap();

@@ -1,0 +1,41 @@
+//! The event log's async front: what callers outside this crate ask of the log, through the
+//! [`Hub`] they already hold. Each call runs its SQLite work on tokio's blocking pool here, so
+//! no caller reaches into the store or spawns blocking work of its own.
+
+use crate::events::BuildEvent;
+use crate::hub::{Hub, blocking};
+use crate::store::{EventFilter, StoreError};
+
+impl Hub {
+    /// Starts following a pipeline cloudci created before any event about it arrived, so the
+    /// reconciler polls it if GitLab stays silent.
+    pub async fn track(&self, project_id: u64, project: &str, pipeline_id: u64) -> Result<(), StoreError> {
+        let (store, project) = (self.store().clone(), project.to_owned());
+        blocking(move || store.track_pipeline(project_id, &project, pipeline_id)).await
+    }
+
+    /// The newest seq ever logged (0 when none was), also when retention removed it.
+    pub async fn last_seq(&self) -> Result<u64, StoreError> {
+        let store = self.store().clone();
+        blocking(move || store.last_seq()).await
+    }
+
+    /// Up to `limit` events with seqs after `seq` (and at most `until`) that `filter` matches,
+    /// in order, with the last seq read (to continue from).
+    pub async fn events_after(
+        &self,
+        seq: u64,
+        until: Option<u64>,
+        filter: EventFilter,
+        limit: usize,
+    ) -> Result<(Vec<BuildEvent>, u64), StoreError> {
+        let store = self.store().clone();
+        blocking(move || store.events_after(seq, until, &filter, limit)).await
+    }
+
+    /// When the newest stored delivery was received (Unix seconds); `None` when there is none.
+    pub async fn last_delivery_at(&self) -> Result<Option<i64>, StoreError> {
+        let store = self.store().clone();
+        blocking(move || store.last_delivery_at()).await
+    }
+}
