@@ -133,8 +133,8 @@ impl StateDir {
 
     /// Saves the local API token the daemon issues at start for `cloudci build` on this machine
     /// (mode 0600, like every secret here), so the CLI never needs the signing key.
-    pub fn write_cli_token(&self, token: &str) -> Result<(), SecretFileError> {
-        self.secrets.write(CLI_TOKEN, token)
+    pub fn write_cli_token(&self, token: &crate::api::auth::Jwt) -> Result<(), SecretFileError> {
+        self.secrets.write(CLI_TOKEN, token.expose())
     }
 
     /// The token the running daemon issued for the CLI, if it wrote one.

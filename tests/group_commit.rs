@@ -63,7 +63,7 @@ async fn stack(db: &std::path::Path, processor: bool) -> Stack {
     if processor {
         tokio::spawn(receiver.processor().run());
     }
-    let token = keys.issue("test", vec![], Duration::from_secs(600));
+    let token = keys.issue("test", vec![], Duration::from_secs(600)).expose().to_owned();
     Stack { public, local, token, hub, store, receiver }
 }
 

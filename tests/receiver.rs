@@ -72,7 +72,8 @@ impl Stack {
     }
 
     fn token(&self, projects: &[&str]) -> String {
-        self.keys.issue("test", projects.iter().map(|p| (*p).to_owned()).collect(), Duration::from_secs(600))
+        let projects = projects.iter().map(|p| (*p).to_owned()).collect();
+        self.keys.issue("test", projects, Duration::from_secs(600)).expose().to_owned()
     }
 
     async fn events(&self, token: &str, query: &str, last_event_id: Option<u64>) -> Sse {

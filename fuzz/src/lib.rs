@@ -121,7 +121,7 @@ fn local() -> &'static Local {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
         let store = Arc::new(Store::in_memory().expect("an in-memory store opens"));
         let keys = TokenKeys::new(&SecretString::from("fuzz-secret-fuzz-secret-fuzz-secret!"));
-        let token = keys.issue("fuzz", vec!["group/app".into()], Duration::from_secs(3600));
+        let token = keys.issue("fuzz", vec!["group/app".into()], Duration::from_secs(3600)).expose().to_owned();
         let router = cloudci::api::sse::router(cloudci::api::sse::EventsState { hub: Hub::new(store), keys });
         Local { runtime, router, token }
     })

@@ -33,6 +33,25 @@ impl Claims {
 #[error("invalid or expired token")]
 pub struct BadToken;
 
+/// An issued local API token. `Debug` shows `Jwt([redacted])`; the text comes out only through
+/// [`Jwt::expose`], where it is sent (a request, the CLI's token file) or printed on purpose
+/// (`cloudci token issue`, `cloudci demo --keep-serving`).
+#[derive(Clone)]
+pub struct Jwt(SecretString);
+
+impl Jwt {
+    /// The token's text, to send or to print on purpose.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Jwt([redacted])")
+    }
+}
+
 /// Signs and checks local API tokens. `Debug` does not show the key.
 #[derive(Clone)]
 pub struct TokenKeys {
@@ -54,11 +73,12 @@ impl TokenKeys {
     }
 
     /// Issues a token for `sub`, valid for `ttl`, limited to `projects` (all when empty).
-    pub fn issue(&self, sub: &str, projects: Vec<String>, ttl: Duration) -> String {
+    pub fn issue(&self, sub: &str, projects: Vec<String>, ttl: Duration) -> Jwt {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
         let claims = Claims { sub: sub.to_owned(), iat: now, exp: now + ttl.as_secs(), projects };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 signing with an in-memory key cannot fail")
+        let text = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing with an in-memory key cannot fail");
+        Jwt(SecretString::from(text))
     }
 
     /// Checks a token's signature, algorithm and expiry.
@@ -103,12 +123,14 @@ mod tests {
     #[test]
     fn issue_verify_expire_and_scope() {
         let keys = TokenKeys::new(&SecretString::from("sekrit".repeat(8)));
-        let t = keys.issue("ide", vec!["acme/fw".into()], Duration::from_secs(60));
-        let c = keys.verify(&t).unwrap();
+        let jwt = keys.issue("ide", vec!["acme/fw".into()], Duration::from_secs(60));
+        let t = jwt.expose();
+        assert_eq!(format!("{jwt:?}"), "Jwt([redacted])");
+        let c = keys.verify(t).unwrap();
         assert!(c.allows("acme/fw") && !c.allows("acme/other"));
         assert!(keys.verify(&format!("{t}x")).is_err());
         let other = TokenKeys::new(&SecretString::from("z".repeat(43)));
-        assert!(other.verify(&t).is_err());
+        assert!(other.verify(t).is_err());
         // Expired (past the 5 s leeway).
         let now = chrono::Utc::now().timestamp() as u64;
         let old = Claims { sub: "x".into(), iat: now - 100, exp: now - 60, projects: vec![] };

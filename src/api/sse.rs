@@ -141,7 +141,8 @@ mod tests {
         let hub = Hub::new(Arc::new(Store::open(&dir.path().join("events.db"), Durability::Normal).unwrap()));
         let keys = TokenKeys::new(&SecretString::from("jwt-key-for-tests-0123456789abcdef"));
         let token = keys.issue("test", Vec::new(), Duration::from_secs(3600));
-        let req = Request::get("/v1/events?since=0").header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let req =
+            Request::get("/v1/events?since=0").header(header::AUTHORIZATION, format!("Bearer {}", token.expose()));
         let resp = router(EventsState { hub, keys }).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         let mut body = resp.into_body().into_data_stream();

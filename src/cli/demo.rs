@@ -166,7 +166,9 @@ impl DemoArgs {
         show.line("demo", &format!("  logs in {}", run_dir.display()));
 
         if self.keep_serving {
-            let token_for_cli = daemon.keys.issue("demo", vec![], Duration::from_secs(24 * 3600));
+            // Printed on purpose: the user pastes it into a browser and a shell.
+            let jwt = daemon.keys.issue("demo", vec![], Duration::from_secs(24 * 3600));
+            let token_for_cli = jwt.expose();
             crate::say!("dashboard: http://{}/?access_token={token_for_cli}", daemon.api_addr);
             crate::say!("local API: http://{} (Authorization: Bearer $CLOUDCI_TOKEN)", daemon.api_addr);
             crate::say!("for the CLI, in another terminal:");

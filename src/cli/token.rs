@@ -48,7 +48,9 @@ impl TokenCommand {
         let state = StateDir::new(config.state_dir());
         state.create()?;
         let keys = TokenKeys::new(&state.jwt_key().map_err(|e| Failure::general(e.to_string()))?);
-        let token = keys.issue(&name, projects, ttl);
+        // Printed on purpose: issuing a token is what the command is for.
+        let jwt = keys.issue(&name, projects, ttl);
+        let token = jwt.expose();
         if json {
             print_json(&serde_json::json!({"token": token}))?;
         } else {
