@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use cloudci_gitlab::types::{CreateMergeRequest, CreatePipeline, Job, MergeOptions, MergeRequest};
+use cloudci_gitlab::types::{CreateMergeRequest, CreatePipeline, MergeOptions, MergeRequest};
 use cloudci_gitlab::{MergeRequestFilter, ProjectRef};
 use futures_util::TryStreamExt;
 
@@ -17,7 +17,7 @@ use crate::builds::{BuildRecord, BuildWork};
 pub(super) async fn fetch_artifacts(
     o: &Orchestrator,
     record: &BuildRecord,
-    jobs: &[Job],
+    jobs: &[super::jobs::SettledJob],
     label: &str,
 ) -> Result<(), OrchestratorError> {
     let (_, work) = o.records().get(record.id).await?;
@@ -31,9 +31,9 @@ pub(super) async fn fetch_artifacts(
         o.state_dir().join("artifacts").join(sanitize(&record.project)).join(&sha).join(sanitize(&record.target));
     let project = ProjectRef::parse(&record.gitlab);
     let mut first = None;
-    for job in jobs.iter().filter(|j| j.artifacts_file.is_some()) {
+    for job in jobs.iter().filter(|j| j.artifacts.is_some()) {
         let zip = dest.join(format!("{}.zip", sanitize(&job.name)));
-        let total = job.artifacts_file.as_ref().and_then(|a| a.size);
+        let total = job.artifacts.flatten();
         // The client streams to the file: its growing size is the download's progress.
         let (reporter, what, path) = (o.inner.reporter.clone(), job.name.clone(), zip.clone());
         let build = label.to_owned();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use cloudci_gitlab::types::Status;
 use cloudci_gitlab::{Gitlab, JobFilter, PipelineId, ProjectRef};
 use cloudci_webhook::{BuildEvent, EventFilter, EventKind, Hub};
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{FutureExt, Stream, StreamExt, TryStreamExt};
 
 /// Where live events come from.
 #[derive(Clone)]
@@ -66,6 +66,11 @@ impl Follower {
         Self { gitlab, feed }
     }
 
+    /// Where its events come from.
+    pub fn feed(&self) -> &EventFeed {
+        &self.feed
+    }
+
     /// The events about `gitlab_project` from now on, if there is a feed.
     pub async fn subscribe(&self, gitlab_project: &str) -> Option<Events> {
         match &self.feed {
@@ -119,6 +124,9 @@ impl Follower {
         // How long a silence may last with events; shortened once events and GitLab disagreed.
         let mut patience = SAFETY_NET;
         let mut said_final = false;
+        // Events about a pipeline followed from its creation are trusted to say it settled;
+        // one followed again (after a restart or a retry) is confirmed with GitLab's API.
+        let trust_final = !check_first;
         loop {
             if ask {
                 ask = false;
@@ -164,6 +172,27 @@ impl Follower {
                                 // The target's jobs may be done: GitLab's API confirms.
                                 ask |= done.is_some_and(|d| d(&known));
                             }
+                        }
+                        EventKind::Pipeline if settled(&status) && trust_final && done.is_none() => {
+                            // A pipeline created after we subscribed: every event about it went
+                            // through the daemon's state machine, so a final one is final. Its
+                            // jobs' last events come in the same batch, already here.
+                            while let Some(Some(e)) = stream.next().now_or_never() {
+                                if e.kind == EventKind::Job && e.pipeline_id == Some(id.0) {
+                                    let status = e.status().unwrap_or(Status::Created);
+                                    let name = e.job_name.clone().unwrap_or_default();
+                                    if known.get(&name) != Some(&status) {
+                                        known.insert(name.clone(), status.clone());
+                                        on_job(JobSeen {
+                                            name,
+                                            id: e.job_id.unwrap_or(0),
+                                            status,
+                                            stage: e.stage.clone(),
+                                        });
+                                    }
+                                }
+                            }
+                            return Ok(status);
                         }
                         EventKind::Pipeline if settled(&status) => {
                             said_final = true;

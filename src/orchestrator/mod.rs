@@ -8,6 +8,8 @@
 //! - [`follow`]: the one pipeline follower ([`Follower::follow`]), hub-first or polling.
 //! - [`actions`]: after success — artifacts per build; merge request, auto-merge, promotion per
 //!   project — each step recorded so none runs twice.
+//! - [`jobs`]: a settled pipeline's jobs, from the webhooks when they told everything, else
+//!   GitLab's list.
 //! - [`records`]: the build store, step by step ([`Records`]).
 //! - [`run`]: carrying runs and builds: fresh, resumed after a restart, retried or canceled.
 //! - [`logs`]: per-run log folders.
@@ -19,6 +21,7 @@ pub mod actions;
 pub mod create;
 pub mod error;
 pub mod follow;
+pub mod jobs;
 pub mod logs;
 pub mod plan;
 pub mod queue;

@@ -468,7 +468,10 @@ impl Orchestrator {
         let selector = work.selector.clone();
         let mine = |name: &str| selector.as_ref().is_none_or(|s| s.matches(name));
         self.inner.reporter.state(label, BuildStatus::Running, None);
-        self.seed_jobs(id, &project, pipeline).await;
+        if events.is_none() {
+            // With a feed, the pipeline's first delivery lists its jobs.
+            self.seed_jobs(id, &project, pipeline).await;
+        }
         let record = self.records().get(id).await?.0;
         let log_dir = record.log_dir.as_ref().map(PathBuf::from).unwrap_or_else(|| self.state_dir().join("logs"));
         let dir = log_dir.join(&record.project).join(&record.target);
@@ -553,7 +556,7 @@ impl Orchestrator {
 
         // Every job of this attempt (GitLab lists the latest of each), with its log; in a
         // shared pipeline, the target's own.
-        let all: Vec<_> = gitlab.pipeline_jobs(project.clone(), pipeline, &JobFilter::default()).try_collect().await?;
+        let all = self.settled_jobs(&project, pipeline).await?;
         let names: Vec<String> = all.iter().map(|j| j.name.clone()).collect();
         let jobs: Vec<_> = all.into_iter().filter(|j| mine(&j.name)).collect();
         let composite = match &work.selector {
@@ -576,7 +579,7 @@ impl Orchestrator {
         let mut recorded = BTreeMap::new();
         for job in &jobs {
             let mut log = None;
-            if job.started_at.is_some() {
+            if job.started {
                 let path = dir.join(format!("{}.log", actions::sanitize(&job.name)));
                 // The log followed to its end is the log saved: not read again.
                 if !self.log_followed(job.id.0, &path) {

@@ -87,6 +87,16 @@ pub struct BuildEvent {
     pub source: EventSource,
     /// When cloudci accepted it (RFC 3339).
     pub received_at: String,
+    /// Jobs: whether it may fail without failing its pipeline, when the delivery said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_failure: Option<bool>,
+    /// Jobs: whether it started (so it has a log), when the delivery said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
+    /// Jobs: whether it has an artifact archive. Pipeline Hooks (`builds[].artifacts_file`)
+    /// and API reads say; Job Hooks do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<bool>,
 }
 
 impl BuildEvent {
@@ -113,6 +123,9 @@ impl BuildEvent {
             gitlab_event: gitlab_event.to_owned(),
             source,
             received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            allow_failure: None,
+            started: None,
+            artifacts: None,
         }
     }
 
@@ -182,6 +195,11 @@ pub fn observe(event: &WebhookEvent, source: EventSource) -> Vec<Observation> {
                 je.stage = Some(b.stage.clone());
                 je.status = Some(b.status.to_string());
                 je.failure_reason = b.failure_reason.clone();
+                je.allow_failure = Some(b.allow_failure);
+                je.started = Some(b.started_at.is_some());
+                // `{"filename": null, "size": null}` when the job has none.
+                je.artifacts =
+                    Some(b.extra.get("artifacts_file").and_then(|a| a.get("filename")).is_some_and(|f| !f.is_null()));
                 out.push(Observation { event: je, max_job_id: b.id.0 });
             }
         }
@@ -203,6 +221,8 @@ pub fn observe(event: &WebhookEvent, source: EventSource) -> Vec<Observation> {
                 je.failure_reason = j.build_failure_reason.clone();
             }
             je.url = Some(format!("{}/-/jobs/{}", j.project.web_url, j.build_id));
+            je.allow_failure = Some(j.build_allow_failure);
+            je.started = Some(j.build_started_at.is_some());
             out.push(Observation { event: je, max_job_id: j.build_id.0 });
             if let Some(commit) = &j.commit {
                 let mut pe = base(EventKind::Pipeline);

@@ -210,6 +210,9 @@ impl Reconciler {
             e.status = Some(j.status.to_string());
             e.failure_reason = j.failure_reason.clone();
             e.url = Some(j.web_url.clone());
+            e.allow_failure = Some(j.allow_failure);
+            e.started = Some(j.started_at.is_some());
+            e.artifacts = Some(j.artifacts_file.is_some());
             let superseded = newest.get(j.name.as_str()).is_some_and(|n| *n > j.id.0);
             let batch = if superseded { &mut retried } else { &mut current };
             batch.push(Observation { event: e, max_job_id: j.id.0 });

@@ -133,6 +133,25 @@ pub struct ActivePipeline {
     pub last_heard: i64,
 }
 
+/// A job as the deliveries told it ([`Store::pipeline_jobs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownJob {
+    /// Job id (this attempt).
+    pub id: u64,
+    /// Name, when a delivery gave it.
+    pub name: Option<String>,
+    /// Stage, when a delivery gave it.
+    pub stage: Option<String>,
+    /// Last accepted status.
+    pub status: Status,
+    /// Whether it may fail without failing the pipeline; `None` until a delivery said.
+    pub allow_failure: Option<bool>,
+    /// Whether it started (has a log); `None` until a delivery said.
+    pub started: Option<bool>,
+    /// Whether it has an artifact archive; `None` until a Pipeline Hook or a poll said.
+    pub artifacts: Option<bool>,
+}
+
 /// The SQLite store.
 #[derive(Debug)]
 pub struct Store {
@@ -194,6 +213,12 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // When the event was logged (Unix milliseconds), for retention; rows logged before it was
     // kept are given the time of the migration (their age is unknown; they are kept longest).
     ("events", "logged_at", "INTEGER"),
+    // What deliveries say of a job besides its status (NULL until one said): kept from every
+    // delivery, also a duplicate, so a Pipeline Hook repeating a known status still tells
+    // whether the job has artifacts. 0/1.
+    ("jobs", "allow_failure", "INTEGER"),
+    ("jobs", "started", "INTEGER"),
+    ("jobs", "artifacts", "INTEGER"),
 ];
 
 fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
@@ -427,6 +452,31 @@ impl Store {
         Ok(seq.unwrap_or(0) as u64)
     }
 
+    /// What the deliveries told of pipeline `pipeline`'s jobs: the newest attempt of each name,
+    /// with what is known besides its status. The caller decides whether that is enough (a
+    /// job's artifacts are known only once a Pipeline Hook or a poll mentioned it).
+    pub fn pipeline_jobs(&self, pipeline: u64) -> Result<Vec<KnownJob>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, stage, status, allow_failure, started, artifacts FROM jobs j
+             WHERE pipeline_id = ?1 AND NOT EXISTS
+                 (SELECT 1 FROM jobs n WHERE n.pipeline_id = j.pipeline_id AND n.name = j.name AND n.id > j.id)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map([pipeline as i64], |r| {
+            Ok(KnownJob {
+                id: r.get::<_, i64>(0)? as u64,
+                name: r.get(1)?,
+                stage: r.get(2)?,
+                status: Status::parse(&r.get::<_, String>(3)?),
+                allow_failure: r.get(4)?,
+                started: r.get(5)?,
+                artifacts: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Pipelines not finished yet, and finished ones with a job still shown as queued or running
     /// (its last delivery was lost: the pipeline cannot have finished before it).
     pub fn active_pipelines(&self) -> Result<Vec<ActivePipeline>, StoreError> {
@@ -655,13 +705,24 @@ fn apply(
                     "UPDATE jobs SET name = COALESCE(name, ?2), stage = COALESCE(stage, ?3) WHERE id = ?1",
                     params![id as i64, event.job_name, event.stage],
                 )?;
+                // Started and artifacts only ever become true for one attempt: a late delivery
+                // cannot take them back.
+                let facts = (event.allow_failure, event.started, event.artifacts);
+                exec(
+                    tx,
+                    "UPDATE jobs SET allow_failure = COALESCE(?2, allow_failure),
+                         started = CASE WHEN ?3 IS NULL THEN started ELSE MAX(COALESCE(started, 0), ?3) END,
+                         artifacts = CASE WHEN ?4 IS NULL THEN artifacts ELSE MAX(COALESCE(artifacts, 0), ?4) END
+                     WHERE id = ?1",
+                    params![id as i64, facts.0, facts.1, facts.2],
+                )?;
                 if !verdict.accepted() {
                     continue;
                 }
                 exec(tx,
-                    "INSERT INTO jobs (id, pipeline_id, status, name, stage) VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO jobs (id, pipeline_id, status, name, stage, allow_failure, started, artifacts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (id) DO UPDATE SET status = ?3, pipeline_id = COALESCE(?2, pipeline_id), name = COALESCE(?4, name), stage = COALESCE(?5, stage)",
-                    params![id as i64, pipeline.map(|p| p as i64), status.as_str(), event.job_name, event.stage],
+                    params![id as i64, pipeline.map(|p| p as i64), status.as_str(), event.job_name, event.stage, facts.0, facts.1, facts.2],
                 )?;
                 if let (Some(p), Some(name)) = (pipeline, &event.job_name) {
                     exec(
