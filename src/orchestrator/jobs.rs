@@ -73,9 +73,8 @@ impl Orchestrator {
         pipeline: PipelineId,
     ) -> Result<Vec<SettledJob>, cloudci_gitlab::Error> {
         if let EventFeed::Hub(hub) = self.inner.follower.feed() {
-            let store = hub.store().clone();
-            let known = tokio::task::spawn_blocking(move || store.pipeline_jobs(pipeline.0)).await;
-            if let Ok(Ok(known)) = known {
+            let known = hub.pipeline_jobs(pipeline.0).await;
+            if let Ok(known) = known {
                 let settled = !known.is_empty()
                     && known
                         .iter()

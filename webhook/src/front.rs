@@ -14,6 +14,12 @@ impl Hub {
         blocking(move || store.track_pipeline(project_id, &project, pipeline_id)).await
     }
 
+    /// What the deliveries told of a pipeline's jobs ([`crate::Store::pipeline_jobs`]).
+    pub async fn pipeline_jobs(&self, pipeline_id: u64) -> Result<Vec<crate::KnownJob>, StoreError> {
+        let store = self.store().clone();
+        blocking(move || store.pipeline_jobs(pipeline_id)).await
+    }
+
     /// The newest seq ever logged (0 when none was), also when retention removed it.
     pub async fn last_seq(&self) -> Result<u64, StoreError> {
         let store = self.store().clone();
