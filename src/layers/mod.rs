@@ -1,0 +1,115 @@
+//! The layers both listeners of `cloudci serve` share, in one place: a request id, a tracing span
+//! per request, a panic guard, request timeouts, and on the local API a body limit, the `Host`
+//! check, `Referrer-Policy`, JSON error bodies and event streams that end at shutdown.
+//!
+//! [`Layers::public`] wraps the receiver's router, [`Layers::local`] the local API's; the daemon
+//! applies them where it composes both (`daemon.rs`). They are added with `Router::layer`, so they
+//! run after routing and see the matched route template ([`MatchedPath`](axum::extract::MatchedPath)): a span names
+//! `/hooks/{secret}`, never the path secret, and never a query string (`?access_token=`).
+//!
+//! Outside in: sensitive headers marked, request id, (`Referrer-Policy`,) trace span, (`Host`
+//! check, JSON errors,) panic guard, timeout, (end of event streams at shutdown, body limit,) the
+//! route.
+//!
+//! No CORS layer, on purpose: the local API is for this machine's CLI, IDE and its own dashboard
+//! (same origin), so no other origin is ever allowed to read it.
+//!
+//! Rooms: `trace.rs` (request id, spans), `guard.rs` (timeouts, the panic guard), `local.rs`
+//! (what only the local API has: the `Host` check, JSON error bodies, the end of event streams).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::{self};
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+mod guard;
+mod local;
+#[cfg(test)]
+mod tests;
+mod trace;
+
+pub use guard::Timeouts;
+pub use local::AllowedHosts;
+
+use guard::{install_panic_hook, panic_response, panic_scope, time_limit};
+use local::{end_streams, host_check, json_errors};
+use trace::{with_request_id, with_trace};
+
+/// The request id header: set on every request (replacing one a client sent, so ids in the log
+/// are always ours) and returned on every answer.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request headers that carry secrets: shown as `Sensitive` if anything ever formats them.
+pub const SENSITIVE_HEADERS: [HeaderName; 6] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    HeaderName::from_static("x-gitlab-token"),
+    HeaderName::from_static("private-token"),
+    HeaderName::from_static("webhook-signature"),
+    HeaderName::from_static("proxy-authorization"),
+];
+
+/// The local API's body limit: its bodies are small JSON documents (a build request, a job
+/// name); nothing uploads. The public listener keeps GitLab's 25 MB ([`cloudci_webhook::MAX_BODY`]).
+pub const API_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The SSE route: long-lived, never timed out, ended at shutdown.
+pub(super) const EVENTS_ROUTE: &str = "/v1/events";
+
+/// The layers, with the daemon's shutdown signal and the timeouts.
+#[derive(Debug, Clone)]
+pub struct Layers {
+    shutdown: CancellationToken,
+    timeouts: Timeouts,
+}
+
+impl Layers {
+    /// Layers whose event streams end when `shutdown` is cancelled, with the default timeouts.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        install_panic_hook();
+        Self { shutdown, timeouts: Timeouts::default() }
+    }
+
+    /// Other timeouts (tests).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// The public listener: everything shared. Its own 404s stay empty; its body limit is the
+    /// receiver's (GitLab's 25 MB).
+    pub fn public(&self, router: Router) -> Router {
+        let router = router
+            .layer(middleware::from_fn_with_state(self.timeouts, time_limit))
+            .layer(middleware::from_fn(panic_scope))
+            .layer(CatchPanicLayer::custom(panic_response));
+        shared(router)
+    }
+
+    /// The local API: everything shared, plus the body limit, event streams that end at
+    /// shutdown, JSON error bodies, the `Host` check and `Referrer-Policy: no-referrer`.
+    pub fn local(&self, router: Router, hosts: AllowedHosts) -> Router {
+        let router = router
+            .layer(RequestBodyLimitLayer::new(API_BODY_LIMIT))
+            .layer(middleware::from_fn_with_state(self.shutdown.clone(), end_streams))
+            .layer(middleware::from_fn_with_state(self.timeouts, time_limit))
+            .layer(middleware::from_fn(panic_scope))
+            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(middleware::from_fn(json_errors))
+            .layer(middleware::from_fn_with_state(Arc::new(hosts), host_check));
+        let router = with_trace(router).layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ));
+        with_request_id(router)
+    }
+}
+
+fn shared(router: Router) -> Router {
+    with_request_id(with_trace(router))
+}
