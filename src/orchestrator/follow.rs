@@ -1,7 +1,9 @@
 //! The pipeline follower: one way, for every caller, to learn how a pipeline goes until it
 //! settles. Inside the daemon it listens to the hub (the daemon's reconciler turns GitLab's API
-//! into events when webhooks are silent), and asks GitLab itself only to confirm a final status
-//! and as a long safety net. Without a daemon it polls GitLab, from 2–3 s backing off to 30 s.
+//! into events when webhooks are silent): a pipeline followed from its creation settles on the
+//! hub's final event, which went through the daemon's state machine; one followed again (after
+//! a restart or a retry) is confirmed with GitLab's API, and a long silence is a safety net.
+//! Without a daemon it polls GitLab, from 1 s backing off to 30 s with jitter.
 
 use std::pin::Pin;
 use std::time::Duration;
