@@ -90,8 +90,9 @@ impl Gitlab {
     /// whole log, as the API handler sends `build.trace.raw` as one body; so no `Range` is sent
     /// (reqwest would then also stop asking for a compressed answer, and GitLab's nginx gzips
     /// `text/plain`, which is what makes reading a growing log again cheap). The bytes before
-    /// `offset` are dropped here. A log shorter than `offset` (the job was retried or erased) is
-    /// returned whole with `reset`, from the same read.
+    /// `offset` are dropped here as they stream in, never held: following a 100 MB log holds only
+    /// what is new. A log shorter than `offset` (the job was retried or erased) is read again and
+    /// returned whole with `reset`.
     pub async fn job_trace_from(
         &self,
         project: impl Into<ProjectRef>,
@@ -99,21 +100,34 @@ impl Gitlab {
         offset: u64,
     ) -> Result<TraceChunk, Error> {
         let path = format!("{}/jobs/{id}/trace", project_path(&project.into()));
-        let req = Request::get(&path).streaming();
+        let (data, len) = self.trace_after(&path, offset).await?;
+        if len >= offset {
+            return Ok(TraceChunk { data, next_offset: len, reset: false });
+        }
+        // Rare (a retried or erased job), and the new log is shorter than what was seen: read it
+        // whole rather than keep every prefix in case.
+        let (data, len) = self.trace_after(&path, 0).await?;
+        Ok(TraceChunk { data, next_offset: len, reset: true })
+    }
+
+    /// The bytes of the trace at `path` after `offset`, and the whole log's length.
+    async fn trace_after(&self, path: &str, offset: u64) -> Result<(Bytes, u64), Error> {
+        let req = Request::get(path).streaming();
         let mut resp = self.send(&req).await?;
         let url = resp.url().clone();
-        let mut log = Vec::new();
+        let mut kept = Vec::new();
+        let mut len = 0u64;
         while let Some(chunk) =
             resp.chunk().await.map_err(|source| Error::transport(format!("GET /{path}"), &url, source))?
         {
-            log.extend_from_slice(&chunk);
+            let start = len;
+            len += chunk.len() as u64;
+            if len > offset {
+                let skip = usize::try_from(offset.saturating_sub(start)).unwrap_or(chunk.len());
+                kept.extend_from_slice(&chunk[skip..]);
+            }
         }
-        let len = log.len() as u64;
-        if len < offset {
-            return Ok(TraceChunk { data: Bytes::from(log), next_offset: len, reset: true });
-        }
-        let from = usize::try_from(offset).unwrap_or(log.len());
-        Ok(TraceChunk { data: Bytes::copy_from_slice(&log[from..]), next_offset: len, reset: false })
+        Ok((Bytes::from(kept), len))
     }
 
     /// `GET /projects/:id/jobs/:job_id/artifacts`: streams the job's artifact archive (a zip) into
