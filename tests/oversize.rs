@@ -6,9 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudci_webhook::receiver::MAX_BODY;
-use cloudci_webhook::verify::HookSecrets;
-use cloudci_webhook::{Durability, EventFilter, Hub, Receiver, Store};
+use cloudci_webhook::{Durability, EventFilter, HookSecrets, Hub, MAX_BODY, Receiver, Store};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
