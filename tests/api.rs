@@ -49,7 +49,7 @@ async fn ide_plugin_flow_over_the_local_api() {
     let cases = [
         (json!({"projects": ["nope"]}), 404, "projects"),
         (json!({"projects": []}), 422, "projects"),
-        (json!({"projects": ["firmware"], "targets": ["esp32"]}), 422, "targets"),
+        (json!({"projects": ["firmware"], "targets": ["esp32"]}), 404, "targets"),
         (json!({"projects": ["firmware"], "colour": "blue"}), 400, "colour"),
     ];
     for (body, status, field) in cases {

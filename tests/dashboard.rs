@@ -1,5 +1,6 @@
 //! The dashboard in a real browser: headless Chromium (driven by playwright-core) loads
-//! `cloudci demo --keep-serving`'s page, runs its script, and shows the builds and live events.
+//! `cloudci demo --keep-serving`'s page, runs its script, and shows the builds and live events;
+//! the token it was opened with leaves the address and stays out of the page's reach.
 //! Needs Chromium at /usr/bin/chromium (or `$CHROMIUM`) and Node.js; `.ci/run` installs both
 //! tools' packages, and this test installs playwright-core itself when missing.
 
@@ -20,6 +21,11 @@ fn browser_tests() -> PathBuf {
         assert!(out.status.success(), "npm install failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     dir
+}
+
+/// The port of a `http://127.0.0.1:PORT/...` address.
+fn url_port(url: &str) -> &str {
+    url.trim_start_matches("http://").split(['/', '?']).next().unwrap().rsplit(':').next().unwrap()
 }
 
 #[test]
@@ -77,8 +83,20 @@ fn the_dashboard_shows_builds_and_live_events_in_a_browser() {
     assert!(links.iter().any(|l| l.ends_with("/demo/firmware/-/merge_requests/1")), "{links:?}");
     assert!(links.iter().any(|l| l.starts_with("/v1/builds/1/download")), "{links:?}");
     assert!(shot.exists());
-    // The token was taken out of the address, so history does not keep it.
+    // The first load traded the token for a cookie and left `/` in the address (and history).
     assert!(!seen["address"].as_str().unwrap().contains("access_token"), "{seen}");
+    let token_seen = &seen["token"];
+    assert!(seen["address"].as_str().unwrap().ends_with(&format!(":{}/", url_port(&url))), "{seen}");
+    assert!(!token_seen["address"].as_str().unwrap().contains("access_token"), "{seen}");
+    // The page's script never holds the token: the cookie is HttpOnly, and nothing is stored.
+    assert_eq!(token_seen["cookie"], "", "{seen}");
+    assert_eq!(token_seen["storage"], 0, "{seen}");
+    // The cookie alone does not act: the page's changes carry X-Requested-With.
+    assert_eq!(token_seen["bareRetry"], 403, "{seen}");
+    // A page of another origin on this host: its read is refused and unreadable, its blind POST
+    // refused.
+    assert_eq!(seen["foreignAnswers"], serde_json::json!([403, 403]), "{seen}");
+    assert!(seen["foreign"][0].as_str().is_some_and(|s| s.starts_with("blocked")), "{seen}");
 
     // Build 1's page: jobs by stage with their status, the selected job's log, links, actions.
     let build = &seen["build"];

@@ -179,8 +179,9 @@ fn stream_of<T: Send + 'static>(
 }
 
 /// At `CLOUDCI_LOG=debug`, with hooks installed on gitlab-sim, signed deliveries arriving, API
-/// calls with a bearer token, the dashboard's `?access_token=` stream, and a forged delivery: the
-/// daemon's log names routes by their template and holds none of the secrets.
+/// calls with a bearer token, the dashboard's first load (`?access_token=`) and its stream carried
+/// by the cookie, and a forged delivery: the daemon's log names routes by their template and
+/// holds none of the secrets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_debug_log_holds_no_secret_while_serving() {
     let dir = tempfile::tempdir().unwrap();
@@ -216,10 +217,16 @@ async fn the_debug_log_holds_no_secret_while_serving() {
     let path_secret = url.rsplit('/').next().unwrap().to_owned();
     let c = http();
 
-    // Signed deliveries from GitLab, followed on the dashboard's kind of stream.
+    // Signed deliveries from GitLab, followed on the dashboard's kind of stream: its first load
+    // has the token in the address, traded for the cookie its stream then carries.
     let mut events = Events::open(api_port, &token, "").await;
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let trade = no_redirect.get(format!("http://127.0.0.1:{api_port}/?access_token={token}")).send().await.unwrap();
+    assert_eq!(trade.status(), 303);
+    let cookie = trade.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
     let sse = c
-        .get(format!("http://127.0.0.1:{api_port}/v1/events?access_token={token}&project=acme/firmware"))
+        .get(format!("http://127.0.0.1:{api_port}/v1/events?project=acme/firmware"))
+        .header("Cookie", &cookie)
         .send()
         .await
         .unwrap();

@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::{Claims, TokenKeys};
+use super::session;
 
 /// An error answer: `{"error": "...", "field": "..."}` with a status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +46,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A request with a valid `Authorization: Bearer <JWT>`; rejected with 401 otherwise.
+/// A request with a valid token: `Authorization: Bearer <JWT>`, or the dashboard's session
+/// cookie on a request the dashboard itself made ([`session`](super::session)); rejected with
+/// 401 (no or a bad token) or 403 (a cookie on a request from elsewhere). A token in the URL is
+/// never taken: URLs land in histories and logs.
 #[derive(Debug, Clone)]
 pub struct Authorized(pub Claims);
 
@@ -58,19 +62,21 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let keys = TokenKeys::from_ref(state);
-        // Browsers' EventSource cannot send headers: the dashboard passes `?access_token=`.
-        // Query strings are never logged.
-        let from_query = parts.uri.query().and_then(|q| {
-            url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned())
-        });
-        let token = parts
+        let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned)
-            .or(from_query)
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer token"))?;
+            .map(str::to_owned);
+        let token = match bearer {
+            Some(t) => t,
+            None => {
+                let t = session::cookie_token(&parts.headers)
+                    .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer token"))?;
+                session::check_cookie_request(parts)?;
+                t
+            }
+        };
         keys.verify(token.trim()).map(Authorized).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))
     }
 }

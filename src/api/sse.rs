@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRef, Query, State};
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use super::auth::{Claims, TokenKeys};
 use super::error::{ApiError, Authorized};
+use super::params::ApiQuery;
 use cloudci_webhook::{EventFilter, Hub};
 
 /// Heartbeat interval.
@@ -87,7 +88,7 @@ async fn events(
     State(state): State<EventsState>,
     Authorized(claims): Authorized,
     headers: HeaderMap,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let filter = scoped_filter(&claims, &q)?;
     let last_event_id = match headers.get("last-event-id").map(|v| v.to_str().map(|s| s.trim().parse::<u64>())) {

@@ -1,7 +1,11 @@
 // Loads the dashboard in headless Chromium (Debian's, through playwright-core) and waits for the
 // builds and the live events to appear, then opens build 1's page and waits for its jobs by stage
-// and its job's log. Prints what it saw as JSON; exits non-zero if they never appear.
+// and its job's log. Then the token's safety: the address and the page's script never hold it
+// (an HttpOnly cookie carries it), a change without X-Requested-With is refused, and a page of
+// another origin on this host (same site: another port) gets nothing with the cookie. Prints
+// what it saw as JSON; exits non-zero if the page never shows its builds.
 // Arguments: the dashboard URL, the list's screenshot path, the build page's screenshot path.
+import http from "node:http";
 import { chromium } from "playwright-core";
 
 const [url, shot, buildShot] = process.argv.slice(2);
@@ -11,7 +15,9 @@ const browser = await chromium.launch({
     "--disable-component-update", "--disable-sync"],
 });
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 600 } });
+  // One context (one cookie jar) for the dashboard and the foreign page below.
+  const context = await browser.newContext({ viewport: { width: 1400, height: 600 } });
+  const page = await context.newPage();
   await page.goto(url);
   await page.waitForSelector('tr[data-build="2"]', { timeout: 10000 });
   await page.waitForSelector("#events li", { timeout: 10000 });
@@ -61,6 +67,43 @@ try {
     await page.setViewportSize({ width: 1400, height: 900 });
     await page.screenshot({ path: buildShot, fullPage: true });
   }
+  // What the page's own script can reach: no token anywhere, and its cookie cannot act alone.
+  seen.token = await page.evaluate(async () => ({
+    address: location.href,
+    cookie: document.cookie,
+    storage: Object.keys(sessionStorage).length + Object.keys(localStorage).length,
+    bareRetry: (await fetch("/v1/builds/1/retry", { method: "POST" })).status,
+  }));
+
+  // A page of another origin on this host (another port, so same site for the cookie) tries the
+  // API with the browser's cookie; what the API answered is read off the network.
+  const foreign = http.createServer((_, res) => {
+    res.writeHead(200, { "content-type": "text/html" });
+    res.end("<!doctype html><title>elsewhere</title>");
+  });
+  await new Promise((ok) => foreign.listen(0, "127.0.0.1", ok));
+  const api = new URL(url).origin;
+  const attacker = await context.newPage();
+  await attacker.goto(`http://127.0.0.1:${foreign.address().port}/`);
+  // A read the page may not see (CORS blocks it), and blind ones (no-cors): the API's answers
+  // to the blind ones are read off the network.
+  const answered = (method, path) => attacker.waitForResponse(
+    (r) => r.url() === api + path && r.request().method() === method, { timeout: 10000 });
+  const [getAnswer, postAnswer] = [answered("GET", "/v1/builds?blind"), answered("POST", "/v1/builds/1/retry")];
+  seen.foreign = await attacker.evaluate(async (api) => {
+    const tries = [
+      () => fetch(api + "/v1/builds", { credentials: "include" }).then((r) => r.status),
+      () => fetch(api + "/v1/builds?blind", { mode: "no-cors", credentials: "include" }).then((r) => r.type),
+      () => fetch(api + "/v1/builds/1/retry", { method: "POST", mode: "no-cors", credentials: "include" })
+        .then((r) => r.type),
+    ];
+    const out = [];
+    for (const t of tries) out.push(await t().catch((e) => "blocked: " + e.name));
+    return out;
+  }, api);
+  seen.foreignAnswers = [(await getAnswer).status(), (await postAnswer).status()];
+  await attacker.close();
+  foreign.close();
   console.log(JSON.stringify(seen));
 } finally {
   await browser.close();
