@@ -47,9 +47,9 @@ impl IntoResponse for ApiError {
 }
 
 /// A request with a valid token: `Authorization: Bearer <JWT>`, or the dashboard's session
-/// cookie on a request the dashboard itself made ([`session`](super::session)); rejected with
-/// 401 (no or a bad token) or 403 (a cookie on a request from elsewhere). A token in the URL is
-/// never taken: URLs land in histories and logs.
+/// cookie on a request the dashboard itself made (see [`session`]); rejected with 401 (no or a
+/// bad token) or 403 (a cookie on a request from elsewhere). A token in the URL is never taken:
+/// URLs land in histories and logs.
 #[derive(Debug, Clone)]
 pub struct Authorized(pub Claims);
 
