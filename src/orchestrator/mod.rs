@@ -11,6 +11,8 @@
 //! - [`jobs`]: a settled pipeline's jobs, from the webhooks when they told everything, else
 //!   GitLab's list.
 //! - [`records`]: the build store, step by step ([`Records`]).
+//! - [`pipeline`]: a build's pipeline: its turn in the queue, created once, or a sibling's adopted.
+//! - [`control`]: retry, cancel and play on GitLab, then the build carried on as a new attempt.
 //! - [`run`]: carrying runs and builds: fresh, resumed after a restart, retried or canceled.
 //! - [`logs`]: per-run log folders.
 //! - [`tail`]: following running jobs' logs into their files ([`tail::Tails`]), read again at a
@@ -18,11 +20,13 @@
 //! - [`queue`]: at most `max_concurrent_pipelines` pipelines at once per GitLab; 429s hold it.
 
 pub mod actions;
+pub mod control;
 pub mod create;
 pub mod error;
 pub mod follow;
 pub mod jobs;
 pub mod logs;
+pub mod pipeline;
 pub mod plan;
 pub mod queue;
 pub mod records;

@@ -3,18 +3,17 @@
 //! dependencies succeeded, each build creates its pipeline once, follows it, writes its logs,
 //! fetches its artifacts; the last build of a project to settle does the project's actions.
 //! The same code carries a fresh run, a run resumed after a restart, and a retried build.
+//! (About 450 lines: one attempt of a build, `build_pass`, is one function of ~200 lines.)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use cloudci_gitlab::types::Status;
-use cloudci_gitlab::{JobFilter, PipelineId, ProjectRef};
-use futures_util::TryStreamExt;
+use cloudci_gitlab::{PipelineId, ProjectRef};
 use tokio::sync::watch;
 
 use super::follow::{JobSeen, settled};
-use super::queue::Slot;
 use super::{BuildStatus, Finished, Orchestrator, OrchestratorError, Plan, Started, actions, logs, targets};
 use crate::builds::{BuildRecord, BuildWork, JobRecord, NewBuild};
 
@@ -58,187 +57,6 @@ impl Orchestrator {
                 }
             });
         }
-    }
-
-    /// Retries build `id`'s pipeline on GitLab and follows the new attempt: its jobs, logs,
-    /// artifacts and, on success, what follows (the merge request still once). A build that
-    /// never got a pipeline (canceled while queued, or refused) is queued again.
-    pub async fn retry(&self, id: i64) -> Result<BuildRecord, OrchestratorError> {
-        let (record, work) = self.records().get(id).await?;
-        let ours = work.owner == self.inner.owner || work.done;
-        let Some(pipeline) = record.pipeline_id else {
-            if !record.status.is_final() {
-                return Err(OrchestratorError::NoPipeline(id));
-            }
-            let (record, _) = self
-                .records()
-                .update(id, move |r, w| {
-                    r.status = BuildStatus::Queued;
-                    r.reason = None;
-                    w.attempt += 1;
-                    if ours {
-                        w.settled = None;
-                        w.done = false;
-                    }
-                })
-                .await?;
-            if ours {
-                self.spawn_build(id);
-            }
-            return Ok(record);
-        };
-        if let Some(selector) = &work.selector {
-            // A target of a shared pipeline: only its failed jobs (what they skipped follows).
-            let gitlab = &self.inner.gitlab;
-            let project = ProjectRef::parse(&record.gitlab);
-            let jobs: Vec<_> = gitlab
-                .pipeline_jobs(project.clone(), PipelineId(pipeline), &JobFilter::default())
-                .try_collect()
-                .await?;
-            let failed: Vec<_> = jobs
-                .iter()
-                .filter(|j| selector.matches(&j.name))
-                .filter(|j| (j.status == Status::Failed && !j.allow_failure) || j.status == Status::Canceled)
-                .collect();
-            if failed.is_empty() {
-                return Err(OrchestratorError::NothingToDo {
-                    build: id,
-                    what: "no failed or canceled job to retry".into(),
-                });
-            }
-            for j in failed {
-                gitlab.retry_job(project.clone(), j.id).await?;
-            }
-        } else {
-            self.inner.gitlab.retry_pipeline(ProjectRef::parse(&record.gitlab), PipelineId(pipeline)).await?;
-        }
-        self.reopen(id, ours).await
-    }
-
-    /// Cancels build `id`'s pipeline; it is followed until GitLab says it settled, and recorded
-    /// with its canceled jobs. Returns the record with GitLab's answer as its status. A build
-    /// still queued leaves the queue and ends canceled, with no pipeline.
-    pub async fn cancel(&self, id: i64) -> Result<BuildRecord, OrchestratorError> {
-        let (record, work) = self.records().get(id).await?;
-        let ours = work.owner == self.inner.owner || work.done;
-        let Some(pipeline) = record.pipeline_id else {
-            if record.status != BuildStatus::Queued {
-                return Err(OrchestratorError::NoPipeline(id));
-            }
-            let (record, _) = self
-                .records()
-                .update(id, |r, w| {
-                    if r.pipeline_id.is_none() && w.settled.is_none() {
-                        r.status = BuildStatus::Canceled;
-                        r.reason = Some("canceled while queued".into());
-                        w.settled = Some(BuildStatus::Canceled);
-                    }
-                })
-                .await?;
-            self.inner.queue.cancel(id);
-            if ours {
-                self.spawn_build(id);
-            }
-            return Ok(record);
-        };
-        let answer = match &work.selector {
-            // A target of a shared pipeline: only its own jobs.
-            Some(selector) => {
-                let gitlab = &self.inner.gitlab;
-                let project = ProjectRef::parse(&record.gitlab);
-                let jobs: Vec<_> = gitlab
-                    .pipeline_jobs(project.clone(), PipelineId(pipeline), &JobFilter::default())
-                    .try_collect()
-                    .await?;
-                let mut now = Vec::new();
-                for j in jobs.into_iter().filter(|j| selector.matches(&j.name)) {
-                    let j = if j.status.is_completed() { j } else { gitlab.cancel_job(project.clone(), j.id).await? };
-                    now.push(j);
-                }
-                targets::composite(now.iter().map(|j| (j.name.as_str(), &j.status, j.allow_failure)))
-                    .map_or(record.status, |c| c.status)
-            }
-            None => BuildStatus::from_pipeline(
-                &self
-                    .inner
-                    .gitlab
-                    .cancel_pipeline(ProjectRef::parse(&record.gitlab), PipelineId(pipeline))
-                    .await?
-                    .status,
-            ),
-        };
-        let mut record = record;
-        if ours {
-            (record, _) = self
-                .records()
-                .update(id, |r, w| {
-                    r.status = BuildStatus::Running;
-                    w.settled = None;
-                    w.done = false;
-                })
-                .await?;
-            self.spawn_build(id);
-        }
-        record.status = answer;
-        Ok(record)
-    }
-
-    /// Starts build `id`'s manual jobs (`job`: only that one) on GitLab and follows the build
-    /// again: in a shared pipeline, the target's own manual jobs only.
-    pub async fn play(&self, id: i64, job: Option<&str>) -> Result<BuildRecord, OrchestratorError> {
-        let (record, work) = self.records().get(id).await?;
-        let ours = work.owner == self.inner.owner || work.done;
-        let Some(pipeline) = record.pipeline_id else { return Err(OrchestratorError::NoPipeline(id)) };
-        let gitlab = &self.inner.gitlab;
-        let project = ProjectRef::parse(&record.gitlab);
-        let jobs: Vec<_> =
-            gitlab.pipeline_jobs(project.clone(), PipelineId(pipeline), &JobFilter::default()).try_collect().await?;
-        let manual: Vec<_> = jobs
-            .iter()
-            .filter(|j| work.selector.as_ref().is_none_or(|s| s.matches(&j.name)))
-            .filter(|j| j.status == Status::Manual)
-            .collect();
-        let chosen: Vec<_> = match job {
-            Some(name) => manual.iter().copied().filter(|j| j.name == name).collect(),
-            None => manual.clone(),
-        };
-        if chosen.is_empty() {
-            let names: Vec<&str> = manual.iter().map(|j| j.name.as_str()).collect();
-            let what = match job {
-                Some(name) if !names.is_empty() => {
-                    format!("no manual job {name:?}; its manual jobs: {}", names.join(", "))
-                }
-                Some(name) => format!("no manual job {name:?} (none waits to be started)"),
-                None => "no manual job to start".into(),
-            };
-            return Err(OrchestratorError::NothingToDo { build: id, what });
-        }
-        for j in chosen {
-            gitlab.play_job(project.clone(), j.id, &[]).await?;
-            self.inner.reporter.line(&format!("{}/{}", record.project, record.target), &format!("started {}", j.name));
-        }
-        self.reopen(id, ours).await
-    }
-
-    /// After a retry or a play on GitLab: the build runs again as a new attempt, carried on by
-    /// this process when it is this process's to carry.
-    async fn reopen(&self, id: i64, ours: bool) -> Result<BuildRecord, OrchestratorError> {
-        let (record, _) = self
-            .records()
-            .update(id, move |r, w| {
-                r.status = BuildStatus::Running;
-                r.reason = None;
-                w.attempt += 1;
-                if ours {
-                    w.settled = None;
-                    w.done = false;
-                }
-            })
-            .await?;
-        if ours {
-            self.spawn_build(id);
-        }
-        Ok(record)
     }
 
     /// Waits until build `id` is done (carrying it on in this process when it is this
@@ -366,7 +184,7 @@ impl Orchestrator {
         let _ = done.send(Some(all_ok && !ids.is_empty()));
     }
 
-    fn spawn_build(&self, id: i64) {
+    pub(super) fn spawn_build(&self, id: i64) {
         let this = self.clone();
         tokio::spawn(async move { this.drive_build(id).await });
     }
@@ -625,137 +443,5 @@ impl Orchestrator {
             actions::fetch_artifacts(self, &record, &jobs, label).await?;
         }
         Ok(status)
-    }
-
-    /// Waits for the build's turn in the queue, then creates its pipeline; a 429 holds the
-    /// queue and the build keeps the head of the line. `None`: canceled while it waited.
-    async fn create_when_its_turn(
-        &self,
-        record: &BuildRecord,
-        work: &BuildWork,
-        project: &ProjectRef,
-        label: &str,
-    ) -> Result<Option<(PipelineId, Slot)>, OrchestratorError> {
-        let queue = &self.inner.queue;
-        let reporter = &self.inner.reporter;
-        let mut first = false;
-        loop {
-            let records = self.records().clone();
-            let slot = queue
-                .acquire(record.id, first, |w| {
-                    reporter.line(label, &w.to_string());
-                    reporter.state(label, BuildStatus::Queued, None);
-                    let (records, text, id) = (records.clone(), w.to_string(), record.id);
-                    // Shown in the record (status, API, dashboard) while it waits.
-                    tokio::spawn(async move {
-                        let saved = records.update(id, move |r, _| {
-                            if r.status == BuildStatus::Queued && r.pipeline_id.is_none() {
-                                r.reason = Some(text.clone());
-                            }
-                        });
-                        let _ = saved.await;
-                    });
-                })
-                .await;
-            let Some(slot) = slot else { return Ok(None) };
-            // Canceled while it waited (by another process, or just before its turn came).
-            let (now, _) = self.records().get(record.id).await?;
-            if now.status == BuildStatus::Canceled {
-                return Ok(None);
-            }
-            match self.create_pipeline(record, work, project, label).await {
-                Ok(p) => {
-                    queue.created();
-                    return Ok(Some((p, slot)));
-                }
-                Err(OrchestratorError::Gitlab(cloudci_gitlab::Error::RateLimited { retry_after, .. })) => {
-                    let hold = queue.hold(retry_after);
-                    reporter.line(
-                        label,
-                        &format!("GitLab rate limits new pipelines (429): the queue waits {} s", hold.as_secs()),
-                    );
-                    first = true;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Puts the pipeline's jobs into the record as GitLab lists them right after creation, so
-    /// a running build shows its jobs (and `logs --follow` has one) before any event. A failure
-    /// only delays this until the first event.
-    async fn seed_jobs(&self, id: i64, project: &ProjectRef, pipeline: PipelineId) {
-        let listed: Result<Vec<_>, _> =
-            self.inner.gitlab.pipeline_jobs(project.clone(), pipeline, &JobFilter::default()).try_collect().await;
-        let jobs = match listed {
-            Ok(jobs) => jobs,
-            Err(e) => return tracing::debug!(build = id, "listing a new pipeline's jobs: {e}"),
-        };
-        let saved = self.records().update(id, move |r, w| {
-            for j in jobs.iter().filter(|j| w.selector.as_ref().is_none_or(|s| s.matches(&j.name))) {
-                let entry = r.jobs.entry(j.name.clone()).or_insert(JobRecord {
-                    id: j.id.0,
-                    status: j.status.clone(),
-                    log: None,
-                    stage: None,
-                    allow_failure: j.allow_failure,
-                });
-                // Only a newer attempt: an event may already have moved this one further.
-                if j.id.0 > entry.id {
-                    entry.id = j.id.0;
-                    entry.status = j.status.clone();
-                }
-                entry.stage = Some(j.stage.clone());
-                entry.allow_failure = j.allow_failure;
-            }
-        });
-        if let Err(e) = saved.await {
-            tracing::warn!(build = id, "saving a new pipeline's jobs: {e}");
-        }
-    }
-}
-
-impl Orchestrator {
-    /// The lock of `key` in `run` (one task at a time does what it guards).
-    pub(super) async fn lock_for(&self, run: i64, key: &str) -> super::ProjectLock {
-        let mut locks = self.inner.projects.lock().await;
-        locks.entry((run, key.to_owned())).or_default().clone()
-    }
-
-    /// The pipeline a sibling target (same run, project and request) created for the jobs they
-    /// share, taken into this build's record.
-    async fn sibling_pipeline(
-        &self,
-        record: &BuildRecord,
-        work: &BuildWork,
-    ) -> Result<Option<PipelineId>, OrchestratorError> {
-        let siblings = self.records().run(record.run).await?;
-        let Some((found, _)) = siblings.into_iter().find(|(r, w)| {
-            r.id != record.id
-                && r.project == record.project
-                && w.selector.is_some()
-                && w.request_id == work.request_id
-                && r.pipeline_id.is_some()
-        }) else {
-            return Ok(None);
-        };
-        let (pid, url, sha, r) = (found.pipeline_id, found.pipeline_url, found.sha, found.git_ref);
-        self.records()
-            .update(record.id, move |rec, w| {
-                rec.pipeline_id = pid;
-                rec.pipeline_url.clone_from(&url);
-                rec.sha.clone_from(&sha);
-                rec.git_ref.clone_from(&r);
-                rec.status = BuildStatus::Running;
-                rec.reason = None;
-                w.create_attempted = true;
-            })
-            .await?;
-        let pid = pid.unwrap_or_default();
-        self.inner.reporter.line(
-            &format!("{}/{}", record.project, record.target),
-            &format!("its jobs are in pipeline {pid} (shared with the project's other targets)"),
-        );
-        Ok(Some(PipelineId(pid)))
     }
 }
