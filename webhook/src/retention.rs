@@ -318,3 +318,6 @@ impl Store {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod year;

@@ -1,0 +1,191 @@
+//! A simulated year (or more) of deliveries through the group commit, twice in one run: without
+//! retention, then with it running as the daemon runs it. Records the event store's size on disk
+//! (database, WAL) and the ingest latency (queued → committed and answered) of each.
+//!
+//! Time is compressed: a simulated day is `2000 / rate` seconds (a team project's ~2,000
+//! deliveries a day: 50 pipelines of 10 jobs), and the retention limits (14 days of deliveries,
+//! 30 of events) are scaled to it; deliveries arrive open-loop at `rate` per second, each
+//! ~2.5 KB (a job hook's size) with its pipeline's and job's observations; a subscriber follows
+//! live (and so holds what it has not read). `durability = "normal"` (the group commit's fsync
+//! would measure the disk, not retention).
+//!
+//! An ignored test, so that it drives the crate's own group commit ([`crate::ingest`]):
+//! `RETENTION_YEAR=1000000,2000 cargo test --release -p cloudci-webhook --lib retention_year -- --ignored --nocapture`
+//! (deliveries, rate per second; default 1,000,000 at 2,000/s). Prints one JSON line per
+//! simulated month and a summary per mode, then their ratios.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+
+use crate::ingest::Ingest;
+use crate::{
+    BuildEvent, Durability, EventFilter, EventKind, EventSource, Hub, Incoming, Keep, NewDelivery, Observation, Store,
+    StorePolicy, now_ms,
+};
+
+const PER_DAY: u64 = 2000;
+const PER_PIPELINE: u64 = 40;
+const STATUSES: [&str; 4] = ["created", "pending", "running", "success"];
+
+fn incoming(k: u64) -> Incoming {
+    let pipeline = 1 + k / PER_PIPELINE;
+    let i = k % PER_PIPELINE;
+    let job = pipeline * 100 + i / 4;
+    let mut j = BuildEvent::new(EventKind::Job, 1, "Job Hook", EventSource::Webhook);
+    j.project = Some("acme/firmware".into());
+    j.git_ref = Some("main".into());
+    j.pipeline_id = Some(pipeline);
+    j.job_id = Some(job);
+    j.job_name = Some(format!("build: [board{}]", i / 4));
+    j.stage = Some("build".into());
+    j.status = Some(STATUSES[(i % 4) as usize].into());
+    let mut p = j.clone();
+    p.kind = EventKind::Pipeline;
+    p.job_id = None;
+    p.job_name = None;
+    p.stage = None;
+    p.status = Some(if i + 1 == PER_PIPELINE { "success" } else { "running" }.into());
+    let observations = vec![Observation { event: j, max_job_id: job }, Observation { event: p, max_job_id: job }];
+    let mut body =
+        format!("{{\"object_kind\":\"build\",\"build_id\":{job},\"pipeline_id\":{pipeline},\"pad\":\"").into_bytes();
+    body.resize(2500, b'x');
+    let delivery = NewDelivery {
+        dedup_key: format!("d-{k}"),
+        event: "Job Hook".into(),
+        headers: "{\"X-Gitlab-Event\":\"Job Hook\"}".into(),
+        body,
+    };
+    Incoming { delivery, observations: Ok(observations) }
+}
+
+fn disk(dir: &Path) -> u64 {
+    ["events.db", "events.db-wal", "events.db-shm"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+async fn run(mode: &str, n: u64, rate: u64, retain: bool) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Arc::new(Store::open(&dir.path().join("events.db"), Durability::Normal).expect("the store"));
+    let hub = Hub::new(store.clone());
+    let ingest = Ingest::start(hub.clone(), Arc::new(Notify::new()));
+    let day = Duration::from_secs_f64(PER_DAY as f64 / rate as f64);
+    let policy = StorePolicy { deliveries: day * 14, events: day * 30, ..StorePolicy::default() };
+    // A subscriber that keeps up.
+    let mut live = Box::pin(hub.subscribe_frames(EventFilter::default(), None));
+    let reader = tokio::spawn(async move { while live.next().await.is_some() {} });
+    let stop = Arc::new(AtomicBool::new(false));
+    let gc = retain.then(|| {
+        let (hub, stop, policy) = (hub.clone(), stop.clone(), policy.clone());
+        std::thread::spawn(move || {
+            let mut removed = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let keep = Keep { pipelines: vec![], subscribers_at: hub.oldest_subscriber() };
+                let r = hub.store().gc(&policy, &keep, now_ms(), false).expect("a pass");
+                removed.0 += r.deliveries.count;
+                removed.1 += r.events.count;
+                std::thread::sleep(day / 2);
+            }
+            removed
+        })
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let started = Instant::now();
+    let mut max_disk = 0;
+    let sample_every = PER_DAY * 30;
+    for k in 0..n {
+        // Open loop: delivery k is due at k / rate, whatever the previous ones took.
+        let due = started + Duration::from_secs_f64(k as f64 / rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (ingest, tx) = (ingest.clone(), tx.clone());
+        tokio::spawn(async move {
+            let t = Instant::now();
+            ingest.store(incoming(k)).await.expect("stored");
+            let _ = tx.send(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        });
+        if k % sample_every == 0 && k > 0 {
+            let size = disk(dir.path());
+            max_disk = max_disk.max(size);
+            println!(
+                "{}",
+                serde_json::json!({"mode": mode, "deliveries": k, "simulated_days": k / PER_DAY, "disk_bytes": size})
+            );
+        }
+    }
+    drop(tx);
+    let mut lat = Vec::with_capacity(n as usize);
+    while let Some(l) = rx.recv().await {
+        lat.push(l);
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let removed = gc.map(|g| g.join().expect("the gc thread")).unwrap_or_default();
+    reader.abort();
+    let size = disk(dir.path());
+    max_disk = max_disk.max(size);
+    let (windows, whole) = {
+        // p99 per tenth of the run: flat, or growing with the log?
+        let tenth = (lat.len() / 10).max(1);
+        let w: Vec<u32> = lat
+            .chunks(tenth)
+            .map(|c| {
+                let mut c = c.to_vec();
+                c.sort_unstable();
+                pct(&c, 0.99)
+            })
+            .collect();
+        lat.sort_unstable();
+        (w, lat)
+    };
+    serde_json::json!({
+        "mode": mode,
+        "deliveries": n,
+        "rate_per_s": rate,
+        "simulated_days": n / PER_DAY,
+        "seconds": elapsed.as_secs_f64(),
+        "ingest_p50_us": pct(&whole, 0.50),
+        "ingest_p99_us": pct(&whole, 0.99),
+        "ingest_p999_us": pct(&whole, 0.999),
+        "ingest_max_us": whole.last().copied().unwrap_or(0),
+        "ingest_p99_us_by_tenth": windows,
+        "disk_bytes_final": size,
+        "disk_bytes_max": max_disk,
+        "removed_deliveries": removed.0,
+        "removed_events": removed.1,
+        "events_left": store.last_seq().unwrap_or(0) - removed.1,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: minutes, gigabytes; run by hand (module docs)"]
+async fn retention_year() {
+    let args = std::env::var("RETENTION_YEAR").unwrap_or_default();
+    let mut args = args.split(',').filter(|a| !a.is_empty()).map(|a| a.trim().parse::<u64>().expect("a number"));
+    let n = args.next().unwrap_or(1_000_000);
+    let rate = args.next().unwrap_or(2000).max(1);
+    let without = run("without retention", n, rate, false).await;
+    println!("{without}");
+    let with = run("with retention", n, rate, true).await;
+    println!("{with}");
+    let ratio = |k: &str| with[k].as_f64().unwrap_or(0.0) / without[k].as_f64().unwrap_or(1.0).max(1.0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "summary": "with / without, same run",
+            "ingest_p99": ratio("ingest_p99_us"),
+            "ingest_p50": ratio("ingest_p50_us"),
+            "disk_final": ratio("disk_bytes_final"),
+        })
+    );
+}
