@@ -54,7 +54,7 @@ pub fn webhook(data: &[u8]) {
         }
         // Refused with a 400 before anything is stored.
         Err(WebhookParseError::NotJson(_)) => return,
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.to_string().into()),
     };
     let store = Store::in_memory().expect("an in-memory store opens");
     let delivery = NewDelivery {

@@ -46,7 +46,7 @@ pub use ingest::IngestStats;
 pub use receiver::{MAX_BODY, Processor, Receiver};
 // The event log (SQLite), and keeping it small.
 pub use retention::{Keep, Removed, StorePolicy, StoreReport, now_ms};
-pub use store::{Durability, EventFilter, Incoming, KnownJob, NewDelivery, Store, StoreError, Stored};
+pub use store::{Durability, EventFilter, Incoming, KnownJob, NewDelivery, Store, StoreError, Stored, Unreadable};
 // The state machine, for property tests.
 pub use tracker::{Verdict, judge_job};
 // Checking a delivery.

@@ -165,7 +165,7 @@ fn read(event: &str, body: &[u8]) -> Result<Parsed, serde_json::Error> {
     Ok(match WebhookEvent::parse(Some(event).filter(|e| !e.is_empty()), body) {
         Ok(parsed) => Ok(observe(&parsed, EventSource::Webhook)),
         Err(cloudci_gitlab::webhook::WebhookParseError::NotJson(e)) => return Err(e),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.to_string().into()),
     })
 }
 
@@ -173,7 +173,7 @@ fn read(event: &str, body: &[u8]) -> Result<Parsed, serde_json::Error> {
 fn reread(d: &crate::store::StoredDelivery) -> Parsed {
     match read(&d.event, &d.body) {
         Ok(parsed) => parsed,
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.to_string().into()),
     }
     // Kept and marked, never dropped silently: a GitLab change we cannot read yet.
     .inspect_err(|e| tracing::warn!(delivery = d.id, "cannot read a stored delivery: {e}"))

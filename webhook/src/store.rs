@@ -62,7 +62,25 @@ pub struct StoredDelivery {
 
 /// What a delivery's body says: its observations, or why it could not be read (kept with the
 /// delivery, never dropped silently).
-pub(crate) type Parsed = Result<Vec<Observation>, String>;
+pub(crate) type Parsed = Result<Vec<Observation>, Unreadable>;
+
+/// Why cloudci could not read a delivery's body (GitLab's parse error, in words); stored with the
+/// delivery so a GitLab change cloudci cannot read yet is seen, not lost.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreadable(String);
+
+impl From<String> for Unreadable {
+    fn from(reason: String) -> Self {
+        Self(reason)
+    }
+}
+
+impl From<&str> for Unreadable {
+    fn from(reason: &str) -> Self {
+        Self(reason.to_owned())
+    }
+}
 
 /// A delivery and what its body says, read before it is stored so that storing and processing
 /// share one transaction.
@@ -368,7 +386,7 @@ impl Store {
         observations: Vec<Observation>,
         error: Option<&str>,
     ) -> Result<Vec<BuildEvent>, StoreError> {
-        self.process_deliveries(vec![(delivery_id, error.map(str::to_owned).map_or(Ok(observations), Err))])
+        self.process_deliveries(vec![(delivery_id, error.map(Unreadable::from).map_or(Ok(observations), Err))])
     }
 
     /// Processes stored deliveries in the order given (oldest first), in one transaction: each
@@ -634,7 +652,7 @@ fn process_all(conn: &Connection, batch: Vec<(i64, Parsed)>) -> Result<Vec<Build
     for (id, parsed) in batch {
         let (observations, error) = match parsed {
             Ok(o) => (o, None),
-            Err(e) => (Vec::new(), Some(e)),
+            Err(e) => (Vec::new(), Some(e.0)),
         };
         logged.extend(apply(conn, Some(id), observations)?);
         exec(conn, "UPDATE deliveries SET processed = 1, error = ?2 WHERE id = ?1", params![id, error])?;
