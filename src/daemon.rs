@@ -5,6 +5,9 @@
 //! Both listeners get [`crate::layers`]. A stop is graceful: the listeners stop accepting, answers
 //! in progress are finished (a delivery is answered once its commit is done), event streams end,
 //! all within [`SHUTDOWN_GRACE`]; then the background tasks stop and the hooks are removed.
+//!
+//! One file on purpose (~450 lines): `serve`'s start and stop read top to bottom, in order, in
+//! [`Daemon`]; what it starts (receiver, reconciler, API, watchers, retention) lives elsewhere.
 
 use std::sync::Arc;
 use std::time::Duration;

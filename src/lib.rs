@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`cli`]: the `cloudci` command line; each command group in its own module.
-//! - [`config`]: `cloudci.toml`, typed and checked once, every error with file, line and key.
+//! - [`config`]: `cloudci.toml`, typed and checked once, every error with file, line and key;
+//!   one file per section.
 //! - [`orchestrator`]: carrying builds from a plan to their end (plan, create once, follow,
 //!   artifacts and merge requests, records), one per process.
 //! - [`builds`]: the record of builds (SQLite), behind `BuildStore`.
@@ -18,7 +19,8 @@
 //! - [`output`]: how results reach the terminal: tables for people, JSON for programs.
 //!
 //! The GitLab client lives in the `cloudci-gitlab` crate (`gitlab/`), the receiver, event log and
-//! fan-out in `cloudci-webhook` (`webhook/`).
+//! fan-out in `cloudci-webhook` (`webhook/`), whose re-exported list is all `src/` may use (the
+//! event log through `Hub`'s async methods). ARCHITECTURE.md has the map.
 
 pub mod api;
 pub mod builds;
