@@ -204,6 +204,13 @@ pub struct NewBuild {
 #[error("build store: {0}")]
 pub struct BuildStoreError(#[from] rusqlite::Error);
 
+impl BuildStoreError {
+    /// The resource this failure ran out of (a full disk, a busy database), if that is why.
+    pub fn problem(&self) -> Option<cloudci_webhook::Problem> {
+        cloudci_webhook::Problem::of_sqlite(&self.0)
+    }
+}
+
 /// Changes a build's record and work in place.
 pub type Change<'a> = &'a mut (dyn FnMut(&mut BuildRecord, &mut BuildWork) + Send);
 

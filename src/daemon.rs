@@ -15,7 +15,9 @@ use std::time::Duration;
 use crate::api::auth::TokenKeys;
 use crate::api::sse::EventsState;
 use cloudci_gitlab::{Gitlab, ProjectRef};
-use cloudci_webhook::{Durability, HookManager, Hub, NoTunnel, OpenTunnel, Receiver, Reconciler, Store, Tunnel};
+use cloudci_webhook::{
+    Durability, HookManager, Hub, NoTunnel, OpenTunnel, Problem, Receiver, Reconciler, Store, Tunnel,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -132,7 +134,10 @@ fn spawn_server(
     listener: TcpListener,
     router: axum::Router,
     shutdown: CancellationToken,
+    health: &cloudci_webhook::Health,
 ) -> JoinHandle<()> {
+    // Out of file descriptors is answered and reported, never the end of the listener.
+    let listener = crate::resources::Guarded::new(listener, health.clone(), what);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await {
             tracing::error!("{what} stopped: {e}");
@@ -162,6 +167,7 @@ impl Daemon {
         let durability = durability(config);
         let store = Arc::new(Store::open(&state.database(), durability)?);
         let hub = Hub::new(store.clone());
+        crate::logging::report_to(hub.health());
         let keys = TokenKeys::new(&state.jwt_key()?);
         let probe_nonce = cloudci_webhook::random_token(16);
         let receiver = Receiver::new(state.hook_secrets(false)?, hub.clone(), probe_nonce.clone());
@@ -171,8 +177,13 @@ impl Daemon {
 
         let public = bind(config.webhook.listen).await?;
         let public_addr = public.local_addr().map_err(io(state.root()))?;
-        let mut servers =
-            vec![spawn_server("public listener", public, layers.public(receiver.router()), shutdown.clone())];
+        let mut servers = vec![spawn_server(
+            "public listener",
+            public,
+            layers.public(receiver.router()),
+            shutdown.clone(),
+            hub.health(),
+        )];
         let api = bind(config.api.listen).await?;
         let api_addr = api.local_addr().map_err(io(state.root()))?;
         let api_gitlab = match &gitlab {
@@ -224,7 +235,8 @@ impl Daemon {
             state_dir: state.root().to_owned(),
         });
         let hosts = crate::layers::AllowedHosts::new(api_addr, &config.api.hosts);
-        servers.push(spawn_server("local API", api, layers.local(api_router, hosts), shutdown.clone()));
+        servers.push(spawn_server("local API", api, layers.local(api_router, hosts), shutdown.clone(), hub.health()));
+        tasks.push(tokio::spawn(crate::resources::watch_store(hub.clone())));
         // Builds a stop or crash left unfinished are carried on, each step once.
         if let Some(o) = orchestrator {
             tasks.push(tokio::spawn(async move { o.resume().await }));
@@ -386,13 +398,31 @@ async fn watch_hooks(
     let mut retry = Duration::from_secs(5);
     // What failed while this daemon was away: GitLab's delivery log says, for what its API cannot.
     let mut resend: Vec<ProjectRef> = projects.iter().filter(|p| !not_installed.contains(p)).cloned().collect();
+    let mut health = hub.health().changes();
+    let mut refusing = false;
     loop {
         for p in resend.drain(..) {
             if let Err(e) = manager.resend_failed(&p).await {
                 tracing::warn!(project = %p, "reading the webhook's delivery log: {e}");
             }
         }
-        tokio::time::sleep(if not_installed.is_empty() { HOOK_CHECK } else { retry }).await;
+        let pause = tokio::time::sleep(if not_installed.is_empty() { HOOK_CHECK } else { retry });
+        tokio::select! {
+            _ = pause => {}
+            Ok(()) = health.changed() => {
+                // Deliveries answered 503 meanwhile (a full disk, no descriptors) are in
+                // GitLab's delivery log as failed: once it is over, have them resent, and catch
+                // up on what GitLab gave up on.
+                let now = refuses_deliveries(hub.health());
+                if refusing && !now {
+                    tracing::info!("deliveries are stored again: resending what failed meanwhile and catching up");
+                    resend.extend(projects.iter().filter(|p| !not_installed.contains(p)).cloned());
+                    reconciler.request_catch_up();
+                }
+                refusing = now;
+                continue;
+            }
+        }
         let mut installed_now = false;
         let mut still = Vec::new();
         for p in not_installed.drain(..) {
@@ -430,6 +460,11 @@ async fn watch_hooks(
             reconciler.request_catch_up();
         }
     }
+}
+
+/// Whether a resource problem keeps deliveries from being stored.
+fn refuses_deliveries(health: &cloudci_webhook::Health) -> bool {
+    [Problem::DiskFull, Problem::DatabaseBusy, Problem::OutOfFiles].into_iter().any(|p| health.has(p))
 }
 
 /// Picks up secrets rotated by `cloudci hooks rotate` while running.

@@ -10,6 +10,8 @@
 //! - [`daemon`]: `cloudci serve`: both listeners, hooks, the reconciler, graceful shutdown.
 //! - [`layers`]: what both listeners share: request ids, spans, panic guard, timeouts, and the
 //!   local API's `Host` check, body limit and headers.
+//! - [`resources`], [`logging`]: a full disk, no file descriptors, a busy database, a log that
+//!   cannot be written — reported and recovered from, never a crash or a dropped connection.
 //! - [`api`]: the local API's routes (`/v1/...`) and the dashboard.
 //! - [`watchers`]: daemon tasks on the event stream: rebuild on push, notifications.
 //! - [`sse_client`]: talking to a running daemon (its event stream, the builds it carries).
@@ -28,8 +30,10 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod layers;
+pub mod logging;
 pub mod orchestrator;
 pub mod output;
+pub mod resources;
 pub mod retention;
 pub mod sse_client;
 pub mod state;

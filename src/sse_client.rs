@@ -157,6 +157,19 @@ impl DaemonClient {
         serde_json::from_slice(&body).map_err(|e| DaemonClientError::Malformed(e.to_string()))
     }
 
+    /// `GET /v1/health`: what the daemon ran out of now (a full disk, file descriptors, ...).
+    pub async fn health(&self) -> Result<serde_json::Value, DaemonClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/health", self.api_url))
+            .bearer_auth(self.token.expose_secret())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.api_url, e))?;
+        self.answer(resp).await
+    }
+
     /// `POST /v1/builds`
     pub async fn start(&self, body: &serde_json::Value) -> Result<StartedBuilds, DaemonClientError> {
         let resp = self

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudci_gitlab::{Gitlab, ProjectRef};
-use cloudci_webhook::{BuildEvent, EventFilter, EventKind, Hub};
+use cloudci_webhook::{BuildEvent, EventFilter, EventKind, Hub, Problem};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -122,26 +122,67 @@ async fn start(orchestrator: &Orchestrator, project: &str, git_ref: &str) {
 /// On every pipeline that reaches a final state: runs `[notify] command` with the event as JSON on
 /// its standard input, and shows a desktop notification when `[notify] desktop` is on (builds with
 /// the `desktop` feature, through the freedesktop `notify-send` tool).
+///
+/// Also once when the daemon runs out of something (a full disk, file descriptors, a busy
+/// database): the command gets `{"kind": "health", "problem": "disk_full", "message": ...,
+/// "since": ..., "detail": ...}`. Once per episode, and not again for the same problem within
+/// [`HEALTH_QUIET`] (a disk on the edge comes and goes).
 pub async fn notify(config: Arc<Config>, hub: Hub) {
     if config.notify.command.is_none() && !config.notify.desktop {
         return;
     }
     let mut events = Box::pin(hub.subscribe(EventFilter::default(), None));
-    while let Some(item) = events.next().await {
-        let Ok(e) = item else { continue };
-        if e.kind != EventKind::Pipeline || !e.status().is_some_and(|s| s.is_completed()) {
-            continue;
-        }
-        if let Some(command) = &config.notify.command {
-            run_command(command, &e).await;
-        }
-        if config.notify.desktop {
-            desktop(&e).await;
+    let mut health = hub.health().changes();
+    let mut told: BTreeMap<Problem, tokio::time::Instant> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            item = events.next() => {
+                let Some(item) = item else { return };
+                let Ok(e) = item else { continue };
+                if e.kind != EventKind::Pipeline || !e.status().is_some_and(|s| s.is_completed()) {
+                    continue;
+                }
+                let line = serde_json::to_vec(&e).unwrap_or_default();
+                if let Some(command) = &config.notify.command {
+                    run_command(command, &line).await;
+                }
+                if config.notify.desktop {
+                    desktop(&e).await;
+                }
+            }
+            Ok(()) = health.changed() => {
+                let now = tokio::time::Instant::now();
+                for r in hub.health().reports() {
+                    // The log comes and goes with each line; `/v1/health` reports it.
+                    if r.kind == Problem::LogUnwritable || told.get(&r.kind).is_some_and(|t| now - *t < HEALTH_QUIET) {
+                        continue;
+                    }
+                    told.insert(r.kind, now);
+                    tracing::info!(problem = r.kind.as_str(), "notifying: {}", r.message);
+                    let line = serde_json::to_vec(&serde_json::json!({
+                        "kind": "health",
+                        "problem": r.kind,
+                        "message": r.message,
+                        "since": r.since,
+                        "detail": r.detail,
+                    }))
+                    .unwrap_or_default();
+                    if let Some(command) = &config.notify.command {
+                        run_command(command, &line).await;
+                    }
+                    if config.notify.desktop {
+                        desktop_problem(&r).await;
+                    }
+                }
+            }
         }
     }
 }
 
-async fn run_command(command: &str, e: &BuildEvent) {
+/// How long a problem already notified is not notified again.
+pub const HEALTH_QUIET: Duration = Duration::from_secs(600);
+
+async fn run_command(command: &str, json: &[u8]) {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -151,7 +192,7 @@ async fn run_command(command: &str, e: &BuildEvent) {
     match child {
         Ok(mut child) => {
             if let Some(mut stdin) = child.stdin.take() {
-                let mut line = serde_json::to_vec(e).unwrap_or_default();
+                let mut line = json.to_vec();
                 line.push(b'\n');
                 let _ = stdin.write_all(&line).await;
             }
@@ -182,8 +223,30 @@ async fn desktop(e: &BuildEvent) {
     }
 }
 
+#[cfg(feature = "desktop")]
+async fn desktop_problem(r: &cloudci_webhook::Report) {
+    let title = format!("cloudci: {}", r.kind.as_str().replace('_', " "));
+    let result = tokio::process::Command::new("notify-send")
+        .args(["--app-name=cloudci", "--urgency=critical", &title, r.message])
+        .status()
+        .await;
+    if let Err(err) = result {
+        tracing::warn!("desktop notification: notify-send: {err}");
+    }
+}
+
+#[cfg(not(feature = "desktop"))]
+async fn desktop_problem(_: &cloudci_webhook::Report) {
+    desktop_missing();
+}
+
 #[cfg(not(feature = "desktop"))]
 async fn desktop(_: &BuildEvent) {
+    desktop_missing();
+}
+
+#[cfg(not(feature = "desktop"))]
+fn desktop_missing() {
     static WARNED: std::sync::Once = std::sync::Once::new();
     WARNED.call_once(|| {
         tracing::warn!("[notify] desktop = true, but this cloudci was built without the `desktop` feature")

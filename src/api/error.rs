@@ -17,12 +17,22 @@ pub struct ApiError {
     pub error: String,
     /// The request field at fault, if one is.
     pub field: Option<String>,
+    /// `Retry-After` in seconds, for a 503 that will pass (a full disk, no descriptors).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// An error with a status and message.
     pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        Self { status, error: error.into(), field: None }
+        Self { status, error: error.into(), field: None, retry_after: None }
+    }
+
+    /// 503 with `Retry-After`: the daemon ran out of `problem`'s resource; the message says which.
+    pub fn unavailable(problem: cloudci_webhook::Problem) -> Self {
+        Self {
+            retry_after: Some(cloudci_webhook::RETRY_AFTER_SECS),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, problem.explain())
+        }
     }
 
     /// Names the field at fault.
@@ -39,6 +49,9 @@ impl IntoResponse for ApiError {
             body["field"] = serde_json::json!(f);
         }
         let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

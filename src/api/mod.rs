@@ -19,6 +19,7 @@ pub mod auth;
 mod builds;
 pub mod error;
 mod files;
+mod health;
 pub mod params;
 mod recent;
 pub mod session;
@@ -78,6 +79,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/builds/{id}/play", post(builds::play))
         .route("/v1/watch", post(builds::watch))
         .route("/v1/events/recent", get(recent::recent_events))
+        .route("/v1/health", get(health::health))
         .route("/v1/openapi.json", get(openapi))
         .route("/", get(session::dashboard))
         .with_state(state.clone())
@@ -132,6 +134,11 @@ fn orchestrator_error(e: OrchestratorError) -> ApiError {
         }
         OrchestratorError::NothingToDo { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
         OrchestratorError::Refused { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        // A full disk, a locked database: 503 that says so, and passes.
+        OrchestratorError::Store(s) if s.problem().is_some() => {
+            tracing::warn!("local API: {s}");
+            ApiError::unavailable(s.problem().expect("checked"))
+        }
         other => internal(other),
     }
 }

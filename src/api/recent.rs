@@ -29,9 +29,16 @@ pub(super) async fn recent_events(
     let limit = bounded(q.limit, "limit", 50, 1, 500)? as usize;
     let hub = &s.events.hub;
     let filter = cloudci_webhook::EventFilter { projects: claims.projects.clone(), ..Default::default() };
-    let last = hub.last_seq().await.map_err(internal)?;
-    let (mut events, _) =
-        hub.events_after(last.saturating_sub(RECENT_WINDOW), Some(last), filter, usize::MAX).await.map_err(internal)?;
+    // A full disk or a locked database says so (503), not "internal error".
+    let unavailable = |e: cloudci_webhook::StoreError| match e.problem() {
+        Some(p) => ApiError::unavailable(p),
+        None => internal(e),
+    };
+    let last = hub.last_seq().await.map_err(unavailable)?;
+    let (mut events, _) = hub
+        .events_after(last.saturating_sub(RECENT_WINDOW), Some(last), filter, usize::MAX)
+        .await
+        .map_err(unavailable)?;
     let skip = events.len().saturating_sub(limit);
     events.drain(..skip);
     Ok(axum::Json(json!({"events": events, "last_seq": last})).into_response())

@@ -204,7 +204,7 @@ impl Cli {
             #[cfg(feature = "demo")]
             Command::Demo(args) => args.run().await,
             Command::Serve(args) => args.run(&with_state()?).await,
-            Command::Status(args) => args.run(&with_state()?),
+            Command::Status(args) => args.run(&with_state()?).await,
             Command::Logs(args) => args.run(&with_state()?).await,
             Command::Artifacts(args) => args.run(&with_state()?),
             Command::Cancel(args) => args.run(&with_state()?).await,
@@ -245,7 +245,10 @@ pub fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // A log that cannot be written (stderr redirected to a full disk) must never fail or
+        // panic the code that logs (see `crate::logging`).
+        .with_writer(crate::logging::stderr())
+        .log_internal_errors(false)
         .with_ansi(crate::output::stderr_is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
 }

@@ -1,5 +1,6 @@
 //! `cloudci status`, `cloudci logs`, `cloudci artifacts`: what the build store knows.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -35,11 +36,46 @@ pub struct StatusArgs {
     /// JSON output.
     #[arg(long)]
     json: bool,
+    /// The running daemon's health instead: what it ran out of (a full disk, file descriptors,
+    /// a busy database, an unwritable log), as `GET /v1/health` says.
+    #[arg(long, conflicts_with = "id")]
+    daemon: bool,
 }
 
 impl StatusArgs {
-    /// Runs it.
-    pub fn run(self, config: &Config) -> Result<(), Failure> {
+    /// Runs it. Without `--daemon`, a daemon that reports a problem is mentioned on stderr (the
+    /// list on stdout keeps its shape).
+    pub async fn run(self, config: &Config) -> Result<(), Failure> {
+        let state = StateDir::new(config.state_dir());
+        let daemon = crate::sse_client::DaemonClient::find(&state).await;
+        let health = match &daemon {
+            Some(d) => d.health().await.ok(),
+            None => None,
+        };
+        if self.daemon {
+            let Some(health) = health else {
+                return Err(Failure::general("no daemon answers for this state directory (start `cloudci serve`)"));
+            };
+            if self.json {
+                return Ok(print_json(&health)?);
+            }
+            let problems = health["problems"].as_array().cloned().unwrap_or_default();
+            if problems.is_empty() {
+                crate::say!("the daemon is healthy");
+            }
+            for p in &problems {
+                crate::say!("{}", problem_line(p));
+            }
+            return Ok(());
+        }
+        for p in health.iter().flat_map(|h| h["problems"].as_array().cloned().unwrap_or_default()) {
+            // Not eprintln!: a closed stderr must not turn a warning into a panic.
+            let _ = writeln!(std::io::stderr(), "warning: cloudci serve: {}", problem_line(&p));
+        }
+        self.list(config)
+    }
+
+    fn list(self, config: &Config) -> Result<(), Failure> {
         let store = store(config)?;
         match self.id {
             Some(id) => {
@@ -104,6 +140,16 @@ impl StatusArgs {
         }
         Ok(())
     }
+}
+
+/// `disk full since ...: what it means`
+fn problem_line(p: &serde_json::Value) -> String {
+    format!(
+        "{} since {}: {}",
+        p["kind"].as_str().unwrap_or("problem").replace('_', " "),
+        p["since"].as_str().unwrap_or("?"),
+        p["message"].as_str().unwrap_or("")
+    )
 }
 
 /// A build's job logs.

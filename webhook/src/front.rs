@@ -44,4 +44,11 @@ impl Hub {
         let store = self.store().clone();
         blocking(move || store.last_delivery_at()).await
     }
+
+    /// Writes and commits `bytes` of padding, then removes them: whether the store takes a
+    /// delivery of about that size now (after a full disk, before saying it is over).
+    pub async fn probe_write(&self, bytes: usize) -> Result<(), StoreError> {
+        let store = self.store().clone();
+        blocking(move || store.probe_write(bytes)).await
+    }
 }

@@ -156,13 +156,20 @@ pub struct Hub {
     store: Arc<Store>,
     live: broadcast::Sender<Arc<Batch>>,
     positions: Arc<Mutex<Positions>>,
+    health: crate::health::Health,
 }
 
 impl Hub {
     /// A hub over `store`'s event log.
     pub fn new(store: Arc<Store>) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        Self { store, live, positions: Arc::default() }
+        Self { store, live, positions: Arc::default(), health: crate::health::Health::new() }
+    }
+
+    /// The daemon's resource problems (a full disk, no file descriptors, a busy database), which
+    /// the receiver records and the local API reports.
+    pub fn health(&self) -> &crate::health::Health {
+        &self.health
     }
 
     /// The position (last seq handed out) of the connected subscriber furthest behind; `None`

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::health::Problem;
 use crate::hub::Hub;
-use crate::store::{Incoming, Stored};
+use crate::store::{Incoming, StoreError, Stored};
 
 /// Deliveries in one transaction at most: bounds the time a commit holds the store.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -26,8 +27,13 @@ type Reply = oneshot::Sender<Result<Stored, IngestError>>;
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum IngestError {
     /// The store refused the batch it was in (the writer logged the cause once).
-    #[error("cannot store the delivery: {0}")]
-    Store(String),
+    #[error("cannot store the delivery: {message}")]
+    Store {
+        /// The store's error.
+        message: String,
+        /// The resource it ran out of, when that is why ([`StoreError::problem`]).
+        problem: Option<Problem>,
+    },
     /// The writer thread is gone (the daemon is stopping).
     #[error("the ingest thread stopped")]
     Stopped,
@@ -89,6 +95,24 @@ impl Ingest {
     }
 }
 
+/// Records why a batch of `n` was refused: a resource problem once when it starts (its log
+/// line may not be written either: a full disk), anything else every time.
+fn refused(hub: &Hub, e: &StoreError, n: usize) -> IngestError {
+    let problem = e.problem();
+    match problem {
+        Some(p) => {
+            if hub.health().set(p, e) {
+                tracing::error!(
+                    problem = p.as_str(),
+                    "cannot store webhook deliveries: {e}; answering 503 until it is over"
+                );
+            }
+        }
+        None => tracing::error!("cannot store {n} webhook deliveries: {e}"),
+    }
+    IngestError::Store { message: e.to_string(), problem }
+}
+
 fn writer(mut rx: mpsc::Receiver<(Incoming, Reply)>, hub: Hub, wake: Arc<Notify>, stats: Arc<IngestStats>) {
     let mut logged = Instant::now();
     let (mut window_batches, mut window_deliveries) = (0u64, 0u64);
@@ -111,6 +135,12 @@ fn writer(mut rx: mpsc::Receiver<(Incoming, Reply)>, hub: Hub, wake: Arc<Notify>
         stats.store_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         match result {
             Ok(done) => {
+                // A commit went through: whatever stopped the last ones is over.
+                for p in [Problem::DiskFull, Problem::DatabaseBusy] {
+                    if hub.health().clear(p) {
+                        tracing::info!(problem = p.as_str(), "the event store takes deliveries again");
+                    }
+                }
                 // Answer first, then announce: the answer is what GitLab waits for.
                 for (reply, stored) in replies.into_iter().zip(done.stored) {
                     let _ = reply.send(Ok(stored));
@@ -121,9 +151,8 @@ fn writer(mut rx: mpsc::Receiver<(Incoming, Reply)>, hub: Hub, wake: Arc<Notify>
                 }
             }
             Err(e) => {
-                tracing::error!("cannot store {n} webhook deliveries: {e}");
+                let error = refused(&hub, &e, n);
                 // One batch's error for each of its deliveries: the store error is not `Clone`.
-                let error = IngestError::Store(e.to_string());
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }

@@ -19,12 +19,14 @@
 //! - `hub`: fan-out with bounded buffers, each event encoded once (as SSE frames); laggards
 //!   catch up from the log. The local API (`cloudci`'s `api` module) serves those frames.
 //! - `reconcile`: polls GitLab for pipelines the webhooks went silent about.
+//! - `health`: resource exhaustion (a full disk, file descriptors, a busy database) as a state.
 //! - `hooks`: registering, finding, re-enabling and removing cloudci's project hooks.
 //! - `tunnel`: how GitLab reaches the public listener (none, or ngrok with the `ngrok` feature).
 //! - `secrets`: secrets generated into the state directory.
 
 mod events;
 mod front;
+mod health;
 mod hooks;
 mod hub;
 mod ingest;
@@ -39,11 +41,13 @@ mod verify;
 
 // Events, as subscribers see them and as a delivery becomes them.
 pub use events::{BuildEvent, EventKind, EventSource, Observation, observe};
+// Resource exhaustion as a state: what the daemon ran out of, since when.
+pub use health::{Health, Problem, Report};
 // Fan-out and its SSE frames.
 pub use hub::{Batch, Encoded, Hub, Resync, frame};
 // The public listener and the worker behind it.
 pub use ingest::IngestStats;
-pub use receiver::{MAX_BODY, Processor, Receiver};
+pub use receiver::{MAX_BODY, Processor, RETRY_AFTER_SECS, Receiver, unavailable};
 // The event log (SQLite), and keeping it small.
 pub use retention::{Keep, Removed, StorePolicy, StoreReport, now_ms};
 pub use store::{Durability, EventFilter, Incoming, KnownJob, NewDelivery, Store, StoreError, Stored, Unreadable};

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::events::{EventSource, observe};
 use crate::hub::Hub;
-use crate::ingest::{Ingest, IngestStats};
+use crate::ingest::{Ingest, IngestError, IngestStats};
 use crate::store::{Incoming, NewDelivery, Parsed, Stored};
 use crate::verify::{DeliveryHeaders, HookSecrets};
 
@@ -154,9 +154,29 @@ async fn receive(State(r): State<Receiver>, Path(secret): Path<String>, headers:
             (StatusCode::OK, axum::Json(json!({"status": "duplicate", "delivery": id}))).into_response()
         }
         // Not stored, so not acknowledged: GitLab records a failure and the reconciler covers it.
-        // The writer logged why.
-        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot store the delivery"),
+        // The writer logged why. Never a 4xx: GitLab counts those towards disabling the hook.
+        Err(e) => {
+            let reason = match &e {
+                IngestError::Store { problem: Some(p), .. } => {
+                    r.hub.health().refused_delivery();
+                    p.explain()
+                }
+                IngestError::Store { problem: None, .. } => "cannot store the delivery",
+                IngestError::Stopped => "cloudci is stopping",
+            };
+            unavailable(reason)
+        }
     }
+}
+
+/// How long GitLab (or anyone) is told to wait after a 503.
+pub const RETRY_AFTER_SECS: u64 = 30;
+
+/// 503 with `Retry-After` and the reason in the JSON body.
+pub fn unavailable(reason: &str) -> Response {
+    let mut resp = refuse(StatusCode::SERVICE_UNAVAILABLE, reason);
+    resp.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from(RETRY_AFTER_SECS));
+    resp
 }
 
 /// Reads a delivery's body: `Err` only when it is not JSON at all (refused); a body cloudci

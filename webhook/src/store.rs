@@ -36,6 +36,15 @@ pub enum Durability {
 #[error("event store: {0}")]
 pub struct StoreError(#[from] rusqlite::Error);
 
+impl StoreError {
+    /// The resource this failure ran out of, if that is what it is: a full disk (`SQLITE_FULL`:
+    /// SQLite turns a write's `ENOSPC` into it), the database locked past the busy timeout
+    /// (`SQLITE_BUSY`/`SQLITE_LOCKED`).
+    pub fn problem(&self) -> Option<crate::health::Problem> {
+        crate::health::Problem::of_sqlite(&self.0)
+    }
+}
+
 /// A delivery as received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDelivery {
@@ -211,6 +220,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
     pipeline_id INTEGER,
     status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS probe (
+    id INTEGER PRIMARY KEY,
+    pad BLOB
 );
 CREATE TABLE IF NOT EXISTS cursors (
     project_id INTEGER PRIMARY KEY,
@@ -564,6 +577,17 @@ impl Store {
             "INSERT INTO cursors (project_id, unix_secs) VALUES (?1, ?2) ON CONFLICT (project_id) DO UPDATE SET unix_secs = ?2",
             params![project_id as i64, unix_secs],
         )?;
+        Ok(())
+    }
+
+    /// Writes and commits `bytes` of padding, then removes them again: whether the store can take
+    /// a delivery of about that size now (after a full disk, before saying it is over).
+    pub fn probe_write(&self, bytes: usize) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        exec(&tx, "INSERT OR REPLACE INTO probe (id, pad) VALUES (1, zeroblob(?1))", [bytes as i64])?;
+        exec(&tx, "DELETE FROM probe", [])?;
+        tx.commit()?;
         Ok(())
     }
 
