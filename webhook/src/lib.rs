@@ -24,6 +24,7 @@
 //! - `tunnel`: how GitLab reaches the public listener (none, or ngrok with the `ngrok` feature).
 //! - `secrets`: secrets generated into the state directory.
 
+mod checkpoint;
 mod events;
 mod front;
 mod health;

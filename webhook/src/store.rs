@@ -183,6 +183,9 @@ pub struct KnownJob {
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Declared after `conn`, so the writer closes first and the checkpointer's connection,
+    /// the last one, folds the WAL into the database.
+    checkpointer: Option<crate::checkpoint::Checkpointer>,
 }
 
 const SCHEMA: &str = "
@@ -274,7 +277,10 @@ impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
-        Self::init(conn, durability)
+        let mut store = Self::init(conn, durability)?;
+        let writer = store.conn.get_mut().unwrap_or_else(|e| e.into_inner());
+        store.checkpointer = crate::checkpoint::Checkpointer::start(path, writer)?;
+        Ok(store)
     }
 
     /// A throwaway in-memory store (tests).
@@ -290,7 +296,7 @@ impl Store {
         migrate(&conn)?;
         // Room for every statement the ingest path and the state machine run (16 by default).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn: Mutex::new(conn), checkpointer: None })
     }
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
