@@ -9,6 +9,7 @@
 //!   that turns stored deliveries into events.
 //! - `verify`: path secret, `X-Gitlab-Token` (with rotation), GitLab 19 `webhook-signature`.
 //! - `store`: SQLite (WAL): raw deliveries, the event log, pipeline and job state.
+//! - `checkpoint`: WAL checkpoints on a thread of their own, off the commit path.
 //! - `retention`: removing old deliveries and events in small batches, never what an
 //!   unfinished pipeline or a connected subscriber still needs.
 //! - `tracker`: the state machine that never moves a status backwards.

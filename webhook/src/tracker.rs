@@ -27,8 +27,10 @@
 //! - a Job Hook's pipeline status (`commit.status`) is weak evidence, rendered at the moment of
 //!   that job's transition: it counts only when the job's own status is news, it never finishes
 //!   a pipeline while its job is unfinished (the retried clone's hook carries the status from
-//!   before the retry), and it never finishes a retried pipeline unless its job is the newest
-//!   retried one (an older sibling's hook may predate the retry).
+//!   before the retry), and once the pipeline was retried it counts only from a job at least as
+//!   new as the newest retry attempt (an older sibling's hook may predate the retry), or from a
+//!   skipped job whose reset it shows — and that one never finishes the pipeline; nor does a
+//!   Job Hook of a job older than one the known status rests on (its retry may be unheard of).
 
 use std::collections::BTreeMap;
 
@@ -157,13 +159,22 @@ pub(crate) fn judge_pipeline(known: Option<&PipelineKnown>, status: &Status, ev:
         if !job.verdict.accepted() {
             return Verdict::Late;
         }
-        if status.is_completed() && job.id < ev.newest_retry_attempt {
+        // An older sibling of a retry attempt may have been rendered before the retry: its
+        // `commit.status` cannot be placed. Only a reset it proves itself (skipped, then queued)
+        // dates it after the retry, and even then it never finishes the pipeline.
+        if job.id < ev.newest_retry_attempt && (status.is_completed() || job.verdict != Verdict::Retry) {
             return Verdict::Late;
         }
     }
     let Some(k) = known else { return Verdict::New };
     if *status == k.status {
         return Verdict::Duplicate;
+    }
+    // A Job Hook of a job older than one the known status rests on may be from an earlier
+    // attempt whose retry we never heard of (its clone's hook lost): it does not finish the
+    // pipeline. A Pipeline Hook or the catch-up does.
+    if ev.weak && status.is_completed() && ev.mentions.first().is_some_and(|j| k.basis.values().any(|&b| b > j.id)) {
+        return Verdict::Late;
     }
     if k.status.is_completed() {
         return if reopens(k, ev.mentions) { Verdict::Retry } else { Verdict::Late };
@@ -310,6 +321,35 @@ mod tests {
             D::P(Running, &[(1, "build", Success), (2, "test", Running)]),
         ]);
         assert_eq!(ev, ["p:success"]);
+    }
+
+    #[test]
+    fn a_sibling_hook_from_before_a_retry_does_not_advance_the_retried_pipeline() {
+        // Found by the retries property test (seed 1204720486654844350): job10's `skipped` hook,
+        // rendered while the first attempt ran, arrives after job00's retry was heard of.
+        let ev = pipeline_events(&[
+            D::J(112, "job00", Pending, Created),
+            D::J(112, "job00", Failed, Failed),
+            D::J(117, "job00", Canceled, Pending),
+            D::J(114, "job10", Skipped, Running),
+            D::P(Canceled, &[(117, "job00", Canceled), (115, "job11", Canceled), (114, "job10", Canceled)]),
+        ]);
+        assert_eq!(ev, ["p:created", "p:failed", "p:pending+r", "p:canceled"]);
+        // A reset the hook proves itself (skipped, then queued) is after the retry: it counts.
+        let ev = pipeline_events(&[
+            D::P(Failed, &[(1, "build", Failed), (2, "test", Skipped)]),
+            D::J(3, "build", Success, Pending),
+            D::J(2, "test", Running, Running),
+        ]);
+        assert_eq!(ev, ["p:failed", "p:pending+r", "p:running"]);
+        // Seed 16632492043864081616: the first thing heard is a retry clone's weak `running`; a
+        // first attempt's `canceled` hook (its retry never heard of) must not finish it.
+        let ev = pipeline_events(&[
+            D::J(129, "job11", Skipped, Running),
+            D::J(120, "job01", Canceled, Canceled),
+            D::P(Running, &[(124, "job00", Running), (126, "job01", Pending), (129, "job11", Created)]),
+        ]);
+        assert_eq!(ev, ["p:running"]);
     }
 
     #[test]
