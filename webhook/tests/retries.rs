@@ -403,9 +403,12 @@ fn the_model_retries_and_in_order_delivery_ends_on_the_truth() {
 /// Cases the property test found, kept as plain tests (each was a wrong pipeline status).
 #[test]
 fn found_cases_end_on_the_truth() {
-    for (seed, drop, dup, window) in
-        [(1204720486654844350, 1, 13, 1000), (16632492043864081616, 34, 14, 1000), (8042191206933471900, 8, 9, 1000)]
-    {
+    for (seed, drop, dup, window) in [
+        (1204720486654844350, 1, 13, 1000),
+        (16632492043864081616, 34, 14, 1000),
+        (8042191206933471900, 8, 9, 1000),
+        (17925792223692616954, 2, 10, 1000),
+    ] {
         play(seed, drop, dup, window).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     }
 }
