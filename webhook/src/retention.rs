@@ -48,7 +48,7 @@ pub struct StorePolicy {
 
 impl Default for StorePolicy {
     fn default() -> Self {
-        Self { deliveries: Duration::from_secs(14 * 86_400), events: Duration::from_secs(30 * 86_400), batch: 500 }
+        Self { deliveries: Duration::from_secs(14 * 86_400), events: Duration::from_secs(30 * 86_400), batch: 100 }
     }
 }
 

@@ -11,7 +11,7 @@
 //!
 //! An ignored test, so that it drives the crate's own group commit ([`crate::ingest`]):
 //! `RETENTION_YEAR=1000000,2000 cargo test --release -p cloudci-webhook --lib retention_year -- --ignored --nocapture`
-//! (deliveries, rate per second; default 1,000,000 at 2,000/s). Prints one JSON line per
+//! (deliveries, rate per second, rows per retention transaction; default 1,000,000 at 2,000/s, 100). Prints one JSON line per
 //! simulated month and a summary per mode, then their ratios.
 
 use std::path::Path;
@@ -75,13 +75,13 @@ fn pct(sorted: &[u32], p: f64) -> u32 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-async fn run(mode: &str, n: u64, rate: u64, retain: bool) -> serde_json::Value {
+async fn run(mode: &str, n: u64, rate: u64, retain: bool, batch: usize) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = Arc::new(Store::open(&dir.path().join("events.db"), Durability::Normal).expect("the store"));
     let hub = Hub::new(store.clone());
     let ingest = Ingest::start(hub.clone(), Arc::new(Notify::new()));
     let day = Duration::from_secs_f64(PER_DAY as f64 / rate as f64);
-    let policy = StorePolicy { deliveries: day * 14, events: day * 30, ..StorePolicy::default() };
+    let policy = StorePolicy { deliveries: day * 14, events: day * 30, batch };
     // A subscriber that keeps up.
     let mut live = Box::pin(hub.subscribe_frames(EventFilter::default(), None));
     let reader = tokio::spawn(async move { while live.next().await.is_some() {} });
@@ -152,6 +152,7 @@ async fn run(mode: &str, n: u64, rate: u64, retain: bool) -> serde_json::Value {
         "mode": mode,
         "deliveries": n,
         "rate_per_s": rate,
+        "batch": batch,
         "simulated_days": n / PER_DAY,
         "seconds": elapsed.as_secs_f64(),
         "ingest_p50_us": pct(&whole, 0.50),
@@ -174,9 +175,10 @@ async fn retention_year() {
     let mut args = args.split(',').filter(|a| !a.is_empty()).map(|a| a.trim().parse::<u64>().expect("a number"));
     let n = args.next().unwrap_or(1_000_000);
     let rate = args.next().unwrap_or(2000).max(1);
-    let without = run("without retention", n, rate, false).await;
+    let batch = args.next().map_or(StorePolicy::default().batch, |b| b as usize);
+    let without = run("without retention", n, rate, false, batch).await;
     println!("{without}");
-    let with = run("with retention", n, rate, true).await;
+    let with = run("with retention", n, rate, true, batch).await;
     println!("{with}");
     let ratio = |k: &str| with[k].as_f64().unwrap_or(0.0) / without[k].as_f64().unwrap_or(1.0).max(1.0);
     println!(
