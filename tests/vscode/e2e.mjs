@@ -119,9 +119,20 @@ try {
   }
   /** Answers the target quick pick: every target is preselected; uncheck `without`. */
   async function pickTargets(without) {
-    await quickInput.locator(".monaco-list-row").filter({ hasText: without }).waitFor({ state: "visible" });
-    await quickInput.locator(".monaco-list-row").filter({ hasText: without }).locator("input[type=checkbox], .monaco-custom-toggle, .quick-input-list-checkbox").first().click();
-    await page.keyboard.press("Enter");
+    const row = quickInput.locator(".monaco-list-row").filter({ hasText: without });
+    await row.waitFor({ state: "visible" });
+    const box = row.locator("input[type=checkbox], .monaco-custom-toggle, .quick-input-list-checkbox").first();
+    const checked = () => box.evaluate((el) => el.checked === true || el.getAttribute("aria-checked") === "true" || el.classList.contains("checked"));
+    // Under load a click can land before the list is ready: click until the box shows unchecked.
+    for (let i = 0; i < 5 && (await checked()); i++) {
+      await box.click();
+      await page.waitForTimeout(200);
+    }
+    // The OK button rather than Enter: a click on the checkbox can leave the focus where Enter
+    // does not accept the pick (seen in CI: the pick stayed open, nothing started).
+    const ok = quickInput.locator(".monaco-button").filter({ hasText: /^OK$/ }).first();
+    if (await ok.isVisible()) await ok.click();
+    else await page.keyboard.press("Enter");
   }
   // "cloudci: Build" with one target left out, until a new build shows in the status bar: under
   // load the quick pick can take the Enter before it is ready, and then nothing starts. Tried
