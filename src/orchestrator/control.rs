@@ -19,22 +19,8 @@ impl Orchestrator {
             if !record.status.is_final() {
                 return Err(OrchestratorError::NoPipeline(id));
             }
-            let (record, _) = self
-                .records()
-                .update(id, move |r, w| {
-                    r.status = BuildStatus::Queued;
-                    r.reason = None;
-                    w.attempt += 1;
-                    if ours {
-                        w.settled = None;
-                        w.done = false;
-                    }
-                })
-                .await?;
-            if ours {
-                self.spawn_build(id);
-            }
-            return Ok(record);
+            // No pipeline to retry: the build starts again from its queue turn.
+            return self.reopen(id, ours, BuildStatus::Queued).await;
         };
         if let Some(selector) = &work.selector {
             // A target of a shared pipeline: only its failed jobs (what they skipped follows).
@@ -61,7 +47,7 @@ impl Orchestrator {
         } else {
             self.inner.gitlab.retry_pipeline(ProjectRef::parse(&record.gitlab), PipelineId(pipeline)).await?;
         }
-        self.reopen(id, ours).await
+        self.reopen(id, ours, BuildStatus::Running).await
     }
 
     /// Cancels build `id`'s pipeline; it is followed until GitLab says it settled, and recorded
@@ -166,16 +152,17 @@ impl Orchestrator {
             gitlab.play_job(project.clone(), j.id, &[]).await?;
             self.inner.reporter.line(&format!("{}/{}", record.project, record.target), &format!("started {}", j.name));
         }
-        self.reopen(id, ours).await
+        self.reopen(id, ours, BuildStatus::Running).await
     }
 
-    /// After a retry or a play on GitLab: the build runs again as a new attempt, carried on by
-    /// this process when it is this process's to carry.
-    async fn reopen(&self, id: i64, ours: bool) -> Result<BuildRecord, OrchestratorError> {
+    /// A new attempt of the build, in `status` (`Running` after a retry or a play on GitLab,
+    /// `Queued` when it has no pipeline and starts again), carried on by this process when it
+    /// is this process's to carry.
+    async fn reopen(&self, id: i64, ours: bool, status: BuildStatus) -> Result<BuildRecord, OrchestratorError> {
         let (record, _) = self
             .records()
             .update(id, move |r, w| {
-                r.status = BuildStatus::Running;
+                r.status = status;
                 r.reason = None;
                 w.attempt += 1;
                 if ours {
