@@ -130,17 +130,17 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown`, then finishes what is in progress.
 fn spawn_server(
-    what: &'static str,
+    side: crate::resources::Side,
     listener: TcpListener,
     router: axum::Router,
     shutdown: CancellationToken,
     health: &cloudci_webhook::Health,
 ) -> JoinHandle<()> {
     // Out of file descriptors is answered and reported, never the end of the listener.
-    let listener = crate::resources::Guarded::new(listener, health.clone(), what);
+    let listener = crate::resources::Guarded::new(listener, health.clone(), side);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await {
-            tracing::error!("{what} stopped: {e}");
+            tracing::error!("{} stopped: {e}", side.name());
         }
     })
 }
@@ -178,7 +178,7 @@ impl Daemon {
         let public = bind(config.webhook.listen).await?;
         let public_addr = public.local_addr().map_err(io(state.root()))?;
         let mut servers = vec![spawn_server(
-            "public listener",
+            crate::resources::Side::Public,
             public,
             layers.public(receiver.router()),
             shutdown.clone(),
@@ -235,7 +235,13 @@ impl Daemon {
             state_dir: state.root().to_owned(),
         });
         let hosts = crate::layers::AllowedHosts::new(api_addr, &config.api.hosts);
-        servers.push(spawn_server("local API", api, layers.local(api_router, hosts), shutdown.clone(), hub.health()));
+        servers.push(spawn_server(
+            crate::resources::Side::Local,
+            api,
+            layers.local(api_router, hosts),
+            shutdown.clone(),
+            hub.health(),
+        ));
         tasks.push(tokio::spawn(crate::resources::watch_store(hub.clone())));
         // Builds a stop or crash left unfinished are carried on, each step once.
         if let Some(o) = orchestrator {

@@ -131,6 +131,9 @@ impl DaemonClient {
             .await;
         match alive {
             Ok(r) if r.status().is_success() => Some(client),
+            // The daemon is there but cannot serve now (out of file descriptors): it says why
+            // to each request, so the commands go on talking to it.
+            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => Some(client),
             Ok(r) => {
                 tracing::warn!("the daemon at {} refused the CLI's token ({})", client.api_url, r.status());
                 None
@@ -167,6 +170,18 @@ impl DaemonClient {
             .send()
             .await
             .map_err(|e| unreachable(&self.api_url, e))?;
+        if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            // Out of file descriptors, the daemon answers with its problems instead (the shape
+            // of this route's answer, `ok` false).
+            let body = resp.bytes().await.map_err(|e| unreachable(&self.api_url, e))?;
+            let said: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| DaemonClientError::Malformed(e.to_string()))?;
+            if said["problems"].is_array() {
+                return Ok(said);
+            }
+            let message = said["error"].as_str().unwrap_or_default().to_owned();
+            return Err(DaemonClientError::Refused { status: 503, message });
+        }
         self.answer(resp).await
     }
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::Value;
 
+pub mod hooks;
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
