@@ -126,6 +126,11 @@ fn writer(mut rx: mpsc::Receiver<(Incoming, Reply)>, hub: Hub, wake: Arc<Notify>
         }
         let n = batch.len();
         let (incoming, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        // While another program holds the database, a batch does not wait out the busy timeout
+        // again: its deliveries are answered 503 at once (the probe says when it is over).
+        if let Err(e) = hub.store().set_locked(hub.health().has(Problem::DatabaseBusy)) {
+            tracing::warn!("cannot change the event store's busy timeout: {e}");
+        }
         let started = Instant::now();
         let result = hub.store().ingest(incoming);
         let took = started.elapsed();

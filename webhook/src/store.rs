@@ -13,10 +13,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use cloudci_gitlab::types::Status;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::events::{BuildEvent, EventKind, Observation};
 use crate::tracker::{JobMention, PipelineEvidence, PipelineKnown, Verdict, basis_of, judge_job, judge_pipeline};
@@ -183,6 +185,9 @@ pub struct KnownJob {
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    /// The database is known to be locked by another program ([`Store::set_locked`]): a write
+    /// waits `LOCKED_WAIT` for it instead of `BUSY_TIMEOUT`.
+    locked: AtomicBool,
     /// Declared after `conn`, so the writer closes first and the checkpointer's connection,
     /// the last one, folds the WAL into the database.
     checkpointer: Option<crate::checkpoint::Checkpointer>,
@@ -273,6 +278,14 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     crate::retention::init(conn)
 }
 
+/// How long a write waits for another program's lock on the database (a `sqlite3` shell, a
+/// backup) before it fails with `SQLITE_BUSY`: well within GitLab's 10 s delivery timeout.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits while the database is known to be locked: deliveries are answered 503
+/// at once instead of each waiting out the busy timeout, and the store's one connection (which
+/// the local API reads through too) is not held for seconds at a time.
+pub(crate) const LOCKED_WAIT: Duration = Duration::from_millis(100);
+
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
@@ -291,12 +304,12 @@ impl Store {
     fn init(conn: Connection, durability: Durability) -> Result<Self, StoreError> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
-        conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         // Room for every statement the ingest path and the state machine run (16 by default).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Self { conn: Mutex::new(conn), checkpointer: None })
+        Ok(Self { conn: Mutex::new(conn), locked: AtomicBool::new(false), checkpointer: None })
     }
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -325,7 +338,10 @@ impl Store {
     /// pending): then `Ingested::deferred` is set and the processor has work.
     pub fn ingest(&self, batch: Vec<Incoming>) -> Result<Ingested, StoreError> {
         let mut conn = self.conn();
-        let mut tx = conn.transaction()?;
+        // Immediate: the write lock is taken (or waited for) at the start. A deferred transaction
+        // reads first, and SQLite does not wait for a lock a reader wants to upgrade: another
+        // program's brief write would fail the batch at once.
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let older_pending: bool =
             query_row(&tx, "SELECT EXISTS (SELECT 1 FROM deliveries WHERE processed = 0)", [], |r| r.get(0))?;
         let mut stored = Vec::with_capacity(batch.len());
@@ -588,13 +604,34 @@ impl Store {
 
     /// Writes and commits `bytes` of padding, then removes them again: whether the store can take
     /// a delivery of about that size now (after a full disk, before saying it is over).
+    ///
+    /// It waits 100 ms at most for a lock: it is tried again a second later anyway, and
+    /// meanwhile everyone else waits for the connection it holds.
     pub fn probe_write(&self, bytes: usize) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        exec(&tx, "INSERT OR REPLACE INTO probe (id, pad) VALUES (1, zeroblob(?1))", [bytes as i64])?;
-        exec(&tx, "DELETE FROM probe", [])?;
-        tx.commit()?;
+        conn.busy_timeout(LOCKED_WAIT)?;
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            exec(&tx, "INSERT OR REPLACE INTO probe (id, pad) VALUES (1, zeroblob(?1))", [bytes as i64])?;
+            exec(&tx, "DELETE FROM probe", [])?;
+            tx.commit()
+        })();
+        conn.busy_timeout(self.busy_wait())?;
+        Ok(result?)
+    }
+
+    /// Says whether the database is known to be locked by another program (the group commit
+    /// sets it when a batch failed with `SQLITE_BUSY`, and clears it when one went through):
+    /// while it is, writes wait 100 ms for the lock instead of the busy timeout (5 s).
+    pub fn set_locked(&self, locked: bool) -> Result<(), StoreError> {
+        if self.locked.swap(locked, Ordering::Relaxed) != locked {
+            self.conn().busy_timeout(self.busy_wait())?;
+        }
         Ok(())
+    }
+
+    fn busy_wait(&self) -> Duration {
+        if self.locked.load(Ordering::Relaxed) { LOCKED_WAIT } else { BUSY_TIMEOUT }
     }
 
     /// When the newest stored delivery was received (Unix seconds); `None` when there is none.
