@@ -23,6 +23,18 @@ fn browser_tests() -> PathBuf {
     dir
 }
 
+/// The status line of `GET url` (plain HTTP on loopback), with a blocking socket.
+fn get_status(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
 /// The port of a `http://127.0.0.1:PORT/...` address.
 fn url_port(url: &str) -> &str {
     url.trim_start_matches("http://").split(['/', '?']).next().unwrap().rsplit(':').next().unwrap()
@@ -44,11 +56,22 @@ fn the_dashboard_shows_builds_and_live_events_in_a_browser() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let url = BufReader::new(demo.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
+    // Everything the demo prints, up to its last line before it waits for Ctrl-C.
+    let mut printed = Vec::new();
+    for line in BufReader::new(demo.stdout.take().unwrap()).lines().map_while(Result::ok) {
+        let last = line.starts_with("simulated GitLab: ");
+        printed.push(line);
+        if last {
+            break;
+        }
+    }
+    let url = printed
+        .iter()
         .find_map(|l| l.strip_prefix("dashboard: ").map(str::to_owned))
-        .expect("the demo printed no dashboard URL");
+        .unwrap_or_else(|| panic!("the demo printed no dashboard URL:\n{}", printed.join("\n")));
+    // A one-time login code, and no token anywhere (a JWT's header starts `eyJ`).
+    assert!(url.contains("/login?code="), "{url}");
+    assert!(!printed.iter().any(|l| l.contains("eyJ") || l.contains("access_token")), "{}", printed.join("\n"));
     // Kept after the test (in target/tmp), for a person to look at.
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     std::fs::create_dir_all(&shots).unwrap();
@@ -61,6 +84,8 @@ fn the_dashboard_shows_builds_and_live_events_in_a_browser() {
         .env("CHROMIUM", &chromium)
         .output()
         .unwrap();
+    // The browser used the code: a second use is refused.
+    let second_use = get_status(&url);
     let _ = demo.kill();
     let _ = demo.wait();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -83,8 +108,10 @@ fn the_dashboard_shows_builds_and_live_events_in_a_browser() {
     assert!(links.iter().any(|l| l.ends_with("/demo/firmware/-/merge_requests/1")), "{links:?}");
     assert!(links.iter().any(|l| l.starts_with("/v1/builds/1/download")), "{links:?}");
     assert!(shot.exists());
-    // The first load traded the token for a cookie and left `/` in the address (and history).
-    assert!(!seen["address"].as_str().unwrap().contains("access_token"), "{seen}");
+    // The login traded its code for a cookie and left `/` in the address (and history); the
+    // code is spent.
+    assert!(!seen["address"].as_str().unwrap().contains("code="), "{seen}");
+    assert!(second_use.starts_with("HTTP/1.1 401"), "the login code's second use: {second_use}");
     let token_seen = &seen["token"];
     assert!(seen["address"].as_str().unwrap().ends_with(&format!(":{}/", url_port(&url))), "{seen}");
     assert!(!token_seen["address"].as_str().unwrap().contains("access_token"), "{seen}");

@@ -179,7 +179,7 @@ fn stream_of<T: Send + 'static>(
 }
 
 /// At `CLOUDCI_LOG=debug`, with hooks installed on gitlab-sim, signed deliveries arriving, API
-/// calls with a bearer token, the dashboard's first load (`?access_token=`) and its stream carried
+/// calls with a bearer token, the dashboard's login (`/login?code=`) and its stream carried
 /// by the cookie, and a forged delivery: the daemon's log names routes by their template and
 /// holds none of the secrets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,13 +217,16 @@ async fn the_debug_log_holds_no_secret_while_serving() {
     let path_secret = url.rsplit('/').next().unwrap().to_owned();
     let c = http();
 
-    // Signed deliveries from GitLab, followed on the dashboard's kind of stream: its first load
-    // has the token in the address, traded for the cookie its stream then carries.
+    // Signed deliveries from GitLab, followed on the dashboard's kind of stream: its login has
+    // a one-time code in the address, traded for the cookie its stream then carries.
     let mut events = Events::open(api_port, &token, "").await;
     let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let trade = no_redirect.get(format!("http://127.0.0.1:{api_port}/?access_token={token}")).send().await.unwrap();
+    let login = dashboard_url(&config);
+    let code = login.split_once("code=").unwrap().1.to_owned();
+    let trade = no_redirect.get(&login).send().await.unwrap();
     assert_eq!(trade.status(), 303);
     let cookie = trade.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let session = cookie.split_once('=').unwrap().1.to_owned();
     let sse = c
         .get(format!("http://127.0.0.1:{api_port}/v1/events?project=acme/firmware"))
         .header("Cookie", &cookie)
@@ -267,6 +270,8 @@ async fn the_debug_log_holds_no_secret_while_serving() {
         ("path secret", path_secret.as_str()),
         ("hook token", &hook_token),
         ("bearer token", &token),
+        ("login code", &code),
+        ("session token", &session),
         ("GitLab token", TOKEN),
     ] {
         assert!(!log.contains(secret), "the {what} is in the log:\n{log}");

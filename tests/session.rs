@@ -1,7 +1,8 @@
-//! No token in a URL: the dashboard's first load trades `?access_token=` for an `HttpOnly`,
-//! `SameSite=Strict` cookie and sends the browser to `/`; the API takes the cookie only on
-//! requests the dashboard itself makes, and never takes a token from a URL. Over HTTP against a
-//! real `cloudci serve` (no GitLab behind it: the answers come before any call to it).
+//! No token in a URL: the dashboard's login address carries a one-time code (`cloudci
+//! dashboard`), which `GET /login` trades for an `HttpOnly`, `SameSite=Strict` cookie before it
+//! sends the browser to `/`; the code works once; the API takes the cookie only on requests the
+//! dashboard itself makes, and never takes a token from a URL. Over HTTP against a real
+//! `cloudci serve` (no GitLab behind it: the answers come before any call to it).
 
 mod common;
 
@@ -12,7 +13,7 @@ use serde_json::Value;
 const NO_GITLAB: &str = "http://127.0.0.1:9";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_trades_its_token_for_a_cookie_only_the_dashboard_can_use() {
+async fn the_dashboard_trades_a_one_time_code_for_a_cookie_only_the_dashboard_can_use() {
     let dir = tempfile::tempdir().unwrap();
     let (config, _, api_port) = write_config(dir.path(), "", 30);
     let _daemon = serve(&config, NO_GITLAB, "x", &["--no-hooks"]);
@@ -20,23 +21,44 @@ async fn the_dashboard_trades_its_token_for_a_cookie_only_the_dashboard_can_use(
     let api = format!("http://127.0.0.1:{api_port}");
     let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
 
+    // The login address: this daemon's, a code and no token.
+    let login = dashboard_url(&config);
+    let code = login.strip_prefix(&format!("{api}/login?code=")).unwrap_or_else(|| panic!("{login}"));
+    assert!(code.len() <= 64 && !code.contains(&token) && !token.contains(code), "{login}");
     // The trade: 303 to `/`, the cookie named for this port, HttpOnly, SameSite=Strict, Path=/.
-    let trade = c.get(format!("{api}/?access_token={token}")).send().await.unwrap();
+    let trade = c.get(&login).send().await.unwrap();
     assert_eq!(trade.status(), StatusCode::SEE_OTHER);
     assert_eq!(trade.headers()["location"], "/");
     assert_eq!(trade.headers()["cache-control"], "no-store");
     let set = trade.headers()["set-cookie"].to_str().unwrap().to_owned();
     let name = format!("cloudci_token_{api_port}");
-    assert!(set.starts_with(&format!("{name}={token};")), "{set}");
+    assert!(set.starts_with(&format!("{name}=")), "{set}");
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(set.split(';').any(|a| a.trim() == attr), "{attr} missing: {set}");
     }
-    let cookie = format!("{name}={token}");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    assert!(!cookie.contains(code), "the cookie holds a session token, not the code");
 
-    // A bad token still leaves the address, and sets nothing.
-    let bad = c.get(format!("{api}/?access_token={token}x")).send().await.unwrap();
-    assert_eq!(bad.status(), StatusCode::SEE_OTHER);
-    assert!(bad.headers().get("set-cookie").is_none());
+    // The code works once: a second use (a reload, the history, someone who saw the address)
+    // is refused and sets nothing; so is a code that was never issued, and no code at all.
+    for (what, url) in [
+        ("a second use", login.clone()),
+        ("a made-up code", format!("{api}/login?code={}{}", if code.starts_with('A') { 'B' } else { 'A' }, &code[1..])),
+        ("no code", format!("{api}/login")),
+    ] {
+        let again = c.get(&url).send().await.unwrap();
+        assert_eq!(again.status(), StatusCode::UNAUTHORIZED, "{what}");
+        assert!(again.headers().get("set-cookie").is_none(), "{what}");
+        assert_eq!(again.headers()["cache-control"], "no-store");
+        let body: Value = again.json().await.unwrap();
+        assert_eq!(body["field"], "code", "{what}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("cloudci dashboard"), "{what}: {body}");
+    }
+    // A token in the old address form is not traded: the address is only cleared.
+    let old = c.get(format!("{api}/?access_token={token}")).send().await.unwrap();
+    assert_eq!(old.status(), StatusCode::SEE_OTHER);
+    assert_eq!(old.headers()["location"], "/");
+    assert!(old.headers().get("set-cookie").is_none());
     // The page itself, framed by nobody.
     let page = c.get(format!("{api}/")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);

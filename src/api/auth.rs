@@ -7,6 +7,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::login::{BadCode, LoginCode, LoginCodes};
+
 /// What a token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -52,11 +54,14 @@ impl std::fmt::Debug for Jwt {
     }
 }
 
-/// Signs and checks local API tokens. `Debug` does not show the key.
+/// Signs and checks local API tokens, and the dashboard's one-time login codes
+/// ([`super::login`]). `Debug` does not show the key.
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Shared by every clone: a code taken through one is taken for all.
+    codes: std::sync::Arc<LoginCodes>,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -69,7 +74,22 @@ impl TokenKeys {
     /// Keys from a secret (at least 32 random bytes, base64url, from the state directory).
     pub fn new(secret: &SecretString) -> Self {
         let bytes = secret.expose_secret().as_bytes();
-        Self { encoding: EncodingKey::from_secret(bytes), decoding: DecodingKey::from_secret(bytes) }
+        Self {
+            encoding: EncodingKey::from_secret(bytes),
+            decoding: DecodingKey::from_secret(bytes),
+            codes: std::sync::Arc::new(LoginCodes::new(bytes)),
+        }
+    }
+
+    /// A one-time login code for the dashboard (`/login?code=`), valid for
+    /// [`super::login::LOGIN_CODE_TTL`].
+    pub fn login_code(&self) -> LoginCode {
+        self.codes.issue()
+    }
+
+    /// Takes a login code: `Ok` once per code, within its time.
+    pub fn redeem_login_code(&self, code: &str) -> Result<(), BadCode> {
+        self.codes.redeem(code)
     }
 
     /// Issues a token for `sub`, valid for `ttl`, limited to `projects` (all when empty).

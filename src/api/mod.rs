@@ -10,7 +10,7 @@
 //!
 //! Its parts: [`error`] (the JSON error envelope and the token extractor), [`auth`] (the
 //! tokens), [`params`] (queries, ids and bodies read strictly, so the server takes exactly what
-//! `openapi.json` allows), [`session`] (the dashboard and its cookie), [`sse`] (`GET
+//! `openapi.json` allows), [`session`] (the dashboard and its cookie), [`login`] (its one-time login codes), [`sse`] (`GET
 //! /v1/events`), and the routes by what they serve: `builds` (start, list, read, watch, cancel,
 //! retry, play), `files` (log, firmware, source), `recent` (a window of events). They live with
 //! the local API, not the receiver, because only the listener that serves subscribers uses them.
@@ -20,6 +20,7 @@ mod builds;
 pub mod error;
 mod files;
 mod health;
+pub mod login;
 pub mod params;
 mod recent;
 pub mod session;
@@ -82,6 +83,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/health", get(health::health))
         .route("/v1/openapi.json", get(openapi))
         .route("/", get(session::dashboard))
+        .route("/login", get(session::login))
         .with_state(state.clone())
         .merge(sse::router(state.events))
 }

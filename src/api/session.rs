@@ -1,13 +1,15 @@
-//! The dashboard and its session cookie, so that no token stays in a URL.
+//! The dashboard and its session cookie, so that no token is in a URL.
 //!
-//! `cloudci demo` prints the dashboard's address once with `?access_token=`. The first load
-//! trades it: `GET /?access_token=T` answers `303 See Other` to `/` with the token in a cookie
-//! (`HttpOnly`: no script reads it; `SameSite=Strict`: no request another site starts carries
-//! it; `Path=/`; a session cookie, gone when the browser closes). The address bar and the tab's
-//! history then hold `/` only, and the page's script never sees the token: its API calls and its
-//! `EventSource` (which sends same-origin cookies, and cannot send headers) carry the cookie.
-//! `Secure` is not set: the local API is plain HTTP on loopback, and a browser would never send a
-//! `Secure` cookie there.
+//! `cloudci dashboard` (and `cloudci demo --keep-serving`) prints the dashboard's address with a
+//! one-time login code ([`super::login`]): `GET /login?code=C` takes the code and answers
+//! `303 See Other` to `/` with a session token in a cookie (`HttpOnly`: no script reads it;
+//! `SameSite=Strict`: no request another site starts carries it; `Path=/`; a session cookie,
+//! gone when the browser closes). The token itself is never in an address: the address bar and
+//! the tab's history hold a spent code and `/`, and the page's script never sees the token: its
+//! API calls and its `EventSource` (which sends same-origin cookies, and cannot send headers)
+//! carry the cookie. `Secure` is not set: the local API is plain HTTP on loopback, and a browser
+//! would never send a `Secure` cookie there. `/?access_token=` is no longer traded (it put a
+//! long-lived token in the address and the history); such an address is sent to `/` as it is.
 //!
 //! A cookie is sent by the browser whoever asks, so a request it authenticates must show it comes
 //! from the dashboard itself (checked in [`super::error::Authorized`]):
@@ -88,23 +90,44 @@ pub fn check_cookie_request(parts: &Parts) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `GET /`: the page; with `?access_token=`, the trade for the cookie (a valid token) and a
-/// redirect to `/` either way, so the token leaves the address.
-pub(super) async fn dashboard(State(keys): State<TokenKeys>, headers: HeaderMap, uri: Uri) -> Response {
-    let token = uri.query().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned())
+/// How long the session a login code opens lasts (the cookie itself goes when the browser
+/// closes): a working day and then some; `cloudci dashboard` opens another.
+pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// `GET /login?code=`: a valid, unused code is traded for the session cookie and a redirect to
+/// `/`, so that the code leaves the address; any other is refused with 401 (it is spent or
+/// useless either way, so it may stay in the address).
+pub(super) async fn login(State(keys): State<TokenKeys>, headers: HeaderMap, uri: Uri) -> Response {
+    let code = uri.query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "code").map(|(_, v)| v.into_owned())
     });
-    if let Some(token) = token {
-        let mut resp =
-            (StatusCode::SEE_OTHER, [(header::LOCATION, "/"), (header::CACHE_CONTROL, "no-store")]).into_response();
-        // An invalid or expired token sets nothing: the page then says it needs one.
-        if keys.verify(token.trim()).is_ok() {
-            let cookie = format!("{}={}; HttpOnly; SameSite=Strict; Path=/", cookie_name(&headers), token.trim());
+    let taken = match code {
+        Some(code) => keys.redeem_login_code(&code),
+        None => Err(super::login::BadCode),
+    };
+    let mut resp = match taken {
+        Ok(()) => {
+            let session = keys.issue("dashboard", vec![], SESSION_TTL);
+            let cookie = format!("{}={}; HttpOnly; SameSite=Strict; Path=/", cookie_name(&headers), session.expose());
+            let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
             }
+            resp
         }
-        return resp;
+        Err(e) => ApiError::new(StatusCode::UNAUTHORIZED, format!("{e}; `cloudci dashboard` prints a new one"))
+            .field("code")
+            .into_response(),
+    };
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `GET /`: the page. An address with a query (an old `?access_token=` link) is sent to `/`
+/// first, so that nothing stays in the address; nothing is taken from it.
+pub(super) async fn dashboard(uri: Uri) -> Response {
+    if uri.query().is_some() {
+        return (StatusCode::SEE_OTHER, [(header::LOCATION, "/"), (header::CACHE_CONTROL, "no-store")]).into_response();
     }
     (
         [

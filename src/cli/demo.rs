@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
 use cloudci_gitlab::{Gitlab, RetryPolicy};
@@ -166,13 +166,19 @@ impl DemoArgs {
         show.line("demo", &format!("  logs in {}", run_dir.display()));
 
         if self.keep_serving {
-            // Printed on purpose: the user pastes it into a browser and a shell.
-            let jwt = daemon.keys.issue("demo", vec![], Duration::from_secs(24 * 3600));
-            let token_for_cli = jwt.expose();
-            crate::say!("dashboard: http://{}/?access_token={token_for_cli}", daemon.api_addr);
-            crate::say!("local API: http://{} (Authorization: Bearer $CLOUDCI_TOKEN)", daemon.api_addr);
+            // A one-time login code, printed on purpose for the user's browser; no token is
+            // printed (the CLI finds the daemon's in the state directory).
+            let code = daemon.keys.login_code();
+            crate::say!("dashboard: http://{}/login?code={}", daemon.api_addr, code.expose());
+            crate::say!(
+                "  (the code works once, within {} s; `cloudci {config_arg} dashboard` prints a new one)",
+                crate::api::login::LOGIN_CODE_TTL.as_secs()
+            );
+            crate::say!(
+                "local API: http://{} (Authorization: Bearer <token>, from `cloudci {config_arg} token issue`)",
+                daemon.api_addr
+            );
             crate::say!("for the CLI, in another terminal:");
-            crate::say!("  export CLOUDCI_TOKEN={token_for_cli}");
             crate::say!("  export GITLAB_HOST={} GITLAB_TOKEN={token}", sim.url());
             crate::say!("  cloudci {config_arg} status");
             crate::say!("  cloudci {config_arg} build firmware --ref feature --watch");

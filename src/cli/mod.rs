@@ -28,7 +28,7 @@ pub use hooks::HooksCommand;
 pub use play::PlayArgs;
 pub use records::{ArtifactsArgs, LogsArgs, StatusArgs};
 pub use serve::ServeArgs;
-pub use token::TokenCommand;
+pub use token::{DashboardArgs, TokenCommand};
 
 /// Start firmware builds on GitLab CI and follow them live.
 #[derive(Debug, Parser)]
@@ -75,6 +75,9 @@ pub enum Command {
     Source(SourceArgs),
     /// Tokens for the local API.
     Token(TokenCommand),
+    /// The running daemon's dashboard: its address with a login code for the browser (works
+    /// once, within a minute; no token in the address).
+    Dashboard(DashboardArgs),
     /// cloudci's webhooks on GitLab.
     Hooks(HooksCommand),
     /// Remove old deliveries, events, logs and artifacts now (`--dry-run`: only say what).
@@ -212,6 +215,7 @@ impl Cli {
             Command::Play(args) => args.run(&with_state()?).await,
             Command::Source(args) => args.run(&with_state()?).await,
             Command::Token(cmd) => cmd.run(&with_state()?),
+            Command::Dashboard(args) => args.run(&with_state()?).await,
             Command::Hooks(cmd) => cmd.run(&with_state()?).await,
             Command::Gc(args) => args.run(&with_state()?),
             Command::Gitlab(cmd) => cmd.run(self.config.as_deref()).await,

@@ -1,4 +1,4 @@
-//! `cloudci token issue`
+//! `cloudci token issue`, `cloudci dashboard`
 
 use crate::api::auth::{TokenKeys, parse_duration};
 use clap::{Args, Subcommand};
@@ -55,6 +55,40 @@ impl TokenCommand {
             print_json(&serde_json::json!({"token": token}))?;
         } else {
             crate::say!("{token}");
+        }
+        Ok(())
+    }
+}
+
+/// `cloudci dashboard`: the running daemon's dashboard address with a one-time login code.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Print `{"url": "...", "expires_in": 60}`.
+    #[arg(long)]
+    json: bool,
+}
+
+impl DashboardArgs {
+    /// Runs it.
+    pub async fn run(self, config: &Config) -> Result<(), Failure> {
+        let state = StateDir::new(config.state_dir());
+        let Some(daemon) = crate::sse_client::DaemonClient::find(&state).await else {
+            return Err(Failure::general(
+                "no daemon answers for this state directory (start `cloudci serve`: it serves the dashboard)",
+            ));
+        };
+        let keys = TokenKeys::new(&state.jwt_key().map_err(|e| Failure::general(e.to_string()))?);
+        // Printed on purpose: the code is for the user's browser, and works once, for a minute.
+        let url = format!("{}/login?code={}", daemon.api_url, keys.login_code().expose());
+        let ttl = crate::api::login::LOGIN_CODE_TTL.as_secs();
+        if self.json {
+            print_json(&serde_json::json!({"url": url, "expires_in": ttl}))?;
+        } else {
+            crate::say!("{url}");
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("(open it within {ttl} s; it works once)\n").as_bytes(),
+            );
         }
         Ok(())
     }

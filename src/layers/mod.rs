@@ -5,7 +5,7 @@
 //! [`Layers::public`] wraps the receiver's router, [`Layers::local`] the local API's; the daemon
 //! applies them where it composes both (`daemon.rs`). They are added with `Router::layer`, so they
 //! run after routing and see the matched route template ([`MatchedPath`](axum::extract::MatchedPath)): a span names
-//! `/hooks/{secret}`, never the path secret, and never a query string (`?access_token=`).
+//! `/hooks/{secret}`, never the path secret, and never a query string (`/login?code=`).
 //!
 //! Outside in: sensitive headers marked, request id, (`Referrer-Policy`,) trace span, (`Host`
 //! check, JSON errors,) panic guard, timeout, (end of event streams at shutdown, body limit,) the

@@ -107,6 +107,14 @@ pub fn token(config: &Path) -> String {
     v["token"].as_str().unwrap().to_owned()
 }
 
+/// `cloudci dashboard --json`: the running daemon's dashboard address with a one-time login code.
+pub fn dashboard_url(config: &Path) -> String {
+    let out = cloudci(config, "http://127.0.0.1:9", "x", &["dashboard", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["url"].as_str().unwrap().to_owned()
+}
+
 /// A minimal SSE reader over reqwest.
 pub struct Events {
     stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
