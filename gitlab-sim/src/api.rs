@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, OriginalUri, Path, Request, State as Ax};
+use axum::extract::{Extension, FromRequest, OriginalUri, Path, Request, State as Ax};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,13 +14,14 @@ use cloudci_gitlab::types::{PipelineVariable, Status, VariableType};
 use serde_json::{Map, Value, json};
 
 use crate::Shared;
+use crate::access_api::Caller;
 use crate::git::MergeOutcome;
-use crate::state::{Effects, EventKind, Hook, Job, MergeRequest, Outgoing};
+use crate::state::{Effects, EventKind, Job, MergeRequest, Outgoing};
 
-type Sh = Ax<Arc<Shared>>;
+pub(crate) type Sh = Ax<Arc<Shared>>;
 
 /// An error answer: GitLab's status and JSON body.
-pub(crate) struct ApiError(StatusCode, Value);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) Value);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -28,19 +29,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
-fn not_found(what: &str) -> ApiError {
+pub(crate) fn not_found(what: &str) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, json!({"message": format!("404 {what} Not Found")}))
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, json!({"message": message.into()}))
 }
 
 /// Grape's answer to a missing required parameter. Not confirmed against GitLab in our reference
 /// (FACTS §3.7); it is Grape's default shape.
-fn missing(param: &str) -> ApiError {
+pub(crate) fn missing(param: &str) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, json!({"error": format!("{param} is missing")}))
 }
 
@@ -48,12 +49,12 @@ fn forbidden(reason: &str) -> ApiError {
     ApiError(StatusCode::FORBIDDEN, json!({"message": format!("403 Forbidden - {reason}")}))
 }
 
-fn ok(status: StatusCode, body: Value) -> ApiResult {
+pub(crate) fn ok(status: StatusCode, body: Value) -> ApiResult {
     Ok((status, axum::Json(body)).into_response())
 }
 
 /// Query string and body (JSON or form) merged into one map, as Grape presents parameters.
-pub(crate) struct Params(Map<String, Value>);
+pub(crate) struct Params(pub(crate) Map<String, Value>);
 
 impl<S: Send + Sync> FromRequest<S> for Params {
     type Rejection = ApiError;
@@ -103,11 +104,11 @@ fn add_form_pairs(map: &mut Map<String, Value>, raw: &[u8]) {
 }
 
 impl Params {
-    fn str(&self, key: &str) -> Option<&str> {
+    pub(crate) fn str(&self, key: &str) -> Option<&str> {
         self.0.get(key).and_then(Value::as_str)
     }
 
-    fn string(&self, key: &str) -> Option<String> {
+    pub(crate) fn string(&self, key: &str) -> Option<String> {
         match self.0.get(key)? {
             Value::String(s) => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
@@ -115,12 +116,12 @@ impl Params {
         }
     }
 
-    fn required(&self, key: &str) -> Result<String, ApiError> {
+    pub(crate) fn required(&self, key: &str) -> Result<String, ApiError> {
         self.string(key).filter(|s| !s.is_empty()).ok_or_else(|| missing(key))
     }
 
     /// Grape's boolean coercion: `true`, `"true"`, `"1"`; `null` is false (FACTS §3.1).
-    fn bool(&self, key: &str) -> Option<bool> {
+    pub(crate) fn bool(&self, key: &str) -> Option<bool> {
         match self.0.get(key)? {
             Value::Bool(b) => Some(*b),
             Value::String(s) => Some(matches!(s.as_str(), "true" | "1" | "yes")),
@@ -138,7 +139,7 @@ impl Params {
 /// Offset pagination as GitLab does it: `page`/`per_page` (default 20, max 100), `Link` with
 /// prev/next/first/last, `x-page`, `x-per-page`, `x-next-page`, `x-prev-page`, and `x-total` and
 /// `x-total-pages` (and `rel="last"`) only up to 10,000 items.
-fn paginate(uri: &Uri, params: &Params, base: &str, items: Vec<Value>) -> Response {
+pub(crate) fn paginate(uri: &Uri, params: &Params, base: &str, items: Vec<Value>) -> Response {
     let per_page = params.usize("per_page").unwrap_or(20).clamp(1, 100);
     let page = params.usize("page").unwrap_or(1).max(1);
     let total = items.len();
@@ -188,8 +189,9 @@ fn paginate(uri: &Uri, params: &Params, base: &str, items: Vec<Value>) -> Respon
     resp
 }
 
-/// Rejects requests without the token; injects API faults.
-async fn guard(Ax(shared): Sh, headers: HeaderMap, uri: Uri, req: Request, next: Next) -> Response {
+/// Rejects requests without a known token (and tells the handlers who is asking); injects API
+/// faults.
+async fn guard(Ax(shared): Sh, headers: HeaderMap, uri: Uri, mut req: Request, next: Next) -> Response {
     let query_token = uri.query().and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "private_token").map(|(_, v)| v.into_owned())
     });
@@ -205,9 +207,14 @@ async fn guard(Ax(shared): Sh, headers: HeaderMap, uri: Uri, req: Request, next:
                 .map(str::to_owned)
         })
         .or(query_token);
-    if given.as_deref() != Some(shared.token.as_str()) || shared.token.is_empty() {
+    let caller = given.as_deref().and_then(|token| {
+        let state = shared.lock();
+        state.access.user_by_token(token).map(|u| Caller { user_id: u.id, admin: u.admin })
+    });
+    let Some(caller) = caller else {
         return ApiError(StatusCode::UNAUTHORIZED, json!({"message": "401 Unauthorized"})).into_response();
-    }
+    };
+    req.extensions_mut().insert(caller);
     let faults = &shared.faults;
     if faults.chance(faults.spec.api_429) {
         // Rack::Attack's throttle answers in plain text (FACTS §3.6).
@@ -240,8 +247,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/version", get(version))
         .route("/metadata", get(version))
-        .route("/user", get(user))
-        .route("/projects/{id}", get(project))
+        .route("/projects/{id}", get(project).put(crate::access_api::edit_project))
         .route("/projects/{id}/repository/branches", get(branches))
         .route("/projects/{id}/repository/branches/{branch}", get(branch))
         .route("/projects/{id}/repository/archive", get(archive_tar_gz))
@@ -267,12 +273,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/projects/{id}/merge_requests/{iid}", get(get_mr))
         .route("/projects/{id}/merge_requests/{iid}/merge", put(merge_mr))
         .route("/projects/{id}/merge_requests/{iid}/cancel_merge_when_pipeline_succeeds", post(cancel_auto_merge))
-        .route("/projects/{id}/hooks", get(list_hooks).post(create_hook))
-        .route("/projects/{id}/hooks/{hid}", get(get_hook).put(edit_hook).delete(delete_hook))
-        .route("/projects/{id}/hooks/{hid}/test/{trigger}", post(test_hook))
-        .route("/projects/{id}/hooks/{hid}/events", get(hook_events))
-        .route("/projects/{id}/hooks/{hid}/events/{eid}/resend", post(resend_hook_event))
+        .merge(crate::hooks_api::routes(shared.premium))
+        .merge(crate::access_api::routes())
         .fallback(fallback)
+        // Innermost: refusals are counted and compressed like any answer.
+        .route_layer(middleware::from_fn_with_state(shared.clone(), crate::access_api::authorize))
         // Inside the count, so compressed answers count as sent.
         .route_layer(middleware::from_fn(crate::wire::compress))
         .route_layer(middleware::from_fn_with_state(shared.counter.clone(), crate::wire::count))
@@ -285,18 +290,16 @@ async fn version(Ax(s): Sh) -> ApiResult {
     ok(StatusCode::OK, s.render.version())
 }
 
-async fn user(Ax(s): Sh) -> ApiResult {
-    ok(StatusCode::OK, s.render.current_user())
-}
-
 fn project_id(s: &Shared, key: &str) -> Result<u64, ApiError> {
     s.lock().project(key).map(|p| p.id).ok_or_else(|| not_found("Project"))
 }
 
-async fn project(Ax(s): Sh, Path(id): Path<String>) -> ApiResult {
+async fn project(Ax(s): Sh, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult {
     let state = s.lock();
     let p = state.project(&id).ok_or_else(|| not_found("Project"))?;
-    ok(StatusCode::OK, s.render.project(p))
+    let mut body = s.render.project(p);
+    body["permissions"] = crate::access_api::permissions(&state, caller, p.id, p.group_id);
+    ok(StatusCode::OK, body)
 }
 
 async fn branches(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): OriginalUri, params: Params) -> ApiResult {
@@ -318,7 +321,7 @@ async fn branch(Ax(s): Sh, Path((id, name)): Path<(String, String)>) -> ApiResul
     ok(StatusCode::OK, s.render.branch(&s.lock().projects[idx(pid)], &name, &commit))
 }
 
-fn idx(project_id: u64) -> usize {
+pub(crate) fn idx(project_id: u64) -> usize {
     usize::try_from(project_id.saturating_sub(1)).unwrap_or(0)
 }
 
@@ -410,7 +413,12 @@ fn parse_variables(params: &Params) -> Result<Vec<PipelineVariable>, ApiError> {
     Ok(vars)
 }
 
-async fn create_pipeline(Ax(s): Sh, Path(id): Path<String>, params: Params) -> ApiResult {
+async fn create_pipeline(
+    Ax(s): Sh,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    params: Params,
+) -> ApiResult {
     let pid = project_id(&s, &id)?;
     let git_ref = params.required("ref")?;
     let variables = parse_variables(&params)?;
@@ -434,6 +442,7 @@ async fn create_pipeline(Ax(s): Sh, Path(id): Path<String>, params: Params) -> A
         .resolve(&git_ref)
         .await
         .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, json!({"message": {"base": ["Reference not found"]}})))?;
+    crate::access_api::may_run_on(&s, caller, pid, &git_ref, resolved.tag)?;
     let yaml =
         repo.file_at(&resolved.sha, ".gitlab-ci.yml").await.map_err(|e| internal(&e))?.ok_or_else(|| {
             ApiError(StatusCode::BAD_REQUEST, json!({"message": {"base": ["Missing CI config file"]}}))
@@ -469,7 +478,7 @@ fn time_param(params: &Params, key: &str) -> Result<Option<DateTime<Utc>>, ApiEr
 }
 
 /// Grape's answer to a parameter outside its `values:` (Grape's default shape, like [`missing`]).
-fn invalid(param: &str) -> ApiError {
+pub(crate) fn invalid(param: &str) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, json!({"error": format!("{param} does not have a valid value")}))
 }
 
@@ -1054,295 +1063,4 @@ async fn cancel_auto_merge(Ax(s): Sh, Path((id, iid)): Path<(String, u64)>) -> A
     mr.auto_merge = false;
     let body = s.render.merge_request(&state, &state.merge_requests[&mr_id]);
     ok(StatusCode::CREATED, body)
-}
-
-async fn list_hooks(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): OriginalUri, params: Params) -> ApiResult {
-    let pid = project_id(&s, &id)?;
-    let state = s.lock();
-    let items = state.hooks.values().filter(|h| h.project_id == pid).map(|h| s.render.hook(h)).collect();
-    drop(state);
-    Ok(paginate(&uri, &params, &s.render.base, items))
-}
-
-fn hook_of(state: &crate::state::State, pid: u64, hid: u64) -> Result<(), ApiError> {
-    match state.hooks.get(&hid) {
-        Some(h) if h.project_id == pid => Ok(()),
-        _ => Err(not_found("")),
-    }
-}
-
-async fn get_hook(Ax(s): Sh, Path((id, hid)): Path<(String, u64)>) -> ApiResult {
-    let pid = project_id(&s, &id)?;
-    let state = s.lock();
-    hook_of(&state, pid, hid)?;
-    ok(StatusCode::OK, s.render.hook(&state.hooks[&hid]))
-}
-
-fn check_signing_token(token: &str) -> Result<(), ApiError> {
-    use base64::Engine;
-    let ok = token
-        .strip_prefix("whsec_")
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-        .is_some_and(|key| key.len() == 32);
-    if ok {
-        Ok(())
-    } else {
-        // The exact message is not in our reference; GitLab requires the whsec_ form (FACTS §1.4).
-        Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            json!({"message": {"signing_token": ["must be whsec_ followed by a base64 32-byte key"]}}),
-        ))
-    }
-}
-
-fn apply_hook_params(h: &mut Hook, params: &Params) -> Result<(), ApiError> {
-    if let Some(t) = params.string("signing_token") {
-        check_signing_token(&t)?;
-        h.signing_token = Some(t);
-    }
-    if let Some(t) = params.string("token") {
-        h.token = Some(t).filter(|t| !t.is_empty());
-    }
-    for (key, flag) in [
-        ("push_events", &mut h.push_events),
-        ("tag_push_events", &mut h.tag_push_events),
-        ("pipeline_events", &mut h.pipeline_events),
-        ("job_events", &mut h.job_events),
-        ("merge_requests_events", &mut h.merge_requests_events),
-        ("enable_ssl_verification", &mut h.enable_ssl_verification),
-    ] {
-        if let Some(b) = params.bool(key) {
-            *flag = b;
-        }
-    }
-    if let Some(n) = params.string("name") {
-        h.name = Some(n);
-    }
-    if let Some(d) = params.string("description") {
-        h.description = Some(d);
-    }
-    Ok(())
-}
-
-fn check_url(raw: &str) -> Result<(), ApiError> {
-    match url::Url::parse(raw) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
-        _ => Err(ApiError(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!({"message": {"url": ["is blocked: Only allowed schemes are http, https"]}}),
-        )),
-    }
-}
-
-async fn create_hook(Ax(s): Sh, Path(id): Path<String>, params: Params) -> ApiResult {
-    let pid = project_id(&s, &id)?;
-    let url = params.required("url")?;
-    check_url(&url)?;
-    let mut hook = Hook {
-        id: 0,
-        project_id: pid,
-        url,
-        name: None,
-        description: None,
-        token: None,
-        signing_token: None,
-        // GitLab subscribes new hooks to pushes unless told otherwise.
-        push_events: true,
-        tag_push_events: false,
-        pipeline_events: false,
-        job_events: false,
-        merge_requests_events: false,
-        enable_ssl_verification: true,
-        created_at: Utc::now(),
-        recent_failures: 0,
-        disabled_until: None,
-        deliveries: Default::default(),
-    };
-    apply_hook_params(&mut hook, &params)?;
-    let mut state = s.lock();
-    state.last_id.hook += 1;
-    hook.id = state.last_id.hook;
-    let body = s.render.hook(&hook);
-    state.hooks.insert(hook.id, hook);
-    ok(StatusCode::CREATED, body)
-}
-
-async fn edit_hook(Ax(s): Sh, Path((id, hid)): Path<(String, u64)>, params: Params) -> ApiResult {
-    let pid = project_id(&s, &id)?;
-    let url = params.required("url")?;
-    check_url(&url)?;
-    let mut state = s.lock();
-    hook_of(&state, pid, hid)?;
-    let hook = state.hooks.get_mut(&hid).expect("checked");
-    // GitLab resets the secret token when the URL changes (FACTS §1.4).
-    if hook.url != url {
-        hook.token = None;
-    }
-    hook.url = url;
-    apply_hook_params(hook, &params)?;
-    ok(StatusCode::OK, s.render.hook(&state.hooks[&hid]))
-}
-
-async fn delete_hook(Ax(s): Sh, Path((id, hid)): Path<(String, u64)>) -> ApiResult {
-    let pid = project_id(&s, &id)?;
-    let mut state = s.lock();
-    hook_of(&state, pid, hid)?;
-    state.hooks.remove(&hid);
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Sends a test delivery now, even to a disabled hook; a 2xx re-enables it. The payload is built
-/// from the project's latest data (how GitLab builds test payloads is not established: FACTS §1.6).
-async fn test_hook(Ax(s): Sh, Path((id, hid, trigger)): Path<(String, u64, String)>) -> ApiResult {
-    let pid = project_id(&s, &id)?;
-    let (kind, body) = {
-        let state = s.lock();
-        hook_of(&state, pid, hid)?;
-        let latest_pipeline = state.pipelines.values().rev().find(|p| p.project_id == pid);
-        let payloads: &dyn crate::state::Payloads = &s.render;
-        match trigger.as_str() {
-            "pipeline_events" => match latest_pipeline {
-                Some(p) => (EventKind::Pipeline, payloads.pipeline_hook(&state, p)),
-                None => return Err(bad_request("Ensure the project has CI pipelines.")),
-            },
-            "job_events" => match latest_pipeline.and_then(|p| p.jobs.last()).and_then(|j| state.jobs.get(j)) {
-                Some(j) => (EventKind::Job, payloads.job_hook(&state, j)),
-                None => return Err(bad_request("Ensure the project has CI jobs.")),
-            },
-            "merge_requests_events" => match state.merge_requests.values().rev().find(|m| m.project_id == pid) {
-                Some(m) => (EventKind::MergeRequest, s.render.merge_request_hook(&state, m, "open")),
-                None => return Err(bad_request("Ensure the project has merge requests.")),
-            },
-            "push_events" => {
-                let p = &state.projects[idx(pid)];
-                (EventKind::Push, s.render.push_hook(p, &p.default_branch, &"0".repeat(40), &"0".repeat(40), &[], 0))
-            }
-            _ => return Err(bad_request("trigger does not have a valid value")),
-        }
-    };
-    let bytes = Arc::new(serde_json::to_vec(&body).unwrap_or_default());
-    crate::webhooks::deliver(s.clone(), hid, kind, bytes, crate::webhooks::uuid(), true).await;
-    ok(StatusCode::CREATED, json!({"message": "201 Created"}))
-}
-
-/// Rack 3's `HTTP_STATUS_CODES`: the codes GitLab's `status` filter accepts besides the categories.
-const RACK_STATUS_CODES: &[u16] = &[
-    100, 101, 102, 103, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308, 400,
-    401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423, 424, 425, 426,
-    428, 429, 431, 451, 500, 501, 502, 503, 504, 505, 506, 507, 508, 511,
-];
-
-/// Whether a log entry's `response_status` matches one `status` filter value, as
-/// `WebHooks::WebHookLogsFinder#string_filter_to_code` maps them: `successful` is 200-299,
-/// `client_failure` 400-499, `server_failure` 500-599 *and* `internal error` (no answer at all);
-/// a code matches itself.
-fn status_matches(filter: &str, logged: &str) -> bool {
-    let code = logged.parse::<u16>().ok();
-    match filter {
-        "successful" => code.is_some_and(|c| (200..300).contains(&c)),
-        "client_failure" => code.is_some_and(|c| (400..500).contains(&c)),
-        "server_failure" => code.is_some_and(|c| (500..600).contains(&c)) || logged == "internal error",
-        exact => exact == logged,
-    }
-}
-
-/// `GET /projects/:id/hooks/:hook_id/events` (`lib/api/hooks/events.rb`): the past 7 days from
-/// the start of the day (`WebHookLog.recent(7)`), newest first; `status` is a list (comma-separated
-/// or `status[]=`) of codes or categories; `per_page` is 1-20 (default 20), anything else is a 400.
-async fn hook_events(
-    Ax(s): Sh,
-    Path((id, hid)): Path<(String, u64)>,
-    OriginalUri(uri): OriginalUri,
-    params: Params,
-) -> ApiResult {
-    let pid = project_id(&s, &id)?;
-    if let Some(per_page) = params.string("per_page")
-        && !per_page.parse::<u32>().is_ok_and(|n| (1..=20).contains(&n))
-    {
-        return Err(invalid("per_page"));
-    }
-    let filters: Vec<String> = match params.0.get("status") {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).map(str::to_owned).collect(),
-        Some(Value::String(list)) => list.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect(),
-        Some(Value::Number(n)) => vec![n.to_string()],
-        Some(_) => return Err(invalid("status")),
-    };
-    let valid = |f: &str| {
-        matches!(f, "successful" | "client_failure" | "server_failure")
-            || f.parse::<u16>().is_ok_and(|c| RACK_STATUS_CODES.contains(&c))
-    };
-    if !filters.iter().all(|f| valid(f)) {
-        return Err(invalid("status"));
-    }
-    let since = (Utc::now() - chrono::Duration::days(7)).date_naive().and_hms_opt(0, 0, 0).map(|t| t.and_utc());
-    let state = s.lock();
-    hook_of(&state, pid, hid)?;
-    let mut logs: Vec<&crate::state::DeliveryLog> = state.hooks[&hid]
-        .deliveries
-        .iter()
-        .filter(|d| since.is_none_or(|t| d.created_at >= t))
-        .filter(|d| filters.is_empty() || filters.iter().any(|f| status_matches(f, &d.response_status)))
-        .collect();
-    logs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-    let items = logs
-        .iter()
-        .map(|d| {
-            json!({
-                "id": d.id, "url": d.url, "trigger": d.trigger, "request_headers": d.request_headers,
-                "request_data": d.request_data, "response_headers": {}, "response_body": d.response_body,
-                "execution_duration": d.execution_duration, "response_status": d.response_status
-            })
-        })
-        .collect();
-    drop(state);
-    Ok(paginate(&uri, &params, &s.render.base, items))
-}
-
-/// `POST /projects/:id/hooks/:hook_id/events/:hook_event_id/resend` (`lib/api/hooks/resend_hook.rb`,
-/// `WebHooks::Events::ResendService`):
-/// - rate limited first (`web_hook_event_resend`: 5 per minute, scoped to the hook's project and
-///   the user; the docs say "per hook and user", the code scopes by project): 429
-///   `{"message":{"error":"This endpoint has been requested too many times. Try again later."}}`
-///   with `Retry-After: 60` (the limit's interval, as `too_many_requests!` sets it);
-/// - a log entry of another hook, or none: 404 `{"message":"404 Not found"}`;
-/// - the hook's URL changed since: 422 with GitLab's message;
-/// - a disabled hook: not sent (`WebHookService` is not forced), 422 `{"message":"Hook disabled"}`;
-/// - sent, with an answer: 201 `{"response_status": <code>}`; sent with no answer (timeout,
-///   connection failure): logged as `internal error`, 422 with the error's text.
-async fn resend_hook_event(Ax(s): Sh, Path((id, hid, eid)): Path<(String, u64, u64)>) -> ApiResult {
-    let pid = project_id(&s, &id)?;
-    let original = {
-        let mut state = s.lock();
-        hook_of(&state, pid, hid)?;
-        let window = state.resend_limits.entry(pid).or_default();
-        if !window.allow(std::time::Instant::now(), 5, std::time::Duration::from_secs(60)) {
-            let body =
-                json!({"message": {"error": "This endpoint has been requested too many times. Try again later."}});
-            return Ok((StatusCode::TOO_MANY_REQUESTS, [("retry-after", "60")], axum::Json(body)).into_response());
-        }
-        let hook = &state.hooks[&hid];
-        let original = hook
-            .deliveries
-            .iter()
-            .find(|d| d.id == eid)
-            .cloned()
-            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, json!({"message": "404 Not found"})))?;
-        if original.url != hook.url {
-            return Err(ApiError(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"message": "The hook URL has changed, and this log entry cannot be retried"}),
-            ));
-        }
-        original
-    };
-    match crate::webhooks::resend(s.clone(), hid, &original).await {
-        crate::webhooks::Outcome::Answered(code) => ok(StatusCode::CREATED, json!({"response_status": code})),
-        crate::webhooks::Outcome::NotSent => {
-            Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, json!({"message": "Hook disabled"})))
-        }
-        crate::webhooks::Outcome::Failed(why) => {
-            Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, json!({"message": why})))
-        }
-    }
 }

@@ -5,7 +5,8 @@
 //! `drop=0.1,lost=0.05,duplicate=0.2,delay=50..400,reorder=0.3,api_429=0.05,api_5xx=0.05,pipeline_limit=25`:
 //! - `drop=P`: a delivery is never sent and never logged, as when GitLab's per-namespace webhook
 //!   rate limit refuses to enqueue it (FACTS §1.5: "dropped silently", nothing in the delivery log,
-//!   no failure counted). Only catching up through the API finds what it carried.
+//!   no failure counted). Only catching up through the API finds what it carried. (The limit
+//!   itself, counted per top-level namespace, is `SimConfig::hook_rate_limit`.)
 //! - `lost=P`: a delivery GitLab sends that never reaches the receiver (connection reset, timeout):
 //!   the receiver sees nothing, GitLab logs it as a failure with `response_status: "internal
 //!   error"` (as it logs timeouts) and counts it toward auto-disabling. The delivery log shows it,

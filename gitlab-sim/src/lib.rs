@@ -18,12 +18,15 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
+mod access_api;
 mod api;
 pub mod ci;
 pub mod faults;
 mod files;
 pub mod fixtures;
 pub mod git;
+mod hooks_api;
 mod render;
 mod runner;
 pub mod state;
@@ -38,6 +41,7 @@ use std::time::Duration;
 use chrono::Utc;
 use cloudci_gitlab::types::Status;
 
+pub use access::{SimMember, SimUser, Visibility};
 pub use faults::{FaultSpec, Faults};
 pub use render::VERSION;
 pub use webhooks::sign;
@@ -52,9 +56,23 @@ use crate::state::{Effects, EventKind, Outgoing, Project, State};
 pub struct SimConfig {
     /// Address to listen on (port 0 for any free port).
     pub listen: SocketAddr,
-    /// The one access token accepted (as `PRIVATE-TOKEN`, `Authorization: Bearer` or
-    /// `?private_token=`).
+    /// The administrator's token (user 1, `root`), accepted as `PRIVATE-TOKEN`,
+    /// `Authorization: Bearer` or `?private_token=`. The administrator may do everything and
+    /// owns every top-level group.
     pub token: String,
+    /// More users, each with their own token (ids 2, 3, ... in order).
+    pub users: Vec<SimUser>,
+    /// Memberships of those users in projects and groups.
+    pub members: Vec<SimMember>,
+    /// Visibility of projects or groups, by path (default: private).
+    pub visibility: Vec<(String, access::Visibility)>,
+    /// GitLab.com's webhook rate limit: calls per top-level namespace per window (none: no limit).
+    pub hook_rate_limit: Option<u32>,
+    /// The rate limit's window (GitLab: one minute; shorter in tests).
+    pub hook_rate_window: Duration,
+    /// Premium features: group webhooks (`/groups/:id/hooks`). Without it those routes do not
+    /// exist, as on GitLab Free.
+    pub premium: bool,
     /// Projects: `group/name` and the git repository that backs it. Ids are 1, 2, ... in order.
     pub projects: Vec<(String, PathBuf)>,
     /// Faults to inject.
@@ -75,6 +93,12 @@ impl Default for SimConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: String::new(),
+            users: Vec::new(),
+            members: Vec::new(),
+            visibility: Vec::new(),
+            hook_rate_limit: None,
+            hook_rate_window: Duration::from_secs(60),
+            premium: false,
             projects: Vec::new(),
             faults: FaultSpec::default(),
             seed: 0,
@@ -100,6 +124,9 @@ pub enum StartError {
     /// The project spec is wrong.
     #[error("{0}")]
     Config(String),
+    /// The declared users, members or visibilities are wrong.
+    #[error("{0}")]
+    Access(#[from] access::AccessError),
     /// Listening or the work directory failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -110,7 +137,11 @@ pub enum StartError {
 pub(crate) struct Shared {
     state: Mutex<State>,
     pub(crate) render: Render,
-    pub(crate) token: String,
+    /// Premium features on (group hooks).
+    pub(crate) premium: bool,
+    /// Webhook calls allowed per top-level namespace and window.
+    pub(crate) hook_rate_limit: Option<u32>,
+    pub(crate) hook_rate_window: Duration,
     pub(crate) faults: Faults,
     pub(crate) runner_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) http: reqwest::Client,
@@ -383,6 +414,8 @@ impl Sim {
         let addr = listener.local_addr()?;
         let url = format!("http://{addr}");
         let mut projects = Vec::new();
+        let now = Utc::now();
+        let mut directory = access::Directory::default();
         for (i, (path, repo_path)) in config.projects.iter().enumerate() {
             let path = path.trim_matches('/').to_owned();
             if !path.contains('/') || path.split('/').any(str::is_empty) {
@@ -394,6 +427,7 @@ impl Sim {
             let repo =
                 Repo::open(repo_path).await.map_err(|source| StartError::Repo { project: path.clone(), source })?;
             let default_branch = repo.default_branch().await.unwrap_or_else(|| "main".into());
+            let group_id = directory.ensure_groups(path.rsplit_once('/').map(|(ns, _)| ns).unwrap_or(""), now);
             projects.push(Project {
                 id: i as u64 + 1,
                 path,
@@ -401,9 +435,13 @@ impl Sim {
                 default_branch,
                 next_pipeline_iid: 1,
                 next_mr_iid: 1,
-                created_at: Utc::now(),
+                created_at: now,
+                group_id,
+                visibility: access::Visibility::Private,
+                public_jobs: true,
             });
         }
+        access::populate(&mut directory, &mut projects, &config, now)?;
         let watched: Vec<(u64, Repo)> = projects.iter().map(|p| (p.id, p.repo.clone())).collect();
         cloudci_gitlab::install_tls_provider();
         let http = reqwest::Client::builder()
@@ -412,9 +450,11 @@ impl Sim {
             .build()
             .map_err(|e| StartError::Config(e.to_string()))?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { projects, ..State::default() }),
+            state: Mutex::new(State { projects, access: directory, ..State::default() }),
             render: Render { base: url.clone() },
-            token: config.token.clone(),
+            premium: config.premium,
+            hook_rate_limit: config.hook_rate_limit,
+            hook_rate_window: config.hook_rate_window,
             faults: Faults::new(config.faults.clone(), config.seed),
             runner_slots: Arc::new(tokio::sync::Semaphore::new(config.runners.max(1))),
             http,
@@ -453,6 +493,13 @@ impl Sim {
     /// Starts the request counts again from zero (also `DELETE /-/sim/requests`).
     pub fn reset_requests(&self) {
         self.shared.counter.reset();
+    }
+
+    /// Webhook deliveries dropped so far by the per-namespace rate limit
+    /// ([`SimConfig::hook_rate_limit`]), per top-level group path. GitLab only writes them to its
+    /// auth log; this is the sim's record of what GitLab never sent.
+    pub fn hook_rate_limited(&self) -> std::collections::BTreeMap<String, u64> {
+        self.shared.lock().hook_rate_limited.clone()
     }
 
     /// Moves every logged delivery of hook `hook_id` `by` into the past, as if the sim had been

@@ -1,5 +1,6 @@
 //! `gitlab-sim --listen 127.0.0.1:0 --token TOKEN --project GROUP/NAME=PATH [--project ...]
-//! [--faults SPEC] [--seed N] [--state DIR]`
+//! [--user NAME=TOKEN ...] [--member PATH=USER:ROLE ...] [--visibility PATH=LEVEL ...]
+//! [--hook-rate-limit N] [--premium] [--faults SPEC] [--seed N] [--state DIR]`
 //!
 //! Prints `gitlab-sim listening on http://HOST:PORT` as its first line, then serves until
 //! interrupted.
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gitlab_sim::{FaultSpec, Sim, SimConfig};
+use gitlab_sim::{FaultSpec, Sim, SimConfig, SimMember, SimUser, Visibility};
 
 /// A local stand-in for GitLab: REST API v4 subset, real pipeline runs, GitLab-style webhooks.
 #[derive(Debug, Parser)]
@@ -19,9 +20,35 @@ struct Args {
     /// projects' scripts.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// The access token clients must send (PRIVATE-TOKEN or Authorization: Bearer).
+    /// The administrator's access token (user 1, root), sent as PRIVATE-TOKEN or Authorization:
+    /// Bearer.
     #[arg(long, env = "GITLAB_SIM_TOKEN", hide_env_values = true)]
     token: String,
+    /// Another user and their own token: NAME=TOKEN. Repeatable (ids 2, 3, ... in order); in the
+    /// environment, comma-separated.
+    #[arg(
+        long = "user",
+        value_name = "NAME=TOKEN",
+        env = "GITLAB_SIM_USERS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    users: Vec<SimUser>,
+    /// A membership: PATH=USER:ROLE, PATH a project (acme/firmware) or a group (acme), ROLE guest,
+    /// planner, reporter, developer, maintainer, owner or 10-50. Group members are inherited by
+    /// the group's projects and subgroups. Repeatable.
+    #[arg(long = "member", value_name = "PATH=USER:ROLE")]
+    members: Vec<SimMember>,
+    /// Visibility of a project or group: PATH=private|internal|public (default private).
+    #[arg(long = "visibility", value_name = "PATH=LEVEL", value_parser = parse_visibility)]
+    visibility: Vec<(String, Visibility)>,
+    /// GitLab.com's webhook rate limit: deliveries per top-level namespace per minute; the rest
+    /// are dropped unsent and unlogged, as GitLab does.
+    #[arg(long, value_name = "N")]
+    hook_rate_limit: Option<u32>,
+    /// Premium features: group webhooks.
+    #[arg(long)]
+    premium: bool,
     /// A project: GROUP/NAME=PATH_TO_GIT_REPO. Repeatable; ids are 1, 2, ... in order.
     #[arg(long = "project", value_name = "GROUP/NAME=PATH", required = true, value_parser = parse_project)]
     projects: Vec<(String, PathBuf)>,
@@ -40,6 +67,12 @@ struct Args {
     runners: usize,
 }
 
+fn parse_visibility(raw: &str) -> Result<(String, Visibility), String> {
+    let (path, level) = raw.split_once('=').ok_or_else(|| format!("{raw:?} is not PATH=LEVEL"))?;
+    let level = Visibility::parse(level).ok_or_else(|| format!("{level:?}: expected private, internal or public"))?;
+    Ok((path.to_owned(), level))
+}
+
 fn parse_project(raw: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = raw.split_once('=').ok_or_else(|| format!("{raw:?} is not GROUP/NAME=PATH"))?;
     Ok((name.to_owned(), PathBuf::from(path)))
@@ -54,6 +87,11 @@ async fn main() -> ExitCode {
     let config = SimConfig {
         listen: args.listen,
         token: args.token,
+        users: args.users,
+        members: args.members,
+        visibility: args.visibility,
+        hook_rate_limit: args.hook_rate_limit,
+        premium: args.premium,
         projects: args.projects,
         faults: args.faults,
         seed: args.seed,

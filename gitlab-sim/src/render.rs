@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use cloudci_gitlab::types::{Status, Timestamp};
 use serde_json::{Value, json};
 
+use crate::access::Source;
 use crate::git::CommitInfo;
 use crate::state::{Hook, Job, MergeRequest, Payloads, Pipeline, Project, State};
 
@@ -82,22 +83,6 @@ impl Render {
         json!({"id": 1, "name": "Administrator", "username": "root", "avatar_url": null, "email": "admin@example.com"})
     }
 
-    /// `GET /user`
-    pub(crate) fn current_user(&self) -> Value {
-        json!({
-            "id": 1, "username": "root", "email": "admin@example.com", "name": "Administrator",
-            "state": "active", "locked": false, "avatar_url": null, "web_url": format!("{}/root", self.base),
-            "created_at": "2026-01-01T00:00:00.000Z", "bio": "", "location": null, "public_email": null,
-            "skype": "", "linkedin": "", "twitter": "", "discord": "", "website_url": "", "organization": "",
-            "job_title": "", "pronouns": null, "bot": false, "work_information": null, "followers": 0,
-            "following": 0, "local_time": null, "last_sign_in_at": null, "confirmed_at": "2026-01-01T00:00:00.000Z",
-            "theme_id": 1, "last_activity_on": null, "color_scheme_id": 1, "projects_limit": 100000,
-            "current_sign_in_at": null, "identities": [], "can_create_group": true, "can_create_project": true,
-            "two_factor_enabled": false, "external": false, "private_profile": false,
-            "commit_email": "admin@example.com"
-        })
-    }
-
     /// `GET /version`
     pub(crate) fn version(&self) -> Value {
         json!({"version": VERSION, "revision": "0000000", "kas": {"enabled": false, "externalUrl": null, "externalK8sProxyUrl": null, "version": null}, "enterprise": false})
@@ -112,9 +97,10 @@ impl Render {
         let web = self.project_web(p);
         let api = format!("{}/api/v4/projects/{}", self.base, p.id);
         let ns = p.namespace();
+        let ns_name = ns.rsplit('/').next().unwrap_or(ns);
         json!({
             "id": p.id, "description": "", "description_html": "", "default_branch": p.default_branch,
-            "visibility": "private", "ssh_url_to_repo": format!("git@127.0.0.1:{}.git", p.path),
+            "visibility": p.visibility.as_str(), "ssh_url_to_repo": format!("git@127.0.0.1:{}.git", p.path),
             "http_url_to_repo": format!("{web}.git"), "web_url": web,
             "readme_url": null, "tag_list": [], "topics": [],
             "owner": {"id": 1, "name": "Administrator", "created_at": "2026-01-01T00:00:00.000Z"},
@@ -128,8 +114,8 @@ impl Render {
                 "name_regex": null, "name_regex_delete": null, "name_regex_keep": null, "next_run_at": null},
             "created_at": iso(p.created_at), "updated_at": iso(p.created_at), "last_activity_at": iso(p.created_at),
             "creator_id": 1,
-            "namespace": {"id": 1, "name": ns, "path": ns, "kind": "group", "full_path": ns, "avatar_url": null,
-                "web_url": format!("{}/groups/{ns}", self.base)},
+            "namespace": {"id": p.group_id, "name": ns_name, "path": ns_name, "kind": "group", "full_path": ns,
+                "parent_id": null, "avatar_url": null, "web_url": format!("{}/groups/{ns}", self.base)},
             "import_url": null, "import_type": null, "import_status": "none", "import_error": null,
             "permissions": {"project_access": {"access_level": 50, "notification_level": 3}, "group_access": null},
             "archived": false, "avatar_url": null, "license_url": null, "license": null,
@@ -138,7 +124,7 @@ impl Render {
             "ci_forward_deployment_rollback_allowed": true, "ci_allow_fork_pipelines_to_run_in_parent_project": true,
             "ci_separated_caches": true, "ci_restrict_pipeline_cancellation_role": "developer",
             "ci_pipeline_variables_minimum_override_role": "developer", "ci_push_repository_for_job_token_allowed": false,
-            "public_jobs": true, "shared_with_groups": [], "repository_storage": "default",
+            "public_jobs": p.public_jobs, "shared_with_groups": [], "repository_storage": "default",
             "only_allow_merge_if_pipeline_succeeds": false, "allow_merge_on_skipped_pipeline": false,
             "allow_pipeline_trigger_approve_deployment": false, "restrict_user_defined_variables": false,
             "only_allow_merge_if_all_discussions_are_resolved": false, "remove_source_branch_after_merge": true,
@@ -336,10 +322,12 @@ impl Render {
         })
     }
 
-    /// A project hook (tokens never shown).
+    /// A project hook (`samples/api-project-hook.json`) or a group hook (`group_id` instead of
+    /// `project_id`, plus the group-only toggles, as doc/api/group_webhooks.md shows it). Tokens are
+    /// never shown.
     pub(crate) fn hook(&self, h: &Hook) -> Value {
-        json!({
-            "id": h.id, "url": h.url, "name": h.name, "description": h.description, "project_id": h.project_id,
+        let mut v = json!({
+            "id": h.id, "url": h.url, "name": h.name, "description": h.description,
             "push_events": h.push_events, "push_events_branch_filter": "", "issues_events": false,
             "confidential_issues_events": false, "merge_requests_events": h.merge_requests_events,
             "tag_push_events": h.tag_push_events, "note_events": false, "confidential_note_events": false,
@@ -351,7 +339,21 @@ impl Render {
             "created_at": iso(h.created_at), "resource_access_token_events": false,
             "custom_webhook_template": null, "custom_headers": [],
             "token_present": h.token.is_some(), "signing_token_present": h.signing_token.is_some()
-        })
+        });
+        let map = v.as_object_mut().expect("an object");
+        match h.owner {
+            Source::Project(id) => {
+                map.insert("project_id".into(), json!(id));
+            }
+            Source::Group(id) => {
+                map.insert("group_id".into(), json!(id));
+                for key in ["subgroup_events", "member_events", "emoji_events"] {
+                    map.insert(key.into(), json!(false));
+                }
+                map.insert("branch_filter_strategy".into(), json!("wildcard"));
+            }
+        }
+        v
     }
 
     /// The `project` object webhooks carry.
@@ -360,7 +362,7 @@ impl Render {
         json!({
             "id": p.id, "name": p.name(), "description": "", "web_url": web, "avatar_url": null,
             "git_ssh_url": format!("git@127.0.0.1:{}.git", p.path), "git_http_url": format!("{web}.git"),
-            "namespace": p.namespace(), "visibility_level": 0, "path_with_namespace": p.path,
+            "namespace": p.namespace(), "visibility_level": p.visibility.level(), "path_with_namespace": p.path,
             "default_branch": p.default_branch, "ci_config_path": null,
             "homepage": web, "url": format!("git@127.0.0.1:{}.git", p.path),
             "ssh_url": format!("git@127.0.0.1:{}.git", p.path), "http_url": format!("{web}.git")
@@ -380,7 +382,7 @@ impl Render {
         let web = self.project_web(p);
         json!({"name": p.name(), "url": format!("git@127.0.0.1:{}.git", p.path), "description": "",
             "homepage": web, "git_ssh_url": format!("git@127.0.0.1:{}.git", p.path),
-            "git_http_url": format!("{web}.git"), "visibility_level": 0})
+            "git_http_url": format!("{web}.git"), "visibility_level": p.visibility.level()})
     }
 
     /// A Merge Request Hook body, with every key of GitLab's sample

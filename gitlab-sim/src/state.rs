@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use cloudci_gitlab::types::{PipelineVariable, Status};
 use serde_json::Value;
 
+use crate::access::{Directory, ProjectFacts, Source, Visibility};
 use crate::ci::{CiConfig, JobSpec, When};
 use crate::git::{CommitInfo, Repo};
 
@@ -34,9 +35,28 @@ pub struct Project {
     pub next_mr_iid: u64,
     /// When it was created (sim start).
     pub created_at: DateTime<Utc>,
+    /// The group it belongs to (the innermost of its namespace).
+    pub group_id: u64,
+    /// Visibility.
+    pub visibility: Visibility,
+    /// "Public pipelines" (`public_jobs`): Guests, and everyone on a public project, may see
+    /// pipelines and jobs. On by default, as in GitLab.
+    pub public_jobs: bool,
 }
 
 impl Project {
+    /// Whether `git_ref` is a protected branch. GitLab protects the default branch of a new
+    /// project ("fully protected" by default: Maintainers push and merge); no other branch or tag
+    /// is protected here.
+    pub fn is_protected(&self, git_ref: &str, tag: bool) -> bool {
+        !tag && git_ref == self.default_branch
+    }
+
+    /// Facts the permission rules need.
+    pub fn facts(&self) -> ProjectFacts {
+        ProjectFacts { visibility: self.visibility, public_jobs: self.public_jobs }
+    }
+
     /// Last path component.
     pub fn name(&self) -> &str {
         self.path.rsplit('/').next().unwrap_or(&self.path)
@@ -213,13 +233,14 @@ impl DeliveryLog {
     }
 }
 
-/// A project hook.
+/// A project hook or a group hook.
 #[derive(Debug)]
 pub struct Hook {
-    /// Id.
+    /// Id (project and group hooks share one sequence, as in GitLab's `web_hooks` table).
     pub id: u64,
-    /// Project id.
-    pub project_id: u64,
+    /// The project or group it belongs to. A group hook receives the events of every project of
+    /// the group and its subgroups.
+    pub owner: Source,
     /// Target.
     pub url: String,
     /// Name.
@@ -388,8 +409,14 @@ pub struct State {
     pub last_id: LastIds,
     /// Pipeline creations in the last minute, per project.
     pub recent_creations: HashMap<u64, VecDeque<Instant>>,
-    /// Resend requests (`web_hook_event_resend`: 5 per minute), per project (the sim has one user).
-    pub resend_limits: HashMap<u64, RateWindow>,
+    /// Resend requests (`web_hook_event_resend`: 5 per minute), per project or group and user.
+    pub resend_limits: HashMap<(Source, u64), RateWindow>,
+    /// Users, groups and memberships.
+    pub access: Directory,
+    /// Webhook calls in the current minute, per top-level group (`web_hook_calls`).
+    pub hook_calls: HashMap<u64, RateWindow>,
+    /// Deliveries dropped by the per-namespace rate limit, per top-level group path.
+    pub hook_rate_limited: BTreeMap<String, u64>,
 }
 
 /// Id counters.

@@ -16,8 +16,9 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::Shared;
+use crate::access::Source;
 use crate::render::VERSION;
-use crate::state::{DeliveryLog, EventKind, Outgoing};
+use crate::state::{DeliveryLog, EventKind, Outgoing, State};
 
 /// GitLab's delivery timeout.
 pub(crate) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,16 +47,29 @@ pub fn sign(signing_token: &str, id: &str, timestamp: &str, body: &[u8]) -> Opti
     Some(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
 }
 
-/// Queues `event` for every hook of its project that wants it.
+/// Queues `event` for every hook that wants it: the project's hooks and the hooks of its group
+/// and the groups above (EE's `Project#execute_hooks` runs both; a project hook and an identical
+/// group hook both fire, FACTS §4). Only executable hooks are queued (`WebHook#async_execute ... if
+/// executable?`), and each queued call counts toward the per-top-level-namespace limit
+/// ([`apply_rate_limit`]).
 pub(crate) fn dispatch(shared: &Arc<Shared>, event: Outgoing) {
     let hooks: Vec<u64> = {
-        let state = shared.lock();
-        state
+        let mut state = shared.lock();
+        let Some(project) = state.projects.iter().find(|p| p.id == event.project_id) else { return };
+        let groups = state.access.lineage(project.group_id);
+        let root = groups.last().copied().unwrap_or(project.group_id);
+        let now = Utc::now();
+        let hooks: Vec<u64> = state
             .hooks
             .values()
-            .filter(|h| h.project_id == event.project_id && event.kind.wanted_by(h))
+            .filter(|h| match h.owner {
+                Source::Project(p) => p == event.project_id,
+                Source::Group(g) => groups.contains(&g),
+            })
+            .filter(|h| event.kind.wanted_by(h) && h.alert_status(now) == "executable")
             .map(|h| h.id)
-            .collect()
+            .collect();
+        apply_rate_limit(shared, &mut state, root, hooks)
     };
     if hooks.is_empty() {
         return;
@@ -69,6 +83,35 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, event: Outgoing) {
         let kind = event.kind;
         tokio::spawn(async move { deliver(shared, hook_id, kind, body, event_uuid, false).await });
     }
+}
+
+/// GitLab.com's webhook rate limit (`Gitlab::WebHooks::RateLimiter`, `web_hook_calls`): every
+/// queued call of any hook under one top-level namespace counts (`throttled?` counts the refused
+/// ones too); over the limit the call is not queued, only written to the auth log (`Webhook rate
+/// limit exceeded`): it is not sent, not in the hook's delivery log, and no failure is counted
+/// (`WebHookService#async_execute`). The count lasts one window (a minute) from its first call.
+/// Test deliveries and resends are sent synchronously and are not limited. (An EE version of the
+/// limiter, commit not resolved, only logged for paid plans instead of dropping; GitLab.com's
+/// docs say the namespace's hooks are paused until the next minute. The sim drops, as Free does.)
+fn apply_rate_limit(shared: &Shared, state: &mut State, root: u64, hooks: Vec<u64>) -> Vec<u64> {
+    let Some(limit) = shared.hook_rate_limit else { return hooks };
+    let now = Instant::now();
+    let mut kept = Vec::with_capacity(hooks.len());
+    let mut dropped = 0;
+    let window = state.hook_calls.entry(root).or_default();
+    for hook_id in hooks {
+        if window.allow(now, limit, shared.hook_rate_window) {
+            kept.push(hook_id);
+        } else {
+            dropped += 1;
+            tracing::info!(hook.id = hook_id, "Webhook rate limit exceeded");
+        }
+    }
+    if dropped > 0 {
+        let path = state.access.groups.iter().find(|g| g.id == root).map(|g| g.path.clone()).unwrap_or_default();
+        *state.hook_rate_limited.entry(path).or_default() += dropped;
+    }
+    kept
 }
 
 /// What became of one HTTP attempt.
@@ -95,8 +138,9 @@ pub(crate) async fn deliver(
     forced: bool,
 ) -> Option<u16> {
     let faults = &shared.faults;
-    // `drop`: GitLab's per-namespace rate limit refuses to enqueue the delivery. Nothing is sent,
-    // nothing logged, no failure counted (FACTS §1.5).
+    // `drop`: a delivery GitLab never queues (as its per-namespace rate limit does, which
+    // `dispatch` models for real with `--hook-rate-limit`). Nothing is sent, nothing logged, no
+    // failure counted (FACTS §1.5).
     if !forced && faults.chance(faults.spec.drop) {
         tracing::debug!(hook.id = hook_id, "fault: delivery dropped");
         return None;

@@ -56,3 +56,71 @@ fn bad_arguments_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown fault"));
 }
+
+#[tokio::test]
+async fn users_members_and_limits_come_from_flags() {
+    cloudci_gitlab::install_tls_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = firmware_repo(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gitlab-sim"))
+        .args(["--token", TOKEN, "--hook-rate-limit", "100", "--premium", "--visibility", "acme=internal"])
+        .args(["--member", "acme/firmware=alice:developer", "--member", "acme=bob:reporter"])
+        .arg("--project")
+        .arg(format!("acme/firmware={}", repo.display()))
+        .env("GITLAB_SIM_USERS", "alice=alice-secret,bob=bob-secret")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let url = first.trim().strip_prefix("gitlab-sim listening on ").unwrap_or_else(|| panic!("{first:?}")).to_owned();
+    let get = |path: &str, token: &str| {
+        reqwest::Client::new().get(format!("{url}/api/v4{path}")).header("PRIVATE-TOKEN", token).send()
+    };
+    let me = get("/user", "alice-secret").await;
+    let alice = get("/projects/1/members/all/2", TOKEN).await;
+    let bob = get("/projects/1/members/all/3", TOKEN).await;
+    let group = get("/groups/acme", "bob-secret").await;
+    let hooks = get("/groups/acme/hooks", TOKEN).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let json = |r: Result<reqwest::Response, reqwest::Error>| async move {
+        r.unwrap().json::<serde_json::Value>().await.unwrap()
+    };
+    assert_eq!(json(me).await["username"], "alice");
+    assert_eq!(json(alice).await["access_level"], 30);
+    assert_eq!(json(bob).await["access_level"], 20, "inherited from the group");
+    assert_eq!(json(group).await["visibility"], "internal");
+    assert_eq!(hooks.unwrap().status(), 200, "--premium has group hooks");
+}
+
+#[test]
+fn bad_team_flags_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = firmware_repo(dir.path());
+    let project = format!("acme/firmware={}", repo.display());
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_gitlab-sim"))
+            .args(["--token", "t", "--project", &project])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--member", "acme/firmware=alice:boss"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PATH=USER:ROLE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["--member", "acme/firmware=alice:developer"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user \"alice\""));
+    let out = run(&["--user", "alice=t"]);
+    assert_eq!(out.status.code(), Some(1), "alice's token is the administrator's");
+    let out = run(&["--user", "alice=a", "--member", "nowhere=alice:guest"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither a project nor a group"));
+    let out = run(&["--user", "alice=a", "--user", "alice=b"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("declared twice"));
+}

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use gitlab_sim::{FaultSpec, Sim, SimConfig};
 
+pub mod team;
+
 pub const TOKEN: &str = "sim-secret-token-1234";
 
 /// The firmware-like project most tests use: build (with artifacts) → test (needs build), a
@@ -78,4 +80,29 @@ where
         assert!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Keys of `want` (recursively into objects) missing from `have`.
+pub fn missing_keys(want: &serde_json::Value, have: &serde_json::Value) -> Vec<String> {
+    fn walk(want: &serde_json::Value, have: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        let (Some(w), Some(h)) = (want.as_object(), have.as_object()) else { return };
+        for (k, wv) in w {
+            match h.get(k) {
+                None => out.push(format!("{path}{k}")),
+                Some(hv) if wv.is_object() && hv.is_object() => walk(wv, hv, &format!("{path}{k}."), out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(want, have, "", &mut out);
+    out
+}
+
+/// A sample: `gitlab/tests/fixtures/NAME` (shared) or `gitlab-sim/tests/fixtures/samples/NAME`.
+pub fn sample(name: &str) -> serde_json::Value {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../gitlab/tests/fixtures").join(name);
+    let path = if shared.exists() { shared } else { root.join("tests/fixtures/samples").join(name) };
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
