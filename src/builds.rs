@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use cloudci_gitlab::types::Status;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 pub use crate::orchestrator::BuildStatus;
@@ -245,8 +245,10 @@ impl SqliteBuilds {
     /// Opens (creating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, BuildStoreError> {
         let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // The timeout first: switching to WAL takes a lock, and another process (a running
+        // `cloudci build` or the daemon) may be writing when `cloudci cancel` opens the store.
         conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS builds (id INTEGER PRIMARY KEY, run INTEGER NOT NULL, data TEXT NOT NULL);",
@@ -291,7 +293,7 @@ fn get_row(conn: &Connection, id: i64) -> Result<Option<(BuildRecord, BuildWork)
 impl BuildStore for SqliteBuilds {
     fn create_run(&self, builds: &[NewBuild], log_dir: Option<&str>) -> Result<(i64, Vec<i64>), BuildStoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("INSERT INTO runs (created_at) VALUES (?1)", [now()])?;
         let run = tx.last_insert_rowid();
         let mut ids = Vec::new();
@@ -341,7 +343,10 @@ impl BuildStore for SqliteBuilds {
 
     fn update(&self, id: i64, change: Change<'_>) -> Result<Option<(BuildRecord, BuildWork)>, BuildStoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        // Immediate: the write lock is taken before the read. A deferred transaction that read
+        // first cannot become a writer once another process committed in between: SQLite
+        // answers SQLITE_BUSY at once, without waiting for `busy_timeout`.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let Some((mut record, mut work)) = get_row(&tx, id)? else { return Ok(None) };
         change(&mut record, &mut work);
         record.updated_at = now();
@@ -402,6 +407,42 @@ mod tests {
             target: target.into(),
             work: BuildWork { owner, request_id: "r".into(), ..BuildWork::default() },
         }
+    }
+
+    /// Two processes use the same builds at once (a running `cloudci build`, and `cloudci cancel`
+    /// opening the store to cancel one): opening and every read-modify-write wait their turn
+    /// instead of failing with "database is locked".
+    #[test]
+    fn a_second_process_opens_and_updates_while_the_first_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("builds.db");
+        let first = SqliteBuilds::open(&path).unwrap();
+        let (_, ids) = first.create_run(&[new("a", Owner::Daemon)], None).unwrap();
+        let id = ids[0];
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    first.update(id, &mut |_, w| w.request_id = format!("first-{n}")).expect("first");
+                    n += 1;
+                }
+                n
+            }
+        });
+        for n in 0..100u32 {
+            let second = SqliteBuilds::open(&path).expect("open beside a writer");
+            second
+                .update(id, &mut |_, w| {
+                    // Between this transaction's read and its write, the other one would commit.
+                    std::thread::sleep(std::time::Duration::from_micros(300));
+                    w.request_id = format!("second-{n}");
+                })
+                .expect("second");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(writer.join().unwrap() > 0);
     }
 
     #[test]
