@@ -460,8 +460,17 @@ async fn create_pipeline(
         Err(errors) => return Err(ApiError(StatusCode::BAD_REQUEST, json!({"message": {"base": errors}}))),
     };
     let mut state = s.lock();
-    let (pipeline_id, fx) =
-        state.create_pipeline(&s.render, pid, &git_ref, resolved.tag, commit, "api", variables, Arc::new(config));
+    let (pipeline_id, fx) = state.create_pipeline(
+        &s.render,
+        pid,
+        &git_ref,
+        resolved.tag,
+        commit,
+        "api",
+        variables,
+        Arc::new(config),
+        caller.user_id,
+    );
     let body = s.render.pipeline(&state, &state.pipelines[&pipeline_id]);
     drop(state);
     s.apply(fx);
@@ -509,7 +518,9 @@ async fn list_pipelines(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): Ori
         .filter(|p| params.str("sha").is_none_or(|x| p.sha == x))
         .filter(|p| params.str("status").is_none_or(|x| p.status.as_str() == x))
         .filter(|p| params.str("source").is_none_or(|x| p.source == x))
-        .filter(|_| params.str("username").is_none_or(|x| x == "root"))
+        .filter(|p| {
+            params.str("username").is_none_or(|x| state.access.user(p.user_id).is_some_and(|u| u.username == x))
+        })
         .filter(|p| updated_after.is_none_or(|t| p.updated_at > t))
         .filter(|p| updated_before.is_none_or(|t| p.updated_at < t))
         .filter(|p| created_after.is_none_or(|t| p.created_at > t))
@@ -526,7 +537,7 @@ async fn list_pipelines(Ax(s): Sh, Path(id): Path<String>, OriginalUri(uri): Ori
             "status" => a.status.as_str().cmp(b.status.as_str()),
             "ref" => a.git_ref.cmp(&b.git_ref),
             "updated_at" => a.updated_at.cmp(&b.updated_at),
-            // Every sim pipeline is started by user 1 (root).
+            "user_id" => a.user_id.cmp(&b.user_id),
             _ => std::cmp::Ordering::Equal,
         };
         primary.then(a.id.cmp(&b.id))
@@ -885,7 +896,12 @@ fn mr_of(state: &crate::state::State, pid: u64, iid: u64) -> Result<u64, ApiErro
         .ok_or_else(|| not_found(""))
 }
 
-async fn create_mr(Ax(s): Sh, Path(id): Path<String>, params: Params) -> ApiResult {
+async fn create_mr(
+    Ax(s): Sh,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    params: Params,
+) -> ApiResult {
     let pid = project_id(&s, &id)?;
     let source = params.required("source_branch")?;
     let target = params.required("target_branch")?;
@@ -936,6 +952,8 @@ async fn create_mr(Ax(s): Sh, Path(id): Path<String>, params: Params) -> ApiResu
             updated_at: now,
             merged_at: None,
             last_commit,
+            author_id: caller.user_id,
+            merge_user_id: None,
         },
     );
     let mr = &state.merge_requests[&mr_id];
@@ -983,7 +1001,12 @@ async fn refresh_mr_sha(s: &Arc<Shared>, pid: u64, iid: u64) {
 }
 
 /// Merges now, or sets auto-merge (`auto_merge`, or the deprecated `merge_when_pipeline_succeeds`).
-async fn merge_mr(Ax(s): Sh, Path((id, iid)): Path<(String, u64)>, params: Params) -> ApiResult {
+async fn merge_mr(
+    Ax(s): Sh,
+    Extension(caller): Extension<Caller>,
+    Path((id, iid)): Path<(String, u64)>,
+    params: Params,
+) -> ApiResult {
     let pid = project_id(&s, &id)?;
     refresh_mr_sha(&s, pid, iid).await;
     let auto =
@@ -1012,6 +1035,7 @@ async fn merge_mr(Ax(s): Sh, Path((id, iid)): Path<(String, u64)>, params: Param
         let mut state = s.lock();
         let mr = state.merge_requests.get_mut(&mr_id).expect("exists");
         mr.auto_merge = true;
+        mr.merge_user_id = Some(caller.user_id);
         mr.updated_at = Utc::now();
         let mr = &state.merge_requests[&mr_id];
         let body = s.render.merge_request(&state, mr);
@@ -1039,6 +1063,7 @@ async fn merge_mr(Ax(s): Sh, Path((id, iid)): Path<(String, u64)>, params: Param
             mr.merged_at = Some(Utc::now());
             mr.updated_at = Utc::now();
             mr.auto_merge = auto;
+            mr.merge_user_id = Some(caller.user_id);
             let mr = &state.merge_requests[&mr_id];
             let body = s.render.merge_request(&state, mr);
             let hook = s.render.merge_request_hook(&state, mr, "merge");
@@ -1061,6 +1086,7 @@ async fn cancel_auto_merge(Ax(s): Sh, Path((id, iid)): Path<(String, u64)>) -> A
         return Err(ApiError(StatusCode::NOT_ACCEPTABLE, json!({"message": "406 Not Acceptable"})));
     }
     mr.auto_merge = false;
+    mr.merge_user_id = None;
     let body = s.render.merge_request(&state, &state.merge_requests[&mr_id]);
     ok(StatusCode::CREATED, body)
 }

@@ -222,9 +222,9 @@ async fn run_bridge(shared: Arc<Shared>, job_id: u64) {
                 (t.id, trigger.branch.clone().unwrap_or_else(|| t.default_branch.clone()), false, String::new())
             }),
         };
-        (trigger, forwarded, target, job.pipeline_id, p.commit.clone())
+        (trigger, forwarded, target, job.pipeline_id, p.commit.clone(), p.user_id)
     };
-    let (trigger, forwarded, target, parent_id, parent_commit) = prepared;
+    let (trigger, forwarded, target, parent_id, parent_commit, user_id) = prepared;
     let fail = |shared: &Arc<Shared>, reason: &str| {
         let mut state = shared.lock();
         if let Some(j) = state.jobs.get_mut(&job_id) {
@@ -274,7 +274,7 @@ async fn run_bridge(shared: Arc<Shared>, job_id: u64) {
         source,
         forwarded,
         Arc::new(config),
-        Some((parent_id, job_id)),
+        crate::state::PipelineOrigin { parent: Some((parent_id, job_id)), user_id },
     );
     if let Some(j) = state.jobs.get_mut(&job_id) {
         j.downstream = Some(child);

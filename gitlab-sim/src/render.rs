@@ -57,16 +57,22 @@ pub(crate) fn status_text(status: &Status) -> &str {
 }
 
 impl Render {
-    fn user(&self) -> Value {
+    /// A user as API objects embed them (`UserBasic`): the directory's user, or root when the id
+    /// is unknown.
+    fn user(&self, state: &State, id: u64) -> Value {
+        let (id, username, name) = match state.access.user(id) {
+            Some(u) => (u.id, u.username.as_str(), u.name.as_str()),
+            None => (1, "root", "Administrator"),
+        };
         json!({
-            "id": 1, "username": "root", "name": "Administrator", "state": "active",
-            "avatar_url": null, "web_url": format!("{}/root", self.base)
+            "id": id, "username": username, "name": name, "state": "active",
+            "avatar_url": null, "web_url": format!("{}/{username}", self.base)
         })
     }
 
     /// The user as job objects embed it: the basic fields plus the profile ones.
-    fn job_user(&self) -> Value {
-        let mut u = self.user();
+    fn job_user(&self, state: &State, id: u64) -> Value {
+        let mut u = self.user(state, id);
         if let Value::Object(m) = &mut u {
             m.extend(
                 json!({"created_at": "2026-01-01T00:00:00.000Z", "bio": null, "location": null, "public_email": "",
@@ -79,8 +85,15 @@ impl Render {
         u
     }
 
-    fn hook_user(&self) -> Value {
-        json!({"id": 1, "name": "Administrator", "username": "root", "avatar_url": null, "email": "admin@example.com"})
+    /// The user as webhook payloads carry it.
+    fn hook_user(&self, state: &State, id: u64) -> Value {
+        let u = self.user(state, id);
+        let email = if u["id"] == 1 {
+            "admin@example.com".to_owned()
+        } else {
+            format!("{}@example.com", u["username"].as_str().unwrap_or(""))
+        };
+        json!({"id": u["id"], "name": u["name"], "username": u["username"], "avatar_url": null, "email": email})
     }
 
     /// `GET /version`
@@ -188,7 +201,7 @@ impl Render {
         let group = p.status.as_str();
         let extra = json!({
             "before_sha": "0000000000000000000000000000000000000000", "tag": p.tag, "yaml_errors": null,
-            "user": self.user(), "started_at": iso_opt(p.started_at), "finished_at": iso_opt(p.finished_at),
+            "user": self.user(state, p.user_id), "started_at": iso_opt(p.started_at), "finished_at": iso_opt(p.finished_at),
             "committed_at": null, "duration": secs(p.started_at, p.finished_at),
             "queued_duration": secs(Some(p.created_at), p.started_at), "coverage": null,
             "detailed_status": {
@@ -222,7 +235,7 @@ impl Render {
             "pipeline": {"id": p.id, "project_id": p.project_id, "ref": p.git_ref, "sha": p.sha, "status": p.status},
             "ref": p.git_ref, "artifacts": [], "runner": null, "runner_manager": null, "stage": j.spec.stage,
             "status": j.status, "tag": p.tag, "web_url": format!("{}/{path}/-/jobs/{}", self.base, j.id),
-            "project": {"ci_job_token_scope_enabled": false}, "user": self.job_user()
+            "project": {"ci_job_token_scope_enabled": false}, "user": self.job_user(state, p.user_id)
         });
         let map = v.as_object_mut().expect("an object");
         if j.status == Status::Failed {
@@ -281,8 +294,8 @@ impl Render {
             .values()
             .rev()
             .find(|p| p.project_id == mr.project_id && p.git_ref == mr.source_branch && p.sha == mr.sha);
-        let merged_by = (mr.state == "merged").then(|| self.user());
-        let mut author = self.user();
+        let merged_by = (mr.state == "merged").then(|| self.user(state, mr.merge_user_id.unwrap_or(mr.author_id)));
+        let mut author = self.user(state, mr.author_id);
         author["locked"] = json!(false);
         let detailed = match (mr.state.as_str(), head.map(|h| &h.status)) {
             ("opened", Some(s)) if !s.is_completed() => "ci_still_running",
@@ -399,7 +412,9 @@ impl Render {
             None => json!({"id": mr.sha}),
         };
         // The user who merged, or who set auto-merge (GitLab records the one who "set to merge").
-        let merge_user_id = (mr.state == "merged" || mr.auto_merge).then_some(1);
+        let merge_user_id = if mr.state == "merged" || mr.auto_merge { mr.merge_user_id } else { None };
+        // Who acted: the author opens; the one who merged or set auto-merge otherwise.
+        let actor = if action == "open" { mr.author_id } else { mr.merge_user_id.unwrap_or(mr.author_id) };
         // GitLab keeps the API's `remove_source_branch` as `merge_params.force_remove_source_branch`.
         let merge_params = if mr.remove_source_branch {
             json!({"force_remove_source_branch": "1"})
@@ -408,13 +423,13 @@ impl Render {
         };
         let now = Some(Utc::now());
         json!({
-            "object_kind": "merge_request", "event_type": "merge_request", "user": self.hook_user(),
+            "object_kind": "merge_request", "event_type": "merge_request", "user": self.hook_user(state, actor),
             "project": proj.clone(),
             "object_attributes": {
                 "id": mr.id, "iid": mr.iid, "title": mr.title, "description": mr.description,
                 "source_branch": mr.source_branch, "target_branch": mr.target_branch,
                 "source_project_id": mr.project_id, "target_project_id": mr.project_id,
-                "author_id": 1, "assignee_ids": [], "reviewer_ids": [], "state": mr.state,
+                "author_id": mr.author_id, "assignee_ids": [], "reviewer_ids": [], "state": mr.state,
                 "state_id": match mr.state.as_str() { "opened" => 1, "closed" => 2, "merged" => 3, _ => 4 },
                 "draft": false, "merge_status": "can_be_merged", "detailed_merge_status": "mergeable",
                 "merge_when_pipeline_succeeds": mr.auto_merge, "head_pipeline_id": head.map(|h| h.id),
@@ -423,7 +438,7 @@ impl Render {
                 "created_at": hook_time(Some(mr.created_at)), "updated_at": hook_time(Some(mr.updated_at)),
                 "prepared_at": hook_time(Some(mr.created_at)),
                 "last_edited_at": null, "last_edited_by_id": null,
-                "updated_by_id": if action == "open" { Value::Null } else { json!(1) },
+                "updated_by_id": if action == "open" { Value::Null } else { json!(actor) },
                 "milestone_id": null, "time_estimate": 0, "total_time_spent": 0, "time_change": 0,
                 "human_time_estimate": null, "human_total_time_spent": null, "human_time_change": null,
                 "blocking_discussions_resolved": true,
@@ -486,7 +501,7 @@ impl Payloads for Render {
                     "queued_duration": j.queued_duration(),
                     "failure_reason": if j.status == Status::Failed { json!(j.failure_reason.as_deref().unwrap_or("script_failure")) } else { Value::Null },
                     "when": j.spec.when.as_str(), "manual": j.spec.when == crate::ci::When::Manual,
-                    "allow_failure": j.failure_allowed(), "user": self.hook_user(), "runner": null,
+                    "allow_failure": j.failure_allowed(), "user": self.hook_user(state, p.user_id), "runner": null,
                     "artifacts_file": {"filename": j.artifact.as_ref().map(|_| "artifacts.zip"), "size": j.artifact.as_ref().map(|a| a.1)},
                     "environment": j.spec.environment.as_ref().map(|e| json!({"name": e, "action": "start", "deployment_tier": null}))
                 })
@@ -514,7 +529,7 @@ impl Payloads for Render {
                 "detailed_merge_status": "mergeable",
                 "url": format!("{}/-/merge_requests/{}", self.project_web(project), m.iid)
             })),
-            "user": self.hook_user(), "project": self.hook_project(project),
+            "user": self.hook_user(state, p.user_id), "project": self.hook_project(project),
             "commit": self.hook_commit(project, &p.commit), "builds": builds,
             "source_pipeline": p.parent.map(|(parent, bridge)| json!({
                 "project": {"id": project.id, "web_url": self.project_web(project), "path_with_namespace": project.path},
@@ -541,7 +556,7 @@ impl Payloads for Render {
             "build_allow_failure": j.failure_allowed(),
             "build_failure_reason": j.failure_reason.as_deref().unwrap_or("unknown_failure"),
             "pipeline_id": p.id, "runner": null, "project_id": project.id, "project_name": project.path,
-            "user": self.hook_user(),
+            "user": self.hook_user(state, p.user_id),
             "commit": {
                 "id": p.id, "name": null, "sha": p.sha, "message": p.commit.message,
                 "author_name": p.commit.author_name, "author_email": p.commit.author_email,

@@ -107,6 +107,8 @@ pub struct Pipeline {
     pub parent: Option<(u64, u64)>,
     /// `workflow:name` (`CI_PIPELINE_NAME`), the API's `name`.
     pub name: Option<String>,
+    /// Who created it (a child pipeline: its parent's creator). Its jobs show the same user.
+    pub user_id: u64,
 }
 
 /// A job.
@@ -193,6 +195,10 @@ pub struct MergeRequest {
     pub merged_at: Option<DateTime<Utc>>,
     /// The source head's commit, for the hook's `last_commit` (when it could be read).
     pub last_commit: Option<CommitInfo>,
+    /// Who opened it.
+    pub author_id: u64,
+    /// Who merged it or set it to merge.
+    pub merge_user_id: Option<u64>,
 }
 
 /// One logged delivery (what `GET /hooks/:id/events` lists, and what a resend repeats).
@@ -434,6 +440,15 @@ pub struct LastIds {
     pub delivery: u64,
 }
 
+/// Who creates a pipeline, and for a child pipeline where it comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineOrigin {
+    /// The parent pipeline and the bridge job that triggered it.
+    pub parent: Option<(u64, u64)>,
+    /// The creating user.
+    pub user_id: u64,
+}
+
 /// Renders webhook bodies; implemented in `render.rs`, passed in so state rules stay free of
 /// presentation.
 pub trait Payloads {
@@ -470,12 +485,23 @@ impl State {
         source: &str,
         variables: Vec<PipelineVariable>,
         config: Arc<CiConfig>,
+        user_id: u64,
     ) -> (u64, Effects) {
-        self.create_pipeline_with(render, project_id, git_ref, resolved_tag, commit, source, variables, config, None)
+        self.create_pipeline_with(
+            render,
+            project_id,
+            git_ref,
+            resolved_tag,
+            commit,
+            source,
+            variables,
+            config,
+            PipelineOrigin { parent: None, user_id },
+        )
     }
 
-    /// [`State::create_pipeline`] for a child pipeline too: `parent` is the parent pipeline and
-    /// the bridge job that triggered it.
+    /// [`State::create_pipeline`] for a child pipeline too: `origin` says who creates it and, for
+    /// a child, the parent pipeline and the bridge job that triggered it.
     #[allow(clippy::too_many_arguments)]
     pub fn create_pipeline_with(
         &mut self,
@@ -487,8 +513,9 @@ impl State {
         source: &str,
         variables: Vec<PipelineVariable>,
         config: Arc<CiConfig>,
-        parent: Option<(u64, u64)>,
+        origin: PipelineOrigin,
     ) -> (u64, Effects) {
+        let PipelineOrigin { parent, user_id } = origin;
         let now = Utc::now();
         self.last_id.pipeline += 1;
         let id = self.last_id.pipeline;
@@ -523,6 +550,7 @@ impl State {
                 parent,
                 name: config.name.clone(),
                 config,
+                user_id,
             },
         );
         let mut fx = Effects::default();

@@ -225,3 +225,36 @@ async fn members_change_at_run_time_through_gitlabs_endpoints() {
     assert_eq!(call(&sim, "frank", Method::DELETE, "/groups/acme/members/5", None).await.0, 204);
     assert_eq!(get_as(&sim, "dave", "/projects/2/pipelines").await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_token_creates_is_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = team_sim(dir.path(), MANUAL_CI, |_| {}).await;
+    // A hook nobody listens on: its delivery log still records each payload.
+    let hook = json!({"url": "http://127.0.0.1:9/nobody", "pipeline_events": true, "push_events": false, "merge_requests_events": true});
+    let (status, hook) = call(&sim, "erin", Method::POST, "/projects/1/hooks", Some(hook)).await;
+    assert_eq!(status, 201);
+
+    let (_, pipeline) =
+        call(&sim, "alice", Method::POST, "/projects/1/pipeline", Some(json!({"ref": "feature"}))).await;
+    assert_eq!(pipeline["user"]["username"], "alice");
+    let (_, jobs) = get_as(&sim, "bob", &format!("/projects/1/pipelines/{}/jobs", pipeline["id"])).await;
+    assert_eq!(jobs[0]["user"]["username"], "alice");
+    let (_, mine) = get_as(&sim, "bob", "/projects/1/pipelines?username=alice").await;
+    assert_eq!(mine.as_array().unwrap().len(), 1);
+    let (_, roots) = get_as(&sim, "bob", "/projects/1/pipelines?username=root").await;
+    assert!(roots.as_array().unwrap().is_empty());
+    let mr = json!({"source_branch": "feature", "target_branch": "main", "title": "t"});
+    let (_, opened) = call(&sim, "alice", Method::POST, "/projects/1/merge_requests", Some(mr)).await;
+    assert_eq!(opened["author"]["username"], "alice");
+
+    let log = eventually(std::time::Duration::from_secs(20), || async {
+        let (_, log) = get_as(&sim, "erin", &format!("/projects/1/hooks/{}/events", hook["id"])).await;
+        (log.as_array().unwrap().len() == 3).then_some(log)
+    })
+    .await;
+    for entry in log.as_array().unwrap() {
+        assert_eq!(entry["request_data"]["user"]["username"], "alice", "{}", entry["trigger"]);
+        assert_eq!(entry["request_data"]["user"]["email"], "alice@example.com");
+    }
+}

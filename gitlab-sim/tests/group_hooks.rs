@@ -204,7 +204,7 @@ async fn the_limit_starts_again_with_the_next_window() {
     let dir = tempfile::tempdir().unwrap();
     let sim = team_sim(dir.path(), MANUAL_CI, |c| {
         c.hook_rate_limit = Some(1);
-        c.hook_rate_window = Duration::from_secs(1);
+        c.hook_rate_window = Duration::from_secs(2);
     })
     .await;
     let (url, got) = receiver(StatusCode::OK).await;
@@ -213,8 +213,8 @@ async fn the_limit_starts_again_with_the_next_window() {
     create_pipeline(&sim, "acme/firmware").await;
     eventually(Duration::from_secs(20), || async { (got.lock().unwrap().len() == 1).then_some(()) }).await;
     assert_eq!(sim.hook_rate_limited()["acme"], 1);
-    // The window is what is tested here: a second, then the next pipeline has a fresh count.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The window is what is tested here: once it has passed, the next pipeline has a fresh count.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     create_pipeline(&sim, "acme/firmware").await;
     eventually(Duration::from_secs(20), || async { (got.lock().unwrap().len() == 2).then_some(()) }).await;
     assert_eq!(sim.hook_rate_limited()["acme"], 2);
