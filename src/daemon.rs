@@ -129,7 +129,7 @@ pub fn durability(config: &Config) -> Durability {
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown`, then finishes what is in progress.
-fn spawn_server(
+pub(crate) fn spawn_server(
     side: crate::resources::Side,
     listener: TcpListener,
     router: axum::Router,

@@ -12,6 +12,7 @@
 //!   local API's `Host` check, body limit and headers.
 //! - [`resources`], [`logging`]: a full disk, no file descriptors, a busy database, a log that
 //!   cannot be written — reported and recovered from, never a crash or a dropped connection.
+//! - [`relay`]: `cloudci relay`, the team's shared receiver over PostgreSQL (`cloudci-relay`).
 //! - [`api`]: the local API's routes (`/v1/...`) and the dashboard.
 //! - [`watchers`]: daemon tasks on the event stream: rebuild on push, notifications.
 //! - [`sse_client`]: talking to a running daemon (its event stream, the builds it carries).
@@ -33,6 +34,7 @@ pub mod layers;
 pub mod logging;
 pub mod orchestrator;
 pub mod output;
+pub mod relay;
 pub mod resources;
 pub mod retention;
 pub mod sse_client;

@@ -28,22 +28,30 @@ use serde::Deserialize;
 use super::auth::{Claims, TokenKeys};
 use super::error::{ApiError, Authorized};
 use super::params::ApiQuery;
-use cloudci_webhook::{EventFilter, Hub};
+use cloudci_webhook::{EventFilter, EventLog, Hub, Store};
 
 /// Heartbeat interval.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
-/// What the local event routes need.
-#[derive(Debug, Clone)]
-pub struct EventsState {
+/// What the event routes need: the daemon's hub (over SQLite) unless said otherwise (the relay
+/// serves the same stream over PostgreSQL).
+#[derive(Debug)]
+pub struct EventsState<L: EventLog = Store> {
     /// The hub.
-    pub hub: Hub,
+    pub hub: Hub<L>,
     /// Token keys.
     pub keys: TokenKeys,
 }
 
-impl FromRef<EventsState> for TokenKeys {
-    fn from_ref(s: &EventsState) -> Self {
+// By hand: a derive would ask `L: Clone`.
+impl<L: EventLog> Clone for EventsState<L> {
+    fn clone(&self) -> Self {
+        Self { hub: self.hub.clone(), keys: self.keys.clone() }
+    }
+}
+
+impl<L: EventLog> FromRef<EventsState<L>> for TokenKeys {
+    fn from_ref(s: &EventsState<L>) -> Self {
         s.keys.clone()
     }
 }
@@ -63,8 +71,8 @@ pub struct EventsQuery {
 }
 
 /// The routes: `GET /v1/events`.
-pub fn router(state: EventsState) -> Router {
-    Router::new().route("/v1/events", get(events)).with_state(state)
+pub fn router<L: EventLog>(state: EventsState<L>) -> Router {
+    Router::new().route("/v1/events", get(events::<L>)).with_state(state)
 }
 
 /// Builds the filter a token may use: its own scope unless it asks for a narrower one.
@@ -84,8 +92,8 @@ pub fn scoped_filter(claims: &Claims, q: &EventsQuery) -> Result<EventFilter, Ap
     Ok(EventFilter { projects, git_ref: q.git_ref.clone(), pipeline_id: q.pipeline })
 }
 
-async fn events(
-    State(state): State<EventsState>,
+async fn events<L: EventLog>(
+    State(state): State<EventsState<L>>,
     Authorized(claims): Authorized,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventsQuery>,

@@ -9,6 +9,7 @@ mod gitlab;
 mod hooks;
 mod play;
 mod records;
+mod relay;
 mod serve;
 mod token;
 pub mod vars;
@@ -27,6 +28,7 @@ pub use gitlab::GitlabCommand;
 pub use hooks::HooksCommand;
 pub use play::PlayArgs;
 pub use records::{ArtifactsArgs, LogsArgs, StatusArgs};
+pub use relay::RelayArgs;
 pub use serve::ServeArgs;
 pub use token::{DashboardArgs, TokenCommand};
 
@@ -59,6 +61,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the daemon: receive GitLab's webhooks, serve the local API and event stream.
     Serve(ServeArgs),
+    /// Run a team relay instance (webhooks into PostgreSQL, the event stream to the team), or
+    /// issue a subscriber token (`relay token`).
+    Relay(RelayArgs),
     /// Recent builds, or one in detail.
     Status(StatusArgs),
     /// A build's job logs.
@@ -207,6 +212,15 @@ impl Cli {
             #[cfg(feature = "demo")]
             Command::Demo(args) => args.run().await,
             Command::Serve(args) => args.run(&with_state()?).await,
+            // No configuration file is fine: flags and the environment say everything.
+            Command::Relay(args) => {
+                let config = match crate::config::load(self.config.as_deref()) {
+                    Ok(c) => c,
+                    Err(crate::config::ConfigError::NotFound(_)) if self.config.is_none() => Default::default(),
+                    Err(e) => return Err(e.into()),
+                };
+                args.run(&config).await
+            }
             Command::Status(args) => args.run(&with_state()?).await,
             Command::Logs(args) => args.run(&with_state()?).await,
             Command::Artifacts(args) => args.run(&with_state()?),
@@ -237,7 +251,8 @@ impl Cli {
 /// fallbacks) is shown only when asked for with `-v` or `CLOUDCI_LOG`/`RUST_LOG`. The daemon
 /// (`serve`) logs its progress (`info`) by default: that log is its output.
 pub fn init_logging(cli: &Cli) {
-    let level = if matches!(cli.command, Command::Serve(_)) { cli.verbose.max(2) } else { cli.verbose };
+    let level =
+        if matches!(cli.command, Command::Serve(_) | Command::Relay(_)) { cli.verbose.max(2) } else { cli.verbose };
     let default = match level {
         0 => "off",
         1 => "warn",

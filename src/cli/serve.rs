@@ -55,7 +55,8 @@ impl ServeArgs {
     }
 }
 
-async fn wait_for_shutdown() {
+/// Resolves on SIGINT or SIGTERM.
+pub(super) async fn wait_for_shutdown() {
     #[cfg(unix)]
     {
         let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {

@@ -21,6 +21,7 @@ mod gitlab;
 mod load;
 mod notify;
 mod projects;
+mod relay;
 mod retention;
 mod store;
 mod targets;
@@ -34,6 +35,7 @@ pub use gitlab::{DEFAULT_MAX_CONCURRENT_PIPELINES, GitlabSection, TokenError};
 pub use load::{candidates, load, parse};
 pub use notify::NotifySection;
 pub use projects::{AfterSuccess, MergeRequestConfig, ProjectConfig, PromoteConfig};
+pub use relay::RelaySection;
 pub use retention::RetentionSection;
 pub use store::StoreSection;
 pub use targets::TargetConfig;
@@ -70,6 +72,9 @@ pub struct Config {
     /// `[retention]`: how long the daemon keeps deliveries, events, logs and artifacts.
     #[serde(default)]
     pub retention: RetentionSection,
+    /// `[relay]`: `cloudci relay`, the team's shared receiver.
+    #[serde(default)]
+    pub relay: RelaySection,
     /// The file it came from (set by [`load`]); relative paths inside are relative to its folder.
     #[serde(skip)]
     pub source: Option<PathBuf>,

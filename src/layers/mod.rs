@@ -108,6 +108,25 @@ impl Layers {
         ));
         with_request_id(router)
     }
+
+    /// The relay's subscriber API (`cloudci relay`): the local API's layers but the `Host`
+    /// check. That check keeps a web page that rebinds its DNS name to 127.0.0.1 away from a
+    /// loopback API; the relay serves a network behind a load balancer under whatever name the
+    /// team gives it, and takes only bearer tokens, which no page can send on its own.
+    pub fn relay_api(&self, router: Router) -> Router {
+        let router = router
+            .layer(RequestBodyLimitLayer::new(API_BODY_LIMIT))
+            .layer(middleware::from_fn_with_state(self.shutdown.clone(), end_streams))
+            .layer(middleware::from_fn_with_state(self.timeouts, time_limit))
+            .layer(middleware::from_fn(panic_scope))
+            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(middleware::from_fn(json_errors));
+        let router = with_trace(router).layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ));
+        with_request_id(router)
+    }
 }
 
 fn shared(router: Router) -> Router {

@@ -1,25 +1,14 @@
 //! The event log's async front: what callers outside this crate ask of the log, through the
 //! [`Hub`] they already hold. Each call runs its SQLite work on tokio's blocking pool here, so
-//! no caller reaches into the store or spawns blocking work of its own.
+//! no caller reaches into the store or spawns blocking work of its own. `last_seq` and
+//! `events_after` work over any [`EventLog`]; the rest is the daemon's (SQLite) only.
 
 use crate::events::BuildEvent;
 use crate::hub::{Hub, blocking};
+use crate::log::EventLog;
 use crate::store::{EventFilter, StoreError};
 
-impl Hub {
-    /// Starts following a pipeline cloudci created before any event about it arrived, so the
-    /// reconciler polls it if GitLab stays silent.
-    pub async fn track(&self, project_id: u64, project: &str, pipeline_id: u64) -> Result<(), StoreError> {
-        let (store, project) = (self.store().clone(), project.to_owned());
-        blocking(move || store.track_pipeline(project_id, &project, pipeline_id)).await
-    }
-
-    /// What the deliveries told of a pipeline's jobs ([`crate::Store::pipeline_jobs`]).
-    pub async fn pipeline_jobs(&self, pipeline_id: u64) -> Result<Vec<crate::KnownJob>, StoreError> {
-        let store = self.store().clone();
-        blocking(move || store.pipeline_jobs(pipeline_id)).await
-    }
-
+impl<L: EventLog> Hub<L> {
     /// The newest seq ever logged (0 when none was), also when retention removed it.
     pub async fn last_seq(&self) -> Result<u64, StoreError> {
         let store = self.store().clone();
@@ -37,6 +26,21 @@ impl Hub {
     ) -> Result<(Vec<BuildEvent>, u64), StoreError> {
         let store = self.store().clone();
         blocking(move || store.events_after(seq, until, &filter, limit)).await
+    }
+}
+
+impl Hub {
+    /// Starts following a pipeline cloudci created before any event about it arrived, so the
+    /// reconciler polls it if GitLab stays silent.
+    pub async fn track(&self, project_id: u64, project: &str, pipeline_id: u64) -> Result<(), StoreError> {
+        let (store, project) = (self.store().clone(), project.to_owned());
+        blocking(move || store.track_pipeline(project_id, &project, pipeline_id)).await
+    }
+
+    /// What the deliveries told of a pipeline's jobs ([`crate::Store::pipeline_jobs`]).
+    pub async fn pipeline_jobs(&self, pipeline_id: u64) -> Result<Vec<crate::KnownJob>, StoreError> {
+        let store = self.store().clone();
+        blocking(move || store.pipeline_jobs(pipeline_id)).await
     }
 
     /// When the newest stored delivery was received (Unix seconds); `None` when there is none.

@@ -30,6 +30,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::events::BuildEvent;
+use crate::log::EventLog;
 use crate::store::{EventFilter, Store, StoreError};
 
 /// Batches buffered per subscriber before it must catch up from the log.
@@ -150,18 +151,31 @@ impl Drop for Registration {
     }
 }
 
-/// The fan-out hub.
-#[derive(Debug, Clone)]
-pub struct Hub {
-    store: Arc<Store>,
+/// The fan-out hub, over an event log: the daemon's SQLite [`Store`] unless said otherwise
+/// (the relay's is PostgreSQL).
+#[derive(Debug)]
+pub struct Hub<L: EventLog = Store> {
+    store: Arc<L>,
     live: broadcast::Sender<Arc<Batch>>,
     positions: Arc<Mutex<Positions>>,
     health: crate::health::Health,
 }
 
-impl Hub {
+// By hand: a derive would ask `L: Clone`, and the log is shared, not cloned.
+impl<L: EventLog> Clone for Hub<L> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            live: self.live.clone(),
+            positions: self.positions.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+impl<L: EventLog> Hub<L> {
     /// A hub over `store`'s event log.
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<L>) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         Self { store, live, positions: Arc::default(), health: crate::health::Health::new() }
     }
@@ -189,7 +203,7 @@ impl Hub {
     }
 
     /// The store behind it, for this crate; callers use the async front (`front.rs`).
-    pub(crate) fn store(&self) -> &Arc<Store> {
+    pub(crate) fn store(&self) -> &Arc<L> {
         &self.store
     }
 
@@ -211,12 +225,12 @@ impl Hub {
         let _ = self.live.send(Arc::new(Batch::new(run)));
     }
 
-    fn sub(&self, filter: EventFilter, after: Option<u64>) -> Sub {
+    fn sub(&self, filter: EventFilter, after: Option<u64>) -> Sub<L> {
         // Subscribe before reading the log position, so nothing falls between the two; "from
         // now" means from this call, not from the first poll of the stream.
         let rx = self.live.subscribe();
         let store = self.store.clone();
-        let last = after.or_else(|| store.last_seq().ok());
+        let last = after.or_else(|| store.last_seq_local());
         let everything = filter == EventFilter::default();
         // Unknown start: hold everything until it is known.
         let reg = self.register(last.unwrap_or(0));
@@ -229,7 +243,7 @@ impl Hub {
         &self,
         filter: EventFilter,
         after: Option<u64>,
-    ) -> impl Stream<Item = Result<BuildEvent, StoreError>> + Send + 'static + use<> {
+    ) -> impl Stream<Item = Result<BuildEvent, StoreError>> + Send + 'static + use<L> {
         let state = (self.sub(filter, after), VecDeque::new());
         futures_util::stream::unfold(state, |(mut sub, mut queue)| async move {
             loop {
@@ -254,7 +268,7 @@ impl Hub {
         &self,
         filter: EventFilter,
         after: Option<u64>,
-    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static + use<> {
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static + use<L> {
         futures_util::stream::unfold((self.sub(filter, after), after), |(mut sub, resume)| async move {
             if let Some(requested) = resume {
                 match sub.resync(requested).await {
@@ -324,8 +338,8 @@ impl Frames {
     }
 }
 
-struct Sub {
-    store: Arc<Store>,
+struct Sub<L: EventLog> {
+    store: Arc<L>,
     rx: broadcast::Receiver<Arc<Batch>>,
     filter: EventFilter,
     /// The filter passes everything.
@@ -338,7 +352,7 @@ struct Sub {
     reg: Registration,
 }
 
-impl Sub {
+impl<L: EventLog> Sub<L> {
     fn set_last(&mut self, last: u64) {
         self.last = Some(last);
         self.reg.at.store(last, Ordering::Release);

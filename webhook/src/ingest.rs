@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::health::Problem;
 use crate::hub::Hub;
+use crate::log::EventLog;
 use crate::store::{Incoming, StoreError, Stored};
 
 /// Deliveries in one transaction at most: bounds the time a commit holds the store.
@@ -71,7 +72,7 @@ pub(crate) struct Ingest {
 impl Ingest {
     /// Starts the writer thread over `hub`'s store; `wake` is notified when deliveries were
     /// stored but left for the processor.
-    pub(crate) fn start(hub: Hub, wake: Arc<Notify>) -> Self {
+    pub(crate) fn start<L: EventLog>(hub: Hub<L>, wake: Arc<Notify>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(IngestStats::default());
         let s = stats.clone();
@@ -97,7 +98,7 @@ impl Ingest {
 
 /// Records why a batch of `n` was refused: a resource problem once when it starts (its log
 /// line may not be written either: a full disk), anything else every time.
-fn refused(hub: &Hub, e: &StoreError, n: usize) -> IngestError {
+fn refused<L: EventLog>(hub: &Hub<L>, e: &StoreError, n: usize) -> IngestError {
     let problem = e.problem();
     match problem {
         Some(p) => {
@@ -113,7 +114,12 @@ fn refused(hub: &Hub, e: &StoreError, n: usize) -> IngestError {
     IngestError::Store { message: e.to_string(), problem }
 }
 
-fn writer(mut rx: mpsc::Receiver<(Incoming, Reply)>, hub: Hub, wake: Arc<Notify>, stats: Arc<IngestStats>) {
+fn writer<L: EventLog>(
+    mut rx: mpsc::Receiver<(Incoming, Reply)>,
+    hub: Hub<L>,
+    wake: Arc<Notify>,
+    stats: Arc<IngestStats>,
+) {
     let mut logged = Instant::now();
     let (mut window_batches, mut window_deliveries) = (0u64, 0u64);
     while let Some(first) = rx.blocking_recv() {

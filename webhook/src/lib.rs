@@ -8,6 +8,9 @@
 //! - `receiver`: the public listener (`POST /hooks/{path-secret}` only) and the [`Processor`]
 //!   that turns stored deliveries into events.
 //! - `verify`: path secret, `X-Gitlab-Token` (with rotation), GitLab 19 `webhook-signature`.
+//! - `log`: the event log's interface ([`EventLog`]), which the receiver, processor and hub
+//!   run over: SQLite here ([`Store`]), PostgreSQL in `cloudci-relay`.
+//! - `machine`: the state machine over a log's tables ([`LogTables`]), once for every backend.
 //! - `store`: SQLite (WAL): raw deliveries, the event log, pipeline and job state.
 //! - `checkpoint`: WAL checkpoints on a thread of their own, off the commit path.
 //! - `retention`: removing old deliveries and events in small batches, never what an
@@ -32,6 +35,8 @@ mod health;
 mod hooks;
 mod hub;
 mod ingest;
+mod log;
+mod machine;
 mod receiver;
 mod reconcile;
 mod retention;
@@ -50,9 +55,14 @@ pub use hub::{Batch, Encoded, Hub, Resync, frame};
 // The public listener and the worker behind it.
 pub use ingest::IngestStats;
 pub use receiver::{MAX_BODY, Processor, RETRY_AFTER_SECS, Receiver, unavailable};
+// The event log's interface and the state machine every backend runs.
+pub use log::{EventLog, Ingested, StoredDelivery};
+pub use machine::{JobFacts, JobRow, LogTables, PipelineRow, apply, process_all};
 // The event log (SQLite), and keeping it small.
 pub use retention::{Keep, Removed, StorePolicy, StoreReport, now_ms};
-pub use store::{Durability, EventFilter, Incoming, KnownJob, NewDelivery, Store, StoreError, Stored, Unreadable};
+pub use store::{
+    Durability, EventFilter, Incoming, KnownJob, NewDelivery, Parsed, Store, StoreError, Stored, Unreadable,
+};
 // The state machine, for property tests.
 pub use tracker::{Verdict, judge_job};
 // Checking a delivery.

@@ -23,27 +23,42 @@ use tokio::sync::Notify;
 use crate::events::{EventSource, observe};
 use crate::hub::Hub;
 use crate::ingest::{Ingest, IngestError, IngestStats};
-use crate::store::{Incoming, NewDelivery, Parsed, Stored};
+use crate::log::EventLog;
+use crate::store::{Incoming, NewDelivery, Parsed, Store, Stored};
 use crate::verify::{DeliveryHeaders, HookSecrets};
 
 /// GitLab's cap on a webhook body (FACTS §1.1).
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
 
-/// What the public listener needs.
-#[derive(Debug, Clone)]
-pub struct Receiver {
+/// What the public listener needs, over the daemon's SQLite log unless said otherwise (the
+/// relay's is PostgreSQL).
+#[derive(Debug)]
+pub struct Receiver<L: EventLog = Store> {
     secrets: Arc<std::sync::RwLock<Arc<HookSecrets>>>,
-    hub: Hub,
+    hub: Hub<L>,
     wake: Arc<Notify>,
     ingest: Ingest,
     probe: Arc<str>,
 }
 
-impl Receiver {
+// By hand: a derive would ask `L: Clone`.
+impl<L: EventLog> Clone for Receiver<L> {
+    fn clone(&self) -> Self {
+        Self {
+            secrets: self.secrets.clone(),
+            hub: self.hub.clone(),
+            wake: self.wake.clone(),
+            ingest: self.ingest.clone(),
+            probe: self.probe.clone(),
+        }
+    }
+}
+
+impl<L: EventLog> Receiver<L> {
     /// A receiver checking against `secrets` and storing into `hub`'s store. `probe` is a random
     /// value: `GET /probe/{probe}` answers 204, so a tunnel can be checked end to end.
     /// Starts the group-commit writer thread, which stops when the last clone is dropped.
-    pub fn new(secrets: HookSecrets, hub: Hub, probe: String) -> Self {
+    pub fn new(secrets: HookSecrets, hub: Hub<L>, probe: String) -> Self {
         let wake = Arc::new(Notify::new());
         Self {
             secrets: Arc::new(std::sync::RwLock::new(Arc::new(secrets))),
@@ -65,7 +80,7 @@ impl Receiver {
     }
 
     /// The processor that turns stored deliveries into events.
-    pub fn processor(&self) -> Processor {
+    pub fn processor(&self) -> Processor<L> {
         Processor { hub: self.hub.clone(), wake: self.wake.clone() }
     }
 
@@ -73,15 +88,15 @@ impl Receiver {
     pub fn router(&self) -> Router {
         Router::new()
             // Any other method is a plain 404 too, not a 405 that would confirm the path exists.
-            .route("/hooks/{secret}", post(receive).fallback(|| async { StatusCode::NOT_FOUND }))
-            .route("/probe/{nonce}", axum::routing::get(probe).fallback(|| async { StatusCode::NOT_FOUND }))
+            .route("/hooks/{secret}", post(receive::<L>).fallback(|| async { StatusCode::NOT_FOUND }))
+            .route("/probe/{nonce}", axum::routing::get(probe::<L>).fallback(|| async { StatusCode::NOT_FOUND }))
             .fallback(|| async { StatusCode::NOT_FOUND })
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
     }
 }
 
-async fn probe(State(r): State<Receiver>, Path(nonce): Path<String>) -> StatusCode {
+async fn probe<L: EventLog>(State(r): State<Receiver<L>>, Path(nonce): Path<String>) -> StatusCode {
     if nonce == *r.probe { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND }
 }
 
@@ -105,7 +120,12 @@ const KEPT_HEADERS: [&str; 8] = [
     "user-agent",
 ];
 
-async fn receive(State(r): State<Receiver>, Path(secret): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive<L: EventLog>(
+    State(r): State<Receiver<L>>,
+    Path(secret): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let secrets = r.secrets.read().unwrap_or_else(|e| e.into_inner()).clone();
     if secrets.check_path(&secret).is_err() {
         return StatusCode::NOT_FOUND.into_response();
@@ -190,7 +210,7 @@ fn read(event: &str, body: &[u8]) -> Result<Parsed, serde_json::Error> {
 }
 
 /// What a stored delivery says, as the processor reads it back.
-fn reread(d: &crate::store::StoredDelivery) -> Parsed {
+fn reread(d: &crate::log::StoredDelivery) -> Parsed {
     match read(&d.event, &d.body) {
         Ok(parsed) => parsed,
         Err(e) => Err(e.to_string().into()),
@@ -200,13 +220,19 @@ fn reread(d: &crate::store::StoredDelivery) -> Parsed {
 }
 
 /// Turns stored deliveries into events, in arrival order, and publishes them.
-#[derive(Debug, Clone)]
-pub struct Processor {
-    hub: Hub,
+#[derive(Debug)]
+pub struct Processor<L: EventLog = Store> {
+    hub: Hub<L>,
     wake: Arc<Notify>,
 }
 
-impl Processor {
+impl<L: EventLog> Clone for Processor<L> {
+    fn clone(&self) -> Self {
+        Self { hub: self.hub.clone(), wake: self.wake.clone() }
+    }
+}
+
+impl<L: EventLog> Processor<L> {
     /// Processes everything pending now. Returns how many deliveries it processed.
     pub async fn drain(&self) -> Result<usize, crate::store::StoreError> {
         let mut total = 0;

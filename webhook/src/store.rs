@@ -20,8 +20,11 @@ use std::time::Duration;
 use cloudci_gitlab::types::Status;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::events::{BuildEvent, EventKind, Observation};
-use crate::tracker::{JobMention, PipelineEvidence, PipelineKnown, Verdict, basis_of, judge_job, judge_pipeline};
+use crate::events::{BuildEvent, Observation};
+
+pub(crate) use crate::log::{Ingested, StoredDelivery};
+
+mod tables;
 
 /// How hard commits are pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -33,17 +36,28 @@ pub enum Durability {
     Normal,
 }
 
-/// A store failure.
+/// An event log failure, of either backend ([`crate::EventLog`]).
 #[derive(Debug, thiserror::Error)]
-#[error("event store: {0}")]
-pub struct StoreError(#[from] rusqlite::Error);
+pub enum StoreError {
+    /// SQLite (the daemon's log).
+    #[error("event store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Another backend (PostgreSQL, in `cloudci-relay`): its error, already without secrets
+    /// (a connection string's password never reaches it).
+    #[error("event log: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
 
 impl StoreError {
     /// The resource this failure ran out of, if that is what it is: a full disk (`SQLITE_FULL`:
     /// SQLite turns a write's `ENOSPC` into it), the database locked past the busy timeout
-    /// (`SQLITE_BUSY`/`SQLITE_LOCKED`).
+    /// (`SQLITE_BUSY`/`SQLITE_LOCKED`). Another backend's failures are not sorted so: each is
+    /// a 503 all the same.
     pub fn problem(&self) -> Option<crate::health::Problem> {
-        crate::health::Problem::of_sqlite(&self.0)
+        match self {
+            Self::Sqlite(e) => crate::health::Problem::of_sqlite(e),
+            Self::Backend(_) => None,
+        }
     }
 }
 
@@ -60,20 +74,9 @@ pub struct NewDelivery {
     pub body: Vec<u8>,
 }
 
-/// A stored delivery waiting to be turned into events.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredDelivery {
-    /// Row id.
-    pub id: i64,
-    /// `X-Gitlab-Event`.
-    pub event: String,
-    /// The raw body.
-    pub body: Vec<u8>,
-}
-
 /// What a delivery's body says: its observations, or why it could not be read (kept with the
 /// delivery, never dropped silently).
-pub(crate) type Parsed = Result<Vec<Observation>, Unreadable>;
+pub type Parsed = Result<Vec<Observation>, Unreadable>;
 
 /// Why cloudci could not read a delivery's body (GitLab's parse error, in words); stored with the
 /// delivery so a GitLab change cloudci cannot read yet is seen, not lost.
@@ -101,17 +104,6 @@ pub struct Incoming {
     pub delivery: NewDelivery,
     /// Its observations.
     pub observations: Parsed,
-}
-
-/// What [`Store::ingest`] did.
-#[derive(Debug)]
-pub struct Ingested {
-    /// One per delivery given, in the same order.
-    pub stored: Vec<Stored>,
-    /// The events logged, in seq order.
-    pub events: Vec<BuildEvent>,
-    /// New deliveries were stored but left for the processor.
-    pub deferred: bool,
 }
 
 /// The outcome of storing a delivery.
@@ -376,7 +368,7 @@ impl Store {
                 deferred = true;
             } else {
                 let sp = tx.savepoint()?;
-                match process_all(&sp, fresh) {
+                match crate::machine::process_all(&mut tables::Sql(&sp), fresh) {
                     Ok(logged) => {
                         sp.commit()?;
                         events = logged;
@@ -441,7 +433,7 @@ impl Store {
                 pending.push((id, parsed));
             }
         }
-        let events = process_all(&tx, pending)?;
+        let events = crate::machine::process_all(&mut tables::Sql(&tx), pending)?;
         tx.commit()?;
         Ok(events)
     }
@@ -450,7 +442,7 @@ impl Store {
     pub fn apply_observations(&self, observations: Vec<Observation>) -> Result<Vec<BuildEvent>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let events = apply(&tx, None, observations)?;
+        let events = crate::machine::apply(&mut tables::Sql(&tx), None, observations)?;
         tx.commit()?;
         Ok(events)
     }
@@ -648,203 +640,18 @@ impl Store {
 
 /// Runs a statement through the connection's statement cache: the state machine runs the same
 /// dozen statements for every delivery, and preparing them is a good part of its cost.
-fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize, rusqlite::Error> {
+pub(crate) fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize, rusqlite::Error> {
     conn.prepare_cached(sql)?.execute(params)
 }
 
 /// [`exec`] for a statement that reads one row.
-fn query_row<T>(
+pub(crate) fn query_row<T>(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
     f: impl FnOnce(&rusqlite::Row<'_>) -> Result<T, rusqlite::Error>,
 ) -> Result<T, rusqlite::Error> {
     conn.prepare_cached(sql)?.query_row(params, f)
-}
-
-fn known_pipeline(tx: &Connection, id: u64) -> Result<Option<PipelineKnown>, rusqlite::Error> {
-    query_row(tx, "SELECT status, basis FROM pipelines WHERE id = ?1", [id as i64], |r| {
-        Ok(PipelineKnown {
-            status: Status::parse(&r.get::<_, String>(0)?),
-            // An unreadable basis only costs the ability to recognise a retry by name.
-            basis: serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or_default(),
-        })
-    })
-    .optional()
-}
-
-fn known_job(tx: &Connection, id: u64) -> Result<Option<Status>, rusqlite::Error> {
-    query_row(tx, "SELECT status FROM jobs WHERE id = ?1", [id as i64], |r| Ok(Status::parse(&r.get::<_, String>(0)?)))
-        .optional()
-}
-
-/// What the log knows of a job a delivery mentions: its job-level verdict and its name's other
-/// attempts in the pipeline.
-fn mention(
-    tx: &Connection,
-    pipeline: u64,
-    id: u64,
-    name: Option<&str>,
-    status: &Status,
-) -> Result<JobMention, rusqlite::Error> {
-    let other_attempts = match name {
-        Some(name) => query_row(
-            tx,
-            "SELECT MIN(id), MAX(id) FROM jobs WHERE pipeline_id = ?1 AND name = ?2 AND id <> ?3",
-            params![pipeline as i64, name, id as i64],
-            |r| Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?)),
-        )?
-        .map(|(min, max)| (min as u64, max as u64)),
-        None => None,
-    };
-    let verdict = judge_job(known_job(tx, id)?.as_ref(), status);
-    Ok(JobMention { id, name: name.map(str::to_owned), status: status.clone(), other_attempts, verdict })
-}
-
-/// The highest job id known to be a retry attempt in the pipeline (0: never retried), counting
-/// the delivery's own mentions.
-fn newest_retry_attempt(tx: &Connection, pipeline: u64, mentions: &[JobMention]) -> Result<u64, rusqlite::Error> {
-    let stored: Option<i64> = query_row(
-        tx,
-        "SELECT MAX(j.id) FROM jobs j WHERE j.pipeline_id = ?1 AND j.name IS NOT NULL
-         AND EXISTS (SELECT 1 FROM jobs o WHERE o.pipeline_id = ?1 AND o.name = j.name AND o.id < j.id)",
-        [pipeline as i64],
-        |r| r.get(0),
-    )?;
-    let mentioned = mentions.iter().filter(|m| m.is_retry_attempt()).map(|m| m.id).max().unwrap_or(0);
-    Ok((stored.unwrap_or(0) as u64).max(mentioned))
-}
-
-/// Applies each delivery's observations and marks it processed, in order.
-fn process_all(conn: &Connection, batch: Vec<(i64, Parsed)>) -> Result<Vec<BuildEvent>, StoreError> {
-    let mut logged = Vec::new();
-    for (id, parsed) in batch {
-        let (observations, error) = match parsed {
-            Ok(o) => (o, None),
-            Err(e) => (Vec::new(), Some(e.0)),
-        };
-        logged.extend(apply(conn, Some(id), observations)?);
-        exec(conn, "UPDATE deliveries SET processed = 1, error = ?2 WHERE id = ?1", params![id, error])?;
-    }
-    Ok(logged)
-}
-
-/// The state machine over the tables: judge each observation, record what is accepted, log it.
-fn apply(
-    tx: &Connection,
-    delivery_id: Option<i64>,
-    observations: Vec<Observation>,
-) -> Result<Vec<BuildEvent>, StoreError> {
-    // The jobs a delivery mentions are its pipeline observation's evidence, judged against the
-    // log as it was before the delivery (its own job observations are applied in the same loop).
-    let mut mentions: HashMap<u64, Vec<JobMention>> = HashMap::new();
-    for obs in &observations {
-        let e = &obs.event;
-        if let (EventKind::Job, Some(p), Some(id), Some(status)) = (e.kind, e.pipeline_id, e.job_id, e.status()) {
-            mentions.entry(p).or_default().push(mention(tx, p, id, e.job_name.as_deref(), &status)?);
-        }
-    }
-    let mut logged = Vec::new();
-    for obs in observations {
-        let weak = obs.is_weak();
-        let mut event = obs.event;
-        let status = event.status();
-        match (event.kind, event.pipeline_id, event.job_id, &status) {
-            (EventKind::Pipeline, Some(id), _, Some(status)) => {
-                let known = known_pipeline(tx, id)?;
-                let mentions = mentions.get(&id).map(Vec::as_slice).unwrap_or_default();
-                let evidence =
-                    PipelineEvidence { mentions, weak, newest_retry_attempt: newest_retry_attempt(tx, id, mentions)? };
-                let verdict = judge_pipeline(known.as_ref(), status, &evidence);
-                // Anything heard of a pipeline proves GitLab is talking, even a duplicate.
-                exec(tx, "UPDATE pipelines SET last_heard = strftime('%s','now') WHERE id = ?1", [id as i64])?;
-                // The basis follows the newest evidence for the status, also when it repeats it.
-                let basis = serde_json::to_string(&basis_of(mentions)).unwrap_or_else(|_| "{}".into());
-                if verdict == Verdict::Duplicate && !mentions.is_empty() {
-                    exec(tx, "UPDATE pipelines SET basis = ?2 WHERE id = ?1", params![id as i64, basis])?;
-                }
-                if !verdict.accepted() {
-                    continue;
-                }
-                let max_job_id = mentions.iter().map(|m| m.id).max().unwrap_or(0) as i64;
-                exec(tx,
-                    "INSERT INTO pipelines (id, project_id, project, status, max_job_id, retry_floor, basis, last_heard) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, strftime('%s','now'))
-                     ON CONFLICT (id) DO UPDATE SET status = ?4, max_job_id = MAX(max_job_id, ?5),
-                         basis = CASE WHEN ?7 THEN basis ELSE ?6 END, last_heard = strftime('%s','now'), project = COALESCE(?3, project)",
-                    params![id as i64, event.project_id as i64, event.project, status.as_str(), max_job_id, basis, mentions.is_empty()],
-                )?;
-                if verdict == Verdict::Retry || mentions.iter().any(JobMention::is_retry_attempt) {
-                    exec(tx, "UPDATE pipelines SET reread = 1 WHERE id = ?1", [id as i64])?;
-                }
-                event.previous_status = known.map(|k| k.status.to_string());
-                event.retry = verdict == Verdict::Retry;
-            }
-            (EventKind::Job, pipeline, Some(id), Some(status)) => {
-                let known = known_job(tx, id)?;
-                let verdict = judge_job(known.as_ref(), status);
-                if let Some(p) = pipeline {
-                    exec(tx, "UPDATE pipelines SET last_heard = strftime('%s','now') WHERE id = ?1", [p as i64])?;
-                }
-                // Names are what tell a retry from a sibling: keep them even from a late delivery
-                // (rows stored before names were kept have none).
-                exec(
-                    tx,
-                    "UPDATE jobs SET name = COALESCE(name, ?2), stage = COALESCE(stage, ?3) WHERE id = ?1",
-                    params![id as i64, event.job_name, event.stage],
-                )?;
-                // Started and artifacts only ever become true for one attempt: a late delivery
-                // cannot take them back.
-                let facts = (event.allow_failure, event.started, event.artifacts);
-                exec(
-                    tx,
-                    "UPDATE jobs SET allow_failure = COALESCE(?2, allow_failure),
-                         started = CASE WHEN ?3 IS NULL THEN started ELSE MAX(COALESCE(started, 0), ?3) END,
-                         artifacts = CASE WHEN ?4 IS NULL THEN artifacts ELSE MAX(COALESCE(artifacts, 0), ?4) END
-                     WHERE id = ?1",
-                    params![id as i64, facts.0, facts.1, facts.2],
-                )?;
-                if !verdict.accepted() {
-                    continue;
-                }
-                exec(tx,
-                    "INSERT INTO jobs (id, pipeline_id, status, name, stage, allow_failure, started, artifacts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (id) DO UPDATE SET status = ?3, pipeline_id = COALESCE(?2, pipeline_id), name = COALESCE(?4, name), stage = COALESCE(?5, stage)",
-                    params![id as i64, pipeline.map(|p| p as i64), status.as_str(), event.job_name, event.stage, facts.0, facts.1, facts.2],
-                )?;
-                if let (Some(p), Some(name)) = (pipeline, &event.job_name) {
-                    exec(
-                        tx,
-                        "UPDATE pipelines SET reread = 1 WHERE id = ?1
-                         AND EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND name = ?2 AND id < ?3)",
-                        params![p as i64, name, id as i64],
-                    )?;
-                }
-                event.previous_status = known.map(|k| k.to_string());
-                event.retry = verdict == Verdict::Retry;
-            }
-            // Merge requests, pushes and the rest have no state to protect: each delivery (already
-            // de-duplicated by key) is one event.
-            _ => {}
-        }
-        let data = serde_json::to_string(&event).unwrap_or_default();
-        exec(
-            tx,
-            "INSERT INTO events (delivery_id, kind, project_id, project, git_ref, pipeline_id, data, logged_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                delivery_id,
-                event.kind.as_str(),
-                event.project_id as i64,
-                event.project,
-                event.git_ref,
-                event.pipeline_id.map(|p| p as i64),
-                data,
-                crate::retention::now_ms()
-            ],
-        )?;
-        event.seq = tx.last_insert_rowid() as u64;
-        logged.push(event);
-    }
-    Ok(logged)
 }
 
 #[cfg(test)]

@@ -1,0 +1,23 @@
+//! The team relay's event log on PostgreSQL: a second backend of cloudci-webhook's
+//! [`EventLog`](cloudci_webhook::EventLog), beside the daemon's SQLite store, so that several
+//! `cloudci relay` instances share one log.
+//!
+//! # Layout
+//! - `pg`: [`PgLog`], the log (connections, group commit, commit-ordered seqs: why in its docs).
+//! - `tables`: the state machine's statements in PostgreSQL's dialect.
+//! - `schema`: the tables and their migrations, run at every start.
+//! - `tail`: [`Tail`], each instance's `LISTEN`/poll tail of the log into its [`Hub`](cloudci_webhook::Hub).
+//! - `scratch`: [`ScratchCluster`], a throwaway PostgreSQL for tests and benchmarks.
+//!
+//! The relay's server (listeners, `cloudci relay`) lives in the `cloudci` binary, which shares
+//! the daemon's layers and event stream with it.
+
+mod pg;
+mod schema;
+mod scratch;
+mod tables;
+mod tail;
+
+pub use pg::{CHANNEL, PgError, PgLog};
+pub use scratch::{ScratchCluster, ScratchError};
+pub use tail::{POLL, Tail};

@@ -1,0 +1,330 @@
+//! [`PgLog`]: the event log in PostgreSQL, cloudci-webhook's [`EventLog`] for the team relay.
+//!
+//! # Sequence numbers readable in commit order
+//! A `bigserial` is not enough: two transactions take 7 and 8, 8 commits first, and a reader
+//! that saw 8 moves past 7 for good. Here every transaction that logs events (the group commit of
+//! [`EventLog::ingest`] and [`EventLog::process_deliveries`], on any instance) starts by locking
+//! the one row of `log_head` (`SELECT seq ... FOR UPDATE`), hands out `seq + 1, seq + 2, ...` in
+//! memory, writes the new head and commits. So:
+//! - transactions that log events run one at a time, across all instances;
+//! - PostgreSQL releases a transaction's row locks only after its commit is visible to every
+//!   new snapshot, so the next writer's seqs become visible strictly after these: a reader that
+//!   sees seq `n` sees everything below it, and `events_after` never skips a seq;
+//! - a transaction that rolls back (a crash, `pg_ctl stop -m immediate`) also rolls back the
+//!   head: seqs stay consecutive, with no holes.
+//!
+//! The price is that ingest is serialized across instances: one transaction at a time, each a
+//! batch (the group commit grows batches under load by itself), one fsync each. The lock is
+//! taken first, before the inserts, so two instances inserting the same `dedup_key` (GitLab's
+//! retry reaching another instance) cannot deadlock on the unique index.
+//!
+//! `synchronous_commit` is set on in every session: a delivery is acknowledged only after its
+//! commit is on disk (a server configured otherwise does not weaken that). A session's statements
+//! time out after 8 s, so a stuck database answers 503 before GitLab's 10 s timeout does.
+//!
+//! Connections: one writer (the group commit's thread and the processor take turns), a few
+//! readers (subscribers catching up, the tail), each reconnected on the next call after it broke.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cloudci_webhook::{
+    BuildEvent, EventFilter, EventLog, Incoming, Ingested, Parsed, StoreError, Stored, StoredDelivery, process_all,
+};
+use postgres::{Client, Config, NoTls, Statement, Transaction};
+
+use crate::tables::Tables;
+
+/// The channel a commit that logged events notifies (payload: the new last seq).
+pub const CHANNEL: &str = "cloudci_log";
+
+/// Reader connections (subscribers catching up, the tail).
+const READERS: usize = 4;
+
+/// How long a statement may run before it is cancelled: under GitLab's 10 s delivery timeout.
+const STATEMENT_TIMEOUT: &str = "8s";
+
+/// Why the relay's log could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The connection string could not be read (its text is not repeated: it may hold a
+    /// password).
+    #[error("the PostgreSQL connection string is not valid: {0}")]
+    BadUrl(String),
+    /// PostgreSQL refused or failed.
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] postgres::Error),
+}
+
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// One session and the statements prepared on it.
+pub(crate) struct Conn {
+    pub(crate) client: Client,
+    stmts: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    fn open(config: &Config) -> Result<Self, postgres::Error> {
+        let mut client = config.connect(NoTls)?;
+        client.batch_execute(&format!("SET synchronous_commit = on; SET statement_timeout = '{STATEMENT_TIMEOUT}'"))?;
+        Ok(Self { client, stmts: HashMap::new() })
+    }
+}
+
+/// Prepares `sql` once per session: the state machine runs the same dozen statements for every
+/// delivery, and an unprepared statement costs a second round trip each time.
+pub(crate) fn prepared(
+    stmts: &mut HashMap<&'static str, Statement>,
+    tx: &mut Transaction<'_>,
+    sql: &'static str,
+) -> Result<Statement, postgres::Error> {
+    if let Some(s) = stmts.get(sql) {
+        return Ok(s.clone());
+    }
+    let s = tx.prepare(sql)?;
+    stmts.insert(sql, s.clone());
+    Ok(s)
+}
+
+/// A connection slot: opened on first use, dropped when it broke, opened again on the next call.
+struct Slot(Mutex<Option<Conn>>);
+
+impl Slot {
+    fn new() -> Self {
+        Self(Mutex::new(None))
+    }
+
+    fn with<T>(&self, config: &Config, f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>) -> Result<T, PgError> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *slot = None;
+            *slot = Some(Conn::open(config)?);
+        }
+        let conn = slot.as_mut().expect("just opened");
+        let result = f(conn);
+        if result.is_err() && conn.client.is_closed() {
+            *slot = None;
+        }
+        Ok(result?)
+    }
+}
+
+/// The event log in PostgreSQL.
+pub struct PgLog {
+    config: Config,
+    writer: Slot,
+    readers: Vec<Slot>,
+    next_reader: AtomicUsize,
+}
+
+// By hand: the configuration holds the password.
+impl std::fmt::Debug for PgLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLog").field("hosts", &self.config.get_hosts()).finish_non_exhaustive()
+    }
+}
+
+impl PgLog {
+    /// Connects to `url` (`postgres://user@host:port/db` or `host=... user=...`), runs the
+    /// migrations, and returns the log. Fails when PostgreSQL cannot be reached now.
+    pub fn open(url: &str) -> Result<Self, PgError> {
+        let mut config = Config::from_str(url).map_err(|e| PgError::BadUrl(e.to_string()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("cloudci relay");
+        }
+        let log = Self {
+            config,
+            writer: Slot::new(),
+            readers: (0..READERS).map(|_| Slot::new()).collect(),
+            next_reader: AtomicUsize::new(0),
+        };
+        let applied = log.writer.with(&log.config, |c| crate::schema::migrate(&mut c.client))?;
+        if applied > 0 {
+            tracing::info!(applied, "relay log: schema migrated");
+        }
+        Ok(log)
+    }
+
+    /// The connection settings, for a session of the caller's own (the tail's `LISTEN`).
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        Ok(self.readers[i].with(&self.config, f)?)
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+        Ok(self.writer.with(&self.config, f)?)
+    }
+}
+
+/// Locks the log's head for this transaction: the next seq to hand out.
+fn lock_head(stmts: &mut HashMap<&'static str, Statement>, tx: &mut Transaction<'_>) -> Result<u64, postgres::Error> {
+    let s = prepared(stmts, tx, "SELECT seq FROM log_head FOR UPDATE")?;
+    Ok(tx.query_one(&s, &[])?.get::<_, i64>(0) as u64 + 1)
+}
+
+/// Moves the head past the seqs `t` handed out and wakes every instance's tail at commit.
+fn finish(t: &mut Tables<'_, '_>, first: u64) -> Result<(), postgres::Error> {
+    let (next, stmts, tx) = (t.next_seq, &mut *t.stmts, &mut *t.tx);
+    if next == first {
+        return Ok(());
+    }
+    let last = (next - 1) as i64;
+    let s = prepared(stmts, tx, "UPDATE log_head SET seq = $1")?;
+    tx.execute(&s, &[&last])?;
+    let s = prepared(stmts, tx, "SELECT pg_notify('cloudci_log', $1)")?;
+    tx.execute(&s, &[&last.to_string()])?;
+    Ok(())
+}
+
+fn row_event(seq: i64, data: &str) -> Option<BuildEvent> {
+    let mut e: BuildEvent = serde_json::from_str(data).ok()?;
+    e.seq = seq as u64;
+    Some(e)
+}
+
+impl EventLog for PgLog {
+    fn ingest(&self, batch: Vec<Incoming>) -> Result<Ingested, StoreError> {
+        self.write(|Conn { client, stmts }| {
+            let mut tx = client.transaction()?;
+            let first = lock_head(stmts, &mut tx)?;
+            let s = prepared(stmts, &mut tx, "SELECT EXISTS (SELECT 1 FROM deliveries WHERE NOT processed)")?;
+            let older_pending: bool = tx.query_one(&s, &[])?.get(0);
+            let insert = prepared(
+                stmts,
+                &mut tx,
+                "INSERT INTO deliveries (dedup_key, event, headers, body) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+            )?;
+            let existing = prepared(stmts, &mut tx, "SELECT id FROM deliveries WHERE dedup_key = $1")?;
+            let mut stored = Vec::with_capacity(batch.len());
+            let mut fresh = Vec::with_capacity(batch.len());
+            for Incoming { delivery: d, observations } in batch {
+                match tx.query_opt(&insert, &[&d.dedup_key, &d.event, &d.headers, &d.body])? {
+                    Some(row) => {
+                        let id: i64 = row.get(0);
+                        stored.push(Stored::New(id));
+                        fresh.push((id, observations));
+                    }
+                    None => stored.push(Stored::Duplicate(tx.query_one(&existing, &[&d.dedup_key])?.get(0))),
+                }
+            }
+            let mut events = Vec::new();
+            let mut deferred = false;
+            if !fresh.is_empty() {
+                if older_pending {
+                    deferred = true;
+                } else {
+                    let mut sp = tx.savepoint("process")?;
+                    let mut t = Tables::new(&mut sp, stmts, first);
+                    match process_all(&mut t, fresh).and_then(|logged| finish(&mut t, first).map(|()| logged)) {
+                        Ok(logged) => {
+                            sp.commit()?;
+                            events = logged;
+                        }
+                        // The deliveries are stored all the same; the processor retries them.
+                        Err(e) => {
+                            tracing::warn!("processing deliveries as they were stored: {e}; left for the processor");
+                            drop(sp);
+                            deferred = true;
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(Ingested { stored, events, deferred })
+        })
+    }
+
+    fn delivery(&self, dedup_key: &str) -> Result<Option<(i64, bool)>, StoreError> {
+        self.read(|c| {
+            let row = c.client.query_opt("SELECT id, processed FROM deliveries WHERE dedup_key = $1", &[&dedup_key])?;
+            Ok(row.map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    fn pending_deliveries(&self, limit: usize) -> Result<Vec<StoredDelivery>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let rows = c
+                .client
+                .query("SELECT id, event, body FROM deliveries WHERE NOT processed ORDER BY id LIMIT $1", &[&limit])?;
+            Ok(rows.iter().map(|r| StoredDelivery { id: r.get(0), event: r.get(1), body: r.get(2) }).collect())
+        })
+    }
+
+    fn process_deliveries(&self, batch: Vec<(i64, Parsed)>) -> Result<Vec<BuildEvent>, StoreError> {
+        self.write(|Conn { client, stmts }| {
+            let mut tx = client.transaction()?;
+            let first = lock_head(stmts, &mut tx)?;
+            let s = prepared(stmts, &mut tx, "SELECT NOT processed FROM deliveries WHERE id = $1")?;
+            let mut pending = Vec::with_capacity(batch.len());
+            for (id, parsed) in batch {
+                if tx.query_opt(&s, &[&id])?.is_some_and(|r| r.get::<_, bool>(0)) {
+                    pending.push((id, parsed));
+                }
+            }
+            let mut t = Tables::new(&mut tx, stmts, first);
+            let events = process_all(&mut t, pending)?;
+            finish(&mut t, first)?;
+            tx.commit()?;
+            Ok(events)
+        })
+    }
+
+    fn events_after(
+        &self,
+        seq: u64,
+        until: Option<u64>,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<(Vec<BuildEvent>, u64), StoreError> {
+        let (from, until) = (seq as i64, until.map_or(i64::MAX, |u| u as i64));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read(|c| {
+            c.client.query(
+                "SELECT seq, data FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+                &[&from, &until, &limit],
+            )
+        })?;
+        let mut last = seq;
+        let mut out = Vec::new();
+        for r in &rows {
+            let s: i64 = r.get(0);
+            last = s as u64;
+            if let Some(e) = row_event(s, r.get(1)).filter(|e| filter.matches(e)) {
+                out.push(e);
+            }
+        }
+        Ok((out, last))
+    }
+
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        self.read(|c| Ok(c.client.query_one("SELECT seq FROM log_head", &[])?.get::<_, i64>(0) as u64))
+    }
+
+    /// Nothing is removed yet (retention of the relay's log is still to do), so no resume is
+    /// from before what was removed.
+    fn removed_through(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// Never asked for while [`EventLog::removed_through`] is 0.
+    fn snapshot(&self, _filter: &EventFilter, _upto: u64) -> Result<Vec<BuildEvent>, StoreError> {
+        Ok(Vec::new())
+    }
+}
