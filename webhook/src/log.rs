@@ -86,6 +86,14 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// The group commit's word that the database is known to be locked by another program
+    /// ([`crate::Problem::DatabaseBusy`]) or no longer: SQLite then waits 100 ms for its lock
+    /// instead of its busy timeout. Nothing for a backend without such a lock.
+    fn set_locked(&self, locked: bool) -> Result<(), StoreError> {
+        let _ = locked;
+        Ok(())
+    }
+
     /// The highest seq retention removed (0: none); a resume from below it gets a resync.
     fn removed_through(&self) -> Result<u64, StoreError>;
 
@@ -127,6 +135,10 @@ impl EventLog for crate::Store {
 
     fn last_seq_local(&self) -> Option<u64> {
         crate::Store::last_seq(self).ok()
+    }
+
+    fn set_locked(&self, locked: bool) -> Result<(), StoreError> {
+        crate::Store::set_locked(self, locked)
     }
 
     fn removed_through(&self) -> Result<u64, StoreError> {
