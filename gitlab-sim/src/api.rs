@@ -283,7 +283,19 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route_layer(middleware::from_fn_with_state(shared.counter.clone(), crate::wire::count))
         .layer(middleware::from_fn_with_state(shared.clone(), guard));
     let counter = shared.counter.clone();
-    Router::new().nest("/api/v4", api.with_state(shared)).merge(crate::wire::router(counter)).fallback(fallback)
+    // Sim-only, like `/-/sim/requests`: what the per-namespace webhook limit dropped (GitLab only
+    // writes it to its auth log). Product code never calls it.
+    let dropped = Router::new()
+        .route(
+            "/-/sim/hook-rate-limited",
+            get(|Ax(s): Sh| async move { axum::Json(s.lock().hook_rate_limited.clone()) }),
+        )
+        .with_state(shared.clone());
+    Router::new()
+        .nest("/api/v4", api.with_state(shared))
+        .merge(crate::wire::router(counter))
+        .merge(dropped)
+        .fallback(fallback)
 }
 
 async fn version(Ax(s): Sh) -> ApiResult {

@@ -34,6 +34,10 @@ struct Args {
         value_delimiter = ','
     )]
     users: Vec<SimUser>,
+    /// A file of users, one NAME=TOKEN a line (blank lines and `#` comments skipped), so tokens
+    /// stay off the command line.
+    #[arg(long, value_name = "FILE")]
+    users_file: Option<PathBuf>,
     /// A membership: PATH=USER:ROLE, PATH a project (acme/firmware) or a group (acme), ROLE guest,
     /// planner, reporter, developer, maintainer, owner or 10-50. Group members are inherited by
     /// the group's projects and subgroups. Repeatable.
@@ -67,6 +71,28 @@ struct Args {
     runners: usize,
 }
 
+/// Why a users file cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum UsersFileError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("line {line}: {source}")]
+    Line { line: usize, source: gitlab_sim::access::AccessError },
+}
+
+fn read_users(path: &std::path::Path) -> Result<Vec<SimUser>, UsersFileError> {
+    let text = std::fs::read_to_string(path)?;
+    let mut users = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        users.push(line.parse().map_err(|source| UsersFileError::Line { line: i + 1, source })?);
+    }
+    Ok(users)
+}
+
 fn parse_visibility(raw: &str) -> Result<(String, Visibility), String> {
     let (path, level) = raw.split_once('=').ok_or_else(|| format!("{raw:?} is not PATH=LEVEL"))?;
     let level = Visibility::parse(level).ok_or_else(|| format!("{level:?}: expected private, internal or public"))?;
@@ -84,10 +110,20 @@ async fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GITLAB_SIM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let mut users = args.users;
+    if let Some(path) = &args.users_file {
+        match read_users(path) {
+            Ok(more) => users.extend(more),
+            Err(e) => {
+                eprintln!("gitlab-sim: {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
     let config = SimConfig {
         listen: args.listen,
         token: args.token,
-        users: args.users,
+        users,
         members: args.members,
         visibility: args.visibility,
         hook_rate_limit: args.hook_rate_limit,

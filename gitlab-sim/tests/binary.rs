@@ -62,12 +62,16 @@ async fn users_members_and_limits_come_from_flags() {
     cloudci_gitlab::install_tls_provider();
     let dir = tempfile::tempdir().unwrap();
     let repo = firmware_repo(dir.path());
+    let users_file = dir.path().join("users");
+    std::fs::write(&users_file, "# the team\n\nbob=bob-secret\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gitlab-sim"))
         .args(["--token", TOKEN, "--hook-rate-limit", "100", "--premium", "--visibility", "acme=internal"])
         .args(["--member", "acme/firmware=alice:developer", "--member", "acme=bob:reporter"])
         .arg("--project")
         .arg(format!("acme/firmware={}", repo.display()))
-        .env("GITLAB_SIM_USERS", "alice=alice-secret,bob=bob-secret")
+        .env("GITLAB_SIM_USERS", "alice=alice-secret")
+        .arg("--users-file")
+        .arg(&users_file)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -82,6 +86,7 @@ async fn users_members_and_limits_come_from_flags() {
     let bob = get("/projects/1/members/all/3", TOKEN).await;
     let group = get("/groups/acme", "bob-secret").await;
     let hooks = get("/groups/acme/hooks", TOKEN).await;
+    let dropped = reqwest::get(format!("{url}/-/sim/hook-rate-limited")).await;
     child.kill().unwrap();
     child.wait().unwrap();
     let json = |r: Result<reqwest::Response, reqwest::Error>| async move {
@@ -92,6 +97,7 @@ async fn users_members_and_limits_come_from_flags() {
     assert_eq!(json(bob).await["access_level"], 20, "inherited from the group");
     assert_eq!(json(group).await["visibility"], "internal");
     assert_eq!(hooks.unwrap().status(), 200, "--premium has group hooks");
+    assert_eq!(json(dropped).await, serde_json::json!({}), "nothing over the limit yet");
 }
 
 #[test]
@@ -121,6 +127,11 @@ fn bad_team_flags_are_clear_errors() {
     let out = run(&["--user", "alice=a", "--member", "nowhere=alice:guest"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a project nor a group"));
+    let bad = dir.path().join("bad-users");
+    std::fs::write(&bad, "alice=a\nbob\n").unwrap();
+    let out = run(&["--users-file", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run(&["--user", "alice=a", "--user", "alice=b"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("declared twice"));
 }
