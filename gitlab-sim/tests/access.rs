@@ -130,6 +130,24 @@ async fn each_role_gets_gitlabs_answer() {
     let (status, body) = get_as(&sim, "alice", "/projects/3/pipelines").await;
     assert_eq!((status, message(&body)), (404, "404 Project Not Found"));
 
+    // Jobs, their logs and artifacts follow the pipelines; acting on them is a Developer's.
+    let (_, jobs) = get_as(&sim, "bob", &format!("/projects/1/pipelines/{id}/jobs")).await;
+    let job = jobs[0]["id"].as_u64().unwrap();
+    for path in [format!("/projects/1/jobs/{job}"), format!("/projects/1/jobs/{job}/trace")] {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/api/v4{path}", sim.url()))
+            .header("PRIVATE-TOKEN", token("bob"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(get_as(&sim, "dave", &path).await.0, 404, "{path}");
+    }
+    assert_eq!(call(&sim, "bob", Method::POST, &format!("/projects/1/jobs/{job}/cancel"), None).await.0, 403);
+    let lint = json!({"content": SIMPLE_CI});
+    assert_eq!(post("bob", "/projects/1/ci/lint", lint.clone()).await.0, 403);
+    assert_eq!(post("alice", "/projects/1/ci/lint", lint).await.0, 200);
+
     // Retrying: Developer on feature, Maintainer on main.
     let retry = format!("/projects/1/pipelines/{id}/retry");
     assert_eq!(call(&sim, "bob", Method::POST, &retry, None).await.0, 403);
@@ -150,6 +168,9 @@ async fn each_role_gets_gitlabs_answer() {
     let (status, _) = call(&sim, "erin", Method::PUT, "/projects/1", Some(json!({"public_jobs": false}))).await;
     assert_eq!(status, 200);
     assert_eq!(get_as(&sim, "carol", "/projects/1/pipelines").await.0, 403);
+    for path in [format!("/projects/1/jobs/{job}/trace"), format!("/projects/1/jobs/{job}/artifacts")] {
+        assert_eq!(get_as(&sim, "carol", &path).await.0, 403, "{path}");
+    }
     assert_eq!(get_as(&sim, "bob", "/projects/1/pipelines").await.0, 200);
 
     // Visibility is the Owner's; a public project's pipelines are everyone's to see, not to run.
