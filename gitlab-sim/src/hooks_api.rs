@@ -161,6 +161,14 @@ async fn create<const G: bool>(Ax(s): Sh, Path(id): Path<String>, params: Params
     };
     apply_params(&mut hook, &params)?;
     let mut state = s.lock();
+    // GitLab.com's plan limits (FACTS §1.7, §4): 100 hooks a project, 50 a group; over them the
+    // model's limit validation fails and `save_hook` renders it with 422
+    // (lib/api/helpers/web_hooks_helpers.rb; message as in spec/models/hooks/project_hook_spec.rb).
+    let (limit, what) = if G { (50, "group hooks") } else { (100, "project hooks") };
+    if state.hooks.values().filter(|h| h.owner == owner).count() >= limit {
+        let message = format!("Maximum number of {what} ({limit}) exceeded");
+        return Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, json!({"message": {"base": [message]}})));
+    }
     state.last_id.hook += 1;
     hook.id = state.last_id.hook;
     let body = s.render.hook(&hook);

@@ -220,3 +220,19 @@ async fn the_limit_starts_again_with_the_next_window() {
     assert_eq!(sim.hook_rate_limited()["acme"], 2);
     assert_eq!(pipelines_seen(&got), vec![("acme/firmware".into(), "created".into()); 2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_stop_at_gitlabs_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = team_sim(dir.path(), MANUAL_CI, |c| c.premium = true).await;
+    for (path, limit, what) in [("/groups/acme/hooks", 50, "group"), ("/projects/1/hooks", 100, "project")] {
+        for _ in 0..limit {
+            assert_eq!(hook(&sim, "root", path, "http://127.0.0.1:9/x").await.0, 201);
+        }
+        let (status, body) = hook(&sim, "root", path, "http://127.0.0.1:9/x").await;
+        assert_eq!(status, 422);
+        assert_eq!(body["message"]["base"][0], format!("Maximum number of {what} hooks ({limit}) exceeded"));
+    }
+    // The limit is per project: another project still takes hooks.
+    assert_eq!(hook(&sim, "root", "/projects/2/hooks", "http://127.0.0.1:9/x").await.0, 201);
+}
