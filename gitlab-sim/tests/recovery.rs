@@ -389,8 +389,10 @@ async fn pipelines_order_by_and_updated_at_follow_every_change() {
     // A job finishing while the pipeline stays `running` moves the pipeline's updated_at.
     let p1 = gitlab.create_pipeline(PROJECT, &CreatePipeline::new("main")).await.unwrap();
     let (pipeline, quick_done) = eventually(Duration::from_secs(20), || async {
-        let p = gitlab.pipeline(PROJECT, p1.id).await.unwrap();
+        // The jobs first: a pipeline read after them cannot predate the finish it is compared with
+        // (read the other way round, `quick` could finish between the two reads).
         let jobs: Vec<_> = gitlab.pipeline_jobs(PROJECT, p1.id, &JobFilter::default()).try_collect().await.unwrap();
+        let p = gitlab.pipeline(PROJECT, p1.id).await.unwrap();
         let quick = jobs.iter().find(|j| j.name == "quick").unwrap();
         let slow = jobs.iter().find(|j| j.name == "slow").unwrap();
         (p.status == Status::Running && quick.status == Status::Success && slow.status == Status::Running)
