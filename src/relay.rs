@@ -10,12 +10,14 @@
 //! by whichever instance stored them (seqs stay in commit order: `relay/src/pg.rs`), and a
 //! processor on each instance picks up what a dead instance left pending.
 //!
+//! Subscribers: with `--gitlab-url` (`[relay] gitlab_url`) and the relay's own GitLab token
+//! in its secrets directory (`gitlab-token`), a developer opens a session with their GitLab
+//! token (`POST /v1/sessions`, [`sessions`]) and sees only the events of projects their GitLab
+//! user may read ([`access`]). A token from `cloudci relay token` is an operator's: signed with
+//! the same key, it names no GitLab user and sees every project (kept for the operator's own
+//! tools and tests; whoever holds the secrets directory could sign one anyway).
+//!
 //! # Seams for what comes next
-//! - **Subscriber auth** is, for now, a bearer JWT signed with the relay's `token-key` (every
-//!   instance reads the same secrets directory; `cloudci relay token` issues one). Part C
-//!   replaces the issuing with `POST /v1/sessions` (a GitLab-checked session) and adds
-//!   per-project access checks: [`RelayApi::events`] is the state the SSE route takes, and the
-//!   route's filter ([`crate::api::sse::scoped_filter`]) is where a session's projects apply.
 //! - **Hook management and catch-up** (part B) start here too, beside the processor, with the
 //!   same [`HookSecrets`] this module reads.
 //! - **Another bus** (NATS JetStream): replace [`Tail`]; the hub takes batches from anywhere.
@@ -28,7 +30,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::State;
+use axum::routing::{get, post};
 use cloudci_relay::{PgLog, Tail};
 use cloudci_webhook::{HookSecrets, Hub, Receiver, SecretFiles};
 use secrecy::SecretString;
@@ -37,7 +40,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::{Jwt, TokenKeys};
-use crate::api::sse::EventsState;
+use crate::api::error::{ApiError, Authorized};
+use crate::api::params::ApiQuery;
+use crate::api::sse::{EventsQuery, EventsState, last_event_id, scoped_filter, stream_response};
+
+pub mod access;
+pub mod sessions;
+
+pub use access::Access;
+pub use sessions::Sessions;
 
 /// The environment variable naming the relay's database.
 pub const DATABASE_URL_ENV: &str = "CLOUDCI_RELAY_DATABASE_URL";
@@ -49,6 +60,9 @@ const HOOK_TOKEN: &str = "hook-token";
 /// 19.0 never signs, so it is not generated: the operator puts it there with the hook's).
 const SIGNING_TOKEN: &str = "signing-token";
 const TOKEN_KEY: &str = "token-key";
+/// The relay's own GitLab token, for the access checks (never generated: the operator puts a
+/// token there that can read the team's projects' members).
+const GITLAB_TOKEN: &str = "gitlab-token";
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +84,15 @@ pub enum RelayError {
         /// What is wrong with it.
         source: cloudci_webhook::BadSigningToken,
     },
+    /// A GitLab URL without the relay's GitLab token.
+    #[error("{}/{GITLAB_TOKEN}: missing; with a GitLab URL the relay needs its own token there (one that can read the team's projects' members)", dir.display())]
+    NoGitlabToken {
+        /// The secrets directory.
+        dir: PathBuf,
+    },
+    /// The GitLab client could not be made.
+    #[error("GitLab client: {0}")]
+    Gitlab(#[from] cloudci_gitlab::Error),
     /// A listener could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -91,6 +114,13 @@ pub struct RelaySettings {
     pub api_listen: SocketAddr,
     /// The secrets directory, shared by every instance.
     pub secrets: PathBuf,
+    /// GitLab, where sessions and access are checked; without it there are no sessions (only
+    /// operator tokens).
+    pub gitlab_url: Option<String>,
+    /// How long a session's token is valid.
+    pub session_ttl: Duration,
+    /// How long an access answer is kept (at most [`access::MAX_TTL`]).
+    pub access_ttl: Duration,
 }
 
 /// The relay's secrets, read (and generated on first start) from its directory.
@@ -100,6 +130,8 @@ pub struct RelaySecrets {
     pub hooks: HookSecrets,
     /// Signs and checks subscriber tokens.
     pub keys: TokenKeys,
+    /// The relay's own GitLab token, when there is one.
+    pub gitlab_token: Option<SecretString>,
 }
 
 impl RelaySecrets {
@@ -113,10 +145,14 @@ impl RelaySecrets {
                 .with_signing_token(&signing)
                 .map_err(|source| RelayError::BadSigningToken { dir: dir.to_owned(), source })?;
         }
-        Ok(Self { hooks, keys: TokenKeys::new(&files.get_or_create(TOKEN_KEY, 32)?) })
+        Ok(Self {
+            hooks,
+            keys: TokenKeys::new(&files.get_or_create(TOKEN_KEY, 32)?),
+            gitlab_token: files.read(GITLAB_TOKEN)?,
+        })
     }
 
-    /// A subscriber token for `sub`, valid for `ttl` (part C: issued by a GitLab-checked session).
+    /// An operator's subscriber token for `sub`, valid for `ttl`: it sees every project.
     pub fn issue(&self, sub: &str, ttl: Duration) -> Jwt {
         self.keys.issue(sub, Vec::new(), ttl)
     }
@@ -127,6 +163,16 @@ impl RelaySecrets {
 pub struct RelayApi {
     /// What `/v1/events` serves from.
     pub events: EventsState<PgLog>,
+    /// Sessions' access checks (none without GitLab).
+    pub access: Option<Arc<Access>>,
+    /// `POST /v1/sessions` (none without GitLab).
+    pub sessions: Option<Sessions>,
+}
+
+impl axum::extract::FromRef<RelayApi> for TokenKeys {
+    fn from_ref(s: &RelayApi) -> Self {
+        s.events.keys.clone()
+    }
 }
 
 /// The relay's OpenAPI document.
@@ -134,12 +180,65 @@ pub const OPENAPI: &str = include_str!("relay_openapi.json");
 
 /// The subscriber API's routes.
 pub fn api_router(state: RelayApi) -> Router {
+    let sessions = match state.sessions.clone() {
+        Some(s) => Router::new().route("/v1/sessions", post(sessions::create)).with_state(s),
+        None => Router::new().route(
+            "/v1/sessions",
+            post(|| async {
+                ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    "this relay opens no sessions: it has no GitLab (--gitlab-url, [relay] gitlab_url)",
+                )
+            }),
+        ),
+    };
     Router::new()
         .route(
             "/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response() }),
         )
-        .merge(crate::api::sse::router(state.events))
+        .route("/v1/events", get(events))
+        .with_state(state)
+        .merge(sessions)
+}
+
+/// `GET /v1/events`: an operator's token gets the daemon's stream as it is; a session's only
+/// the events of projects its GitLab user may read, checked per event ([`access`]). A session's
+/// stream never carries a resync snapshot (it would show other projects' state; the relay's log
+/// removes nothing yet, so a resume always replays).
+async fn events(
+    State(api): State<RelayApi>,
+    Authorized(claims): Authorized,
+    headers: axum::http::HeaderMap,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    let after = last_event_id(&headers)?.or(q.since);
+    // A session's claims name no projects, so this never refuses one (nor says why).
+    let filter = scoped_filter(&claims, &q)?;
+    let Some(user) = claims.gitlab_user else {
+        return Ok(stream_response(api.events.hub.subscribe_frames(filter, after)));
+    };
+    let access = api.access.clone().ok_or_else(|| {
+        ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "this relay checks no access: it has no GitLab")
+    })?;
+    use futures_util::StreamExt;
+    let frames = api.events.hub.subscribe(filter, after).then(move |item| {
+        let access = access.clone();
+        async move {
+            let e = item.map_err(|_| ())?;
+            match access.may_read(user, e.project_id).await {
+                Ok(true) => Ok(Some(cloudci_webhook::frame(&e))),
+                Ok(false) => Ok(None),
+                Err(err) => {
+                    // Ends the stream before this event: nothing is skipped, the client resumes.
+                    tracing::warn!("relay: closing a subscriber's stream: {err}");
+                    Err(())
+                }
+            }
+        }
+    });
+    let frames = frames.filter_map(|r| std::future::ready(r.transpose()));
+    Ok(stream_response(frames))
 }
 
 /// A running relay instance.
@@ -168,6 +267,15 @@ impl Relay {
         let secrets = tokio::task::spawn_blocking(move || RelaySecrets::load(&dir)).await.expect("not cancelled")?;
         let url = settings.database_url.expose_secret().to_owned();
         let log = Arc::new(tokio::task::spawn_blocking(move || PgLog::open(&url)).await.expect("not cancelled")?);
+        let (access, sessions) = match &settings.gitlab_url {
+            None => (None, None),
+            Some(url) => {
+                let token = secrets.gitlab_token.clone().ok_or_else(|| RelayError::NoGitlabToken { dir: settings.secrets.clone() })?;
+                let gitlab = cloudci_gitlab::Gitlab::builder(url.clone()).private_token(token).timeout(Duration::from_secs(10)).build()?;
+                let sessions = Sessions { gitlab_url: url.clone(), keys: secrets.keys.clone(), ttl: settings.session_ttl };
+                (Some(Arc::new(Access::new(gitlab, settings.access_ttl))), Some(sessions))
+            }
+        };
         let hub = Hub::new(log.clone());
         crate::logging::report_to(hub.health());
         let receiver = Receiver::new(secrets.hooks, hub.clone(), cloudci_webhook::random_token(16));
@@ -189,7 +297,11 @@ impl Relay {
             crate::daemon::spawn_server(
                 crate::resources::Side::Local,
                 api,
-                layers.relay_api(api_router(RelayApi { events: EventsState { hub: hub.clone(), keys: secrets.keys } })),
+                layers.relay_api(api_router(RelayApi {
+                    events: EventsState { hub: hub.clone(), keys: secrets.keys.clone() },
+                    access,
+                    sessions,
+                })),
                 shutdown.clone(),
                 hub.health(),
             ),

@@ -21,6 +21,11 @@ pub struct Claims {
     /// Projects it may see; every project when empty.
     #[serde(default)]
     pub projects: Vec<String>,
+    /// The GitLab user a relay session was opened for (`POST /v1/sessions` on `cloudci
+    /// relay`): the relay shows it only the events of projects that user may read. Absent on
+    /// the daemon's tokens and on the relay's operator tokens (`cloudci relay token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitlab_user: Option<u64>,
 }
 
 impl Claims {
@@ -95,8 +100,20 @@ impl TokenKeys {
     /// Issues a token for `sub`, valid for `ttl`, limited to `projects` (all when empty).
     pub fn issue(&self, sub: &str, projects: Vec<String>, ttl: Duration) -> Jwt {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
-        let claims = Claims { sub: sub.to_owned(), iat: now, exp: now + ttl.as_secs(), projects };
-        let text = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        self.sign(&Claims { sub: sub.to_owned(), iat: now, exp: now + ttl.as_secs(), projects, gitlab_user: None })
+    }
+
+    /// Issues a relay session's token for GitLab user `user` (named `sub`), valid for `ttl`,
+    /// with its claims (the expiry is `exp`).
+    pub fn issue_session(&self, sub: &str, user: u64, ttl: Duration) -> (Jwt, Claims) {
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        let claims =
+            Claims { sub: sub.to_owned(), iat: now, exp: now + ttl.as_secs(), projects: Vec::new(), gitlab_user: Some(user) };
+        (self.sign(&claims), claims)
+    }
+
+    fn sign(&self, claims: &Claims) -> Jwt {
+        let text = jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .expect("HS256 signing with an in-memory key cannot fail");
         Jwt(SecretString::from(text))
     }
@@ -114,6 +131,13 @@ impl TokenKeys {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct BadDuration(String);
+
+impl BadDuration {
+    /// A duration refused for `why`.
+    pub fn new(why: impl Into<String>) -> Self {
+        Self(why.into())
+    }
+}
 
 /// Parses `90s`, `15m`, `12h`, `30d` (or plain seconds).
 pub fn parse_duration(raw: &str) -> Result<Duration, BadDuration> {
@@ -153,7 +177,7 @@ mod tests {
         assert!(other.verify(t).is_err());
         // Expired (past the 5 s leeway).
         let now = chrono::Utc::now().timestamp() as u64;
-        let old = Claims { sub: "x".into(), iat: now - 100, exp: now - 60, projects: vec![] };
+        let old = Claims { sub: "x".into(), iat: now - 100, exp: now - 60, projects: vec![], gitlab_user: None };
         let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &old, &keys.encoding).unwrap();
         assert!(keys.verify(&expired).is_err());
         assert!(!format!("{keys:?}").contains("sekrit"));

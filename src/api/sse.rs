@@ -99,17 +99,25 @@ async fn events<L: EventLog>(
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let filter = scoped_filter(&claims, &q)?;
-    let last_event_id = match headers.get("last-event-id").map(|v| v.to_str().map(|s| s.trim().parse::<u64>())) {
-        None => None,
-        Some(Ok(Ok(id))) => Some(id),
+    let after = last_event_id(&headers)?.or(q.since);
+    Ok(stream_response(state.hub.subscribe_frames(filter, after)))
+}
+
+/// Where a stream resumes: the `Last-Event-ID` header, checked (a 400 when it is not an id).
+pub fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get("last-event-id").map(|v| v.to_str().map(|s| s.trim().parse::<u64>())) {
+        None => Ok(None),
+        Some(Ok(Ok(id))) => Ok(Some(id)),
         Some(_) => {
-            return Err(
-                ApiError::new(StatusCode::BAD_REQUEST, "Last-Event-ID must be an event id").field("Last-Event-ID")
-            );
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "Last-Event-ID must be an event id").field("Last-Event-ID"))
         }
-    };
-    let after = last_event_id.or(q.since);
-    let frames = Box::pin(state.hub.subscribe_frames(filter, after));
+    }
+}
+
+/// The `text/event-stream` answer writing `frames` with a heartbeat; it ends at the first error
+/// (whoever made it logged why) and the client resumes by id.
+pub fn stream_response<E>(frames: impl futures_util::Stream<Item = Result<Bytes, E>> + Send + 'static) -> Response {
+    let frames = Box::pin(frames);
     // One timer per stream, ticking every 15 s whatever the traffic: a timeout around each
     // `next()` registered and removed a timer per event per subscriber, a cost paid 1,000 times
     // per event at 1,000 subscribers.
@@ -121,7 +129,6 @@ async fn events<L: EventLog>(
             biased;
             item = frames.next() => match item {
                 Some(Ok(bytes)) => Some((Ok::<_, Infallible>(bytes), (frames, heartbeat))),
-                // The store failed (it logged why): end the stream; the client resumes by id.
                 Some(Err(_)) | None => None,
             },
             _ = heartbeat.tick() => Some((Ok(Bytes::from_static(b":\n\n")), (frames, heartbeat))),
@@ -130,7 +137,7 @@ async fn events<L: EventLog>(
     let mut resp = Response::new(Body::from_stream(body));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(resp)
+    resp
 }
 
 #[cfg(test)]

@@ -34,6 +34,26 @@ pub struct RelayArgs {
     /// The secrets directory, over `[relay] secrets`.
     #[arg(long, value_name = "DIR")]
     secrets: Option<PathBuf>,
+    /// GitLab, over `[relay] gitlab_url`: developers open sessions with their GitLab tokens
+    /// (POST /v1/sessions) and see only the projects they may read; the relay checks access with
+    /// its own token, from `gitlab-token` in the secrets directory.
+    #[arg(long, value_name = "URL")]
+    gitlab_url: Option<String>,
+    /// How long a session's token is valid: 90s, 15m, 12h.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    session_ttl: std::time::Duration,
+    /// How long an access answer from GitLab is kept (at most 5m): a revoked member stops
+    /// receiving a project's events within this time.
+    #[arg(long, default_value = "5m", value_parser = parse_access_ttl)]
+    access_ttl: std::time::Duration,
+}
+
+fn parse_access_ttl(raw: &str) -> Result<std::time::Duration, crate::api::auth::BadDuration> {
+    let ttl = parse_duration(raw)?;
+    if ttl > crate::relay::access::MAX_TTL {
+        return Err(crate::api::auth::BadDuration::new("the access TTL is at most 5m (revocation must take effect within 5 minutes)"));
+    }
+    Ok(ttl)
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +109,9 @@ impl RelayArgs {
             listen: self.listen.unwrap_or(config.relay.listen),
             api_listen: self.api_listen.unwrap_or(config.relay.api_listen),
             secrets: secrets_dir(self.secrets),
+            gitlab_url: self.gitlab_url.or_else(|| config.relay.gitlab_url.clone()),
+            session_ttl: self.session_ttl,
+            access_ttl: self.access_ttl,
         };
         let relay = Relay::start(&settings).await?;
         crate::say!("relay: receiving GitLab webhooks on {} (POST /hooks/…)", relay.public_addr);

@@ -24,11 +24,14 @@ pub struct RelaySection {
     /// subscriber token key), generated on first start; every instance must read the same
     /// (default: `relay/` in the state directory).
     pub secrets: Option<PathBuf>,
+    /// GitLab, where developers' sessions and their access to projects are checked (the relay's
+    /// own token: `gitlab-token` in the secrets directory). Without it: operator tokens only.
+    pub gitlab_url: Option<String>,
 }
 
 impl Default for RelaySection {
     fn default() -> Self {
-        Self { listen: default_listen(), api_listen: default_api_listen(), secrets: None }
+        Self { listen: default_listen(), api_listen: default_api_listen(), secrets: None, gitlab_url: None }
     }
 }
 

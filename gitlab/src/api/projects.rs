@@ -1,7 +1,7 @@
 use super::{project_path, segment};
 use crate::client::Request;
-use crate::types::{Branch, Project, User, Version};
-use crate::{Error, Gitlab, ProjectRef};
+use crate::types::{Branch, Member, Project, User, Version};
+use crate::{Error, Gitlab, ProjectRef, UserId};
 
 impl Gitlab {
     /// `GET /projects/:id`
@@ -19,6 +19,13 @@ impl Gitlab {
     /// `GET /user`: who the token belongs to.
     pub async fn current_user(&self) -> Result<User, Error> {
         self.json(&Request::get("user")).await
+    }
+
+    /// `GET /projects/:id/members/all/:user_id`: the user's membership of the project, direct or
+    /// inherited from its groups (the highest level). [`Error::NotFound`] when they are not a
+    /// member (or the caller may not see the project).
+    pub async fn project_member_all(&self, project: impl Into<ProjectRef>, user: UserId) -> Result<Member, Error> {
+        self.json(&Request::get(format!("{}/members/all/{}", project_path(&project.into()), user.0))).await
     }
 
     /// `GET /version`

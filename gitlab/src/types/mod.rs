@@ -28,7 +28,7 @@ pub use pipeline::{CreatePipeline, DetailedStatus, Pipeline, PipelineBasic, Pipe
 pub use project::{Project, Version};
 pub use status::Status;
 pub use time::{Timestamp, TimestampError};
-pub use user::User;
+pub use user::{Member, User};
 
 /// Fields GitLab sent that have no typed field here, kept verbatim.
 pub type Extra = serde_json::Map<String, serde_json::Value>;

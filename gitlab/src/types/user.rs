@@ -23,3 +23,23 @@ pub struct User {
     #[serde(flatten)]
     pub extra: Extra,
 }
+
+/// A project or group member (`GET /projects/:id/members/all/:user_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// The user's id.
+    pub id: UserId,
+    /// Login name.
+    pub username: String,
+    /// GitLab's access level: 10 Guest, 15 Planner, 20 Reporter, 30 Developer, 40 Maintainer,
+    /// 50 Owner.
+    pub access_level: u32,
+    /// Everything else GitLab sent.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Member {
+    /// GitLab's Reporter level, the least that may read a private project's pipelines.
+    pub const REPORTER: u32 = 20;
+}
