@@ -28,9 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::extract::State;
 use axum::routing::{get, post};
 use cloudci_relay::{PgLog, Tail};
 use cloudci_webhook::{HookSecrets, Hub, Receiver, SecretFiles};
@@ -270,9 +270,16 @@ impl Relay {
         let (access, sessions) = match &settings.gitlab_url {
             None => (None, None),
             Some(url) => {
-                let token = secrets.gitlab_token.clone().ok_or_else(|| RelayError::NoGitlabToken { dir: settings.secrets.clone() })?;
-                let gitlab = cloudci_gitlab::Gitlab::builder(url.clone()).private_token(token).timeout(Duration::from_secs(10)).build()?;
-                let sessions = Sessions { gitlab_url: url.clone(), keys: secrets.keys.clone(), ttl: settings.session_ttl };
+                let token = secrets
+                    .gitlab_token
+                    .clone()
+                    .ok_or_else(|| RelayError::NoGitlabToken { dir: settings.secrets.clone() })?;
+                let gitlab = cloudci_gitlab::Gitlab::builder(url.clone())
+                    .private_token(token)
+                    .timeout(Duration::from_secs(10))
+                    .build()?;
+                let sessions =
+                    Sessions { gitlab_url: url.clone(), keys: secrets.keys.clone(), ttl: settings.session_ttl };
                 (Some(Arc::new(Access::new(gitlab, settings.access_ttl))), Some(sessions))
             }
         };

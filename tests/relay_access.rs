@@ -111,7 +111,10 @@ async fn sim(dir: &Path) -> Sim {
         .collect();
     Sim::start(SimConfig {
         token: ROOT.into(),
-        users: [("alice", ALICE), ("bob", BOB)].iter().map(|(u, t)| format!("{u}={t}").parse::<SimUser>().unwrap()).collect(),
+        users: [("alice", ALICE), ("bob", BOB)]
+            .iter()
+            .map(|(u, t)| format!("{u}={t}").parse::<SimUser>().unwrap())
+            .collect(),
         members,
         projects,
         ..SimConfig::default()

@@ -107,8 +107,13 @@ impl TokenKeys {
     /// with its claims (the expiry is `exp`).
     pub fn issue_session(&self, sub: &str, user: u64, ttl: Duration) -> (Jwt, Claims) {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
-        let claims =
-            Claims { sub: sub.to_owned(), iat: now, exp: now + ttl.as_secs(), projects: Vec::new(), gitlab_user: Some(user) };
+        let claims = Claims {
+            sub: sub.to_owned(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+            projects: Vec::new(),
+            gitlab_user: Some(user),
+        };
         (self.sign(&claims), claims)
     }
 

@@ -51,7 +51,9 @@ pub struct RelayArgs {
 fn parse_access_ttl(raw: &str) -> Result<std::time::Duration, crate::api::auth::BadDuration> {
     let ttl = parse_duration(raw)?;
     if ttl > crate::relay::access::MAX_TTL {
-        return Err(crate::api::auth::BadDuration::new("the access TTL is at most 5m (revocation must take effect within 5 minutes)"));
+        return Err(crate::api::auth::BadDuration::new(
+            "the access TTL is at most 5m (revocation must take effect within 5 minutes)",
+        ));
     }
     Ok(ttl)
 }
