@@ -315,3 +315,16 @@ async fn sessions_access_resume_and_revocation() {
         assert!(!out.contains(secret), "a GitLab token in the relay's output:\n{out}");
     }
 }
+
+#[test]
+fn an_access_ttl_over_five_minutes_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudci"))
+        .args(["relay", "--access-ttl", "6m"])
+        .env("CLOUDCI_CONFIG", "/nonexistent/cloudci.toml")
+        .env_remove("CLOUDCI_RELAY_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at most 5m"), "{err}");
+}
