@@ -286,21 +286,25 @@ async fn sessions_access_resume_and_revocation() {
         .await
         .unwrap();
     assert!(resp.status().is_success(), "{}", resp.status());
+    // The last answer cached before the removal is at most ACCESS_TTL old by `revoked +
+    // ACCESS_TTL`, so an event delivered after that is checked with GitLab again: judged by when
+    // each round was sent, not by how long the machine took to carry it.
     let revoked = Instant::now();
     let mut n = 5;
-    let stopped = loop {
+    loop {
         n += 2;
+        let sent = revoked.elapsed();
         deliver(&http, &relay, n - 1, FIRMWARE).await;
         deliver(&http, &relay, n, SHARED).await;
         let got = a.until(n).await;
         if projects(&got) == [3] {
-            break revoked.elapsed();
+            break;
         }
         assert_eq!(projects(&got), [1, 3]);
-        assert!(revoked.elapsed() < ACCESS_TTL * 3, "alice still sees acme/firmware {:?} after", revoked.elapsed());
+        assert!(sent < ACCESS_TTL + Duration::from_millis(200), "alice still sees acme/firmware {sent:?} after");
+        // Pacing between rounds (not a wait for anything).
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(stopped < ACCESS_TTL * 3, "revocation took {stopped:?}");
+    }
     // And for good: live and on resume.
     deliver(&http, &relay, n + 1, FIRMWARE).await;
     deliver(&http, &relay, n + 2, SHARED).await;
