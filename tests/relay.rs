@@ -50,7 +50,10 @@ fn start(url: &str, secrets: &Path) -> Instance {
         .arg(secrets)
         .env("CLOUDCI_RELAY_DATABASE_URL", url)
         .env_remove("CLOUDCI_LOG")
+        // No configuration file anywhere: flags and the environment only.
         .env("CLOUDCI_CONFIG", "/nonexistent/cloudci.toml")
+        .env("XDG_CONFIG_HOME", secrets.parent().unwrap())
+        .env("XDG_STATE_HOME", secrets.parent().unwrap())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -109,7 +112,11 @@ struct Stream {
 
 impl Stream {
     async fn open(http: &reqwest::Client, api: &str, last_event_id: Option<u64>) -> Option<Self> {
-        let mut req = http.get(format!("{api}/v1/events?since=0")).bearer_auth(subscriber_token());
+        Self::open_with(http, api, last_event_id, &subscriber_token()).await
+    }
+
+    async fn open_with(http: &reqwest::Client, api: &str, last_event_id: Option<u64>, token: &str) -> Option<Self> {
+        let mut req = http.get(format!("{api}/v1/events?since=0")).bearer_auth(token);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
@@ -180,8 +187,21 @@ async fn a_subscriber_moving_between_instances_resumes_exactly() {
         let resp = deliver(&http, &instances[(n % 3) as usize].public, n).await.expect("answered");
         assert_eq!(resp.status(), 200);
     }
-    // Resumes on B from the last id seen on A.
-    let mut on_b = Stream::open(&http, &instances[1].api, received.last().map(|r| r.0)).await.expect("on B");
+    // Resumes on B from the last id seen on A, with a token from `cloudci relay token`.
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudci"))
+        .args(["relay", "token", "--json", "--secrets"])
+        .arg(&secrets)
+        .env("CLOUDCI_CONFIG", "/nonexistent/cloudci.toml")
+        .env("XDG_CONFIG_HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = token["token"].as_str().unwrap();
+    let refused = http.get(format!("{}/v1/events", instances[1].api)).bearer_auth("not-a-token").send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let mut on_b =
+        Stream::open_with(&http, &instances[1].api, received.last().map(|r| r.0), token).await.expect("on B");
     while received.len() < 60 {
         received.push(on_b.next(Duration::from_secs(10)).await.expect("an event on B"));
     }
