@@ -427,6 +427,10 @@ mod tests {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     first.update(id, &mut |_, w| w.request_id = format!("first-{n}")).expect("first");
                     n += 1;
+                    // A build process writes now and then, not in a tight loop: SQLite's lock is
+                    // not fair, and a writer that takes it back at once can starve the other
+                    // past its busy timeout (CI saw that under load).
+                    std::thread::sleep(std::time::Duration::from_millis(1));
                 }
                 n
             }
