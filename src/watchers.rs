@@ -249,6 +249,6 @@ async fn desktop(_: &BuildEvent) {
 fn desktop_missing() {
     static WARNED: std::sync::Once = std::sync::Once::new();
     WARNED.call_once(|| {
-        tracing::warn!("[notify] desktop = true, but this cloudci was built without the `desktop` feature")
+        tracing::warn!("[notify] desktop = true, but this cloudci was built without the `desktop` feature");
     });
 }
