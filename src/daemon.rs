@@ -235,13 +235,13 @@ impl Daemon {
             state_dir: state.root().to_owned(),
         });
         let hosts = crate::layers::AllowedHosts::new(api_addr, &config.api.hosts);
-        servers.push(spawn_server(
-            crate::resources::Side::Local,
-            api,
-            layers.local(api_router, hosts),
-            shutdown.clone(),
-            hub.health(),
-        ));
+        // The event stream with its own layers (none on its body, see `Layers::events`), in
+        // front of everything else with the local API's.
+        let events = EventsState { hub: hub.clone(), keys: keys.clone() };
+        let local = layers
+            .events(crate::api::sse::router(events), hosts.clone())
+            .fallback_service(layers.local(api_router, hosts));
+        servers.push(spawn_server(crate::resources::Side::Local, api, local, shutdown.clone(), hub.health()));
         tasks.push(tokio::spawn(crate::resources::watch_store(hub.clone())));
         // Builds a stop or crash left unfinished are carried on, each step once.
         if let Some(o) = orchestrator {
@@ -333,6 +333,8 @@ impl Daemon {
     /// and this installation's hooks are removed unless `keep_hooks`.
     pub async fn stop(mut self, keep_hooks: bool) {
         self.shutdown.cancel();
+        // The event streams' own end (their route has no body layer to end them).
+        self.hub.end_streams();
         let drained =
             tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(self.servers.iter_mut())).await;
         if drained.is_err() {

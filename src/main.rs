@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// See `Cargo.toml` (mimalloc) for why not the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cloudci::cli::Cli::parse();
     cloudci::cli::init_logging(&cli);

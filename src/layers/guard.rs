@@ -76,6 +76,17 @@ pub(super) async fn panic_scope(req: Request, next: Next) -> Response {
     IN_REQUEST.scope((), next.run(req)).await
 }
 
+/// The panic guard of a route whose body no layer may wrap (the event stream): the handler's
+/// panic is logged (in the request's scope) and answered 500, like `CatchPanicLayer` does; a
+/// panic while the body streams ends that connection only (hyper's task).
+pub(super) async fn catch_handler_panic(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(IN_REQUEST.scope((), next.run(req))).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(payload) => panic_response(payload),
+    }
+}
+
 /// A panic in a request handler is logged once, through tracing (so in the request's span, with
 /// its id), instead of the default hook's raw stderr line; other panics go to the previous hook.
 /// The message is the code's own text (`expect` messages, index errors), never request data.

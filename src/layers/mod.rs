@@ -36,9 +36,9 @@ mod trace;
 pub use guard::Timeouts;
 pub use local::AllowedHosts;
 
-use guard::{install_panic_hook, panic_response, panic_scope, time_limit};
+use guard::{catch_handler_panic, install_panic_hook, panic_response, panic_scope, time_limit};
 use local::{end_streams, host_check, json_errors};
-use trace::{with_request_id, with_trace};
+use trace::{handler_span, with_request_id, with_trace};
 
 /// The request id header: set on every request (replacing one a client sent, so ids in the log
 /// are always ours) and returned on every answer.
@@ -125,6 +125,30 @@ impl Layers {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ));
+        with_request_id(router)
+    }
+}
+
+impl Layers {
+    /// The event stream's router (`/v1/events`): the local API's layers that act on the request
+    /// and the answer's head (sensitive headers, request id, span, `Host` check, JSON errors,
+    /// panic guard, `Referrer-Policy`), none that wraps the body. A body layer is polled again on
+    /// every write to every subscriber — `TraceLayer` entering its span, `CatchPanicLayer` and
+    /// the body limit boxing it, the end at shutdown polling its signal — a measurable share of
+    /// the fan-out's CPU at 1,000 subscribers. So the span and the panic guard cover the handler
+    /// (the stream is the hub's), the stream ends at shutdown from the hub
+    /// ([`Hub::end_streams`](cloudci_webhook::Hub::end_streams), which the daemon calls), no
+    /// timeout applies to it anyway, and no body limit is needed: the route reads no body.
+    pub fn events(&self, router: Router, hosts: AllowedHosts) -> Router {
+        let router = router
+            .layer(middleware::from_fn(catch_handler_panic))
+            .layer(middleware::from_fn(json_errors))
+            .layer(middleware::from_fn_with_state(Arc::new(hosts), host_check))
+            .layer(middleware::from_fn(handler_span))
+            .layer(SetResponseHeaderLayer::overriding(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ));
         with_request_id(router)
     }
 }

@@ -9,8 +9,8 @@ use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
-use tracing::Span;
+use tower_http::trace::{MakeSpan, TraceLayer};
+use tracing::{Instrument, Span};
 
 use super::{REQUEST_ID, SENSITIVE_HEADERS};
 
@@ -26,6 +26,17 @@ pub(super) fn with_trace(router: Router) -> Router {
             // timeout), not again here.
             .on_failure(()),
     )
+}
+
+/// The same span as [`with_trace`]'s, around the handler only, for a route whose body no layer
+/// may wrap (the event stream: `TraceLayer` enters the span on every poll of the body, i.e. on
+/// every write to every subscriber).
+pub(super) async fn handler_span(req: Request, next: Next) -> Response {
+    let span = RequestSpan.make_span(&req);
+    let started = std::time::Instant::now();
+    let resp = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| Answered.on_response(&resp, started.elapsed(), &span));
+    resp
 }
 
 pub(super) fn with_request_id(router: Router) -> Router {
@@ -63,7 +74,9 @@ impl<B> tower_http::trace::MakeSpan<B> for RequestSpan {
 #[derive(Debug, Clone, Copy)]
 struct Answered;
 
-impl<B> tower_http::trace::OnResponse<B> for Answered {
+use tower_http::trace::OnResponse;
+
+impl<B> OnResponse<B> for Answered {
     fn on_response(self, resp: &axum::http::Response<B>, latency: Duration, span: &Span) {
         span.record("status", resp.status().as_u16());
         span.record("latency_ms", latency.as_millis() as u64);

@@ -99,6 +99,24 @@ pub struct BuildEvent {
     pub artifacts: Option<bool>,
 }
 
+/// Now as `received_at` shows it (RFC 3339, milliseconds, UTC). The text is kept per thread for
+/// the millisecond it names: a delivery's events (a pipeline and each of its jobs) share one, and
+/// chrono's formatter was a visible share of an ingest profile.
+fn now_text() -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = chrono::Utc::now();
+    let ms = now.timestamp_millis();
+    LAST.with_borrow_mut(|(at, text)| {
+        if *at != ms {
+            *at = ms;
+            *text = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        }
+        text.clone()
+    })
+}
+
 impl BuildEvent {
     /// An event with only its kind, project and origin set (`seq` 0 until it is logged).
     pub fn new(kind: EventKind, project_id: u64, gitlab_event: &str, source: EventSource) -> Self {
@@ -122,7 +140,7 @@ impl BuildEvent {
             retry: false,
             gitlab_event: gitlab_event.to_owned(),
             source,
-            received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            received_at: now_text(),
             allow_failure: None,
             started: None,
             artifacts: None,

@@ -21,8 +21,9 @@
 //! without `id:` so a client's last id stays the resync's), then live events after that seq.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -37,6 +38,21 @@ use crate::store::{EventFilter, Store, StoreError};
 const LIVE_BUFFER: usize = 1024;
 /// Events read from the log at a time while catching up.
 const CATCH_UP_BATCH: usize = 500;
+
+/// A heartbeat: an SSE comment, which keeps proxies from closing an idle stream.
+const BEAT: Bytes = Bytes::from_static(b":\n\n");
+
+/// What the live channel carries.
+#[derive(Debug, Clone)]
+enum Live {
+    /// Events a transaction logged.
+    Batch(Arc<Batch>),
+    /// The shared heartbeat ([`Hub::heartbeat`]): one timer for every subscriber, where a timer
+    /// per stream was polled on every wake of every subscriber.
+    Beat,
+    /// [`Hub::end_streams`]: SSE streams end.
+    End,
+}
 
 /// An event serialized and framed once, shared by every subscriber.
 #[derive(Debug)]
@@ -156,9 +172,13 @@ impl Drop for Registration {
 #[derive(Debug)]
 pub struct Hub<L: EventLog = Store> {
     store: Arc<L>,
-    live: broadcast::Sender<Arc<Batch>>,
+    live: broadcast::Sender<Live>,
     positions: Arc<Mutex<Positions>>,
     health: crate::health::Health,
+    /// Set once the heartbeat task runs.
+    beating: Arc<OnceLock<()>>,
+    /// Set by [`Hub::end_streams`].
+    ended: Arc<AtomicBool>,
 }
 
 // By hand: a derive would ask `L: Clone`, and the log is shared, not cloned.
@@ -169,6 +189,8 @@ impl<L: EventLog> Clone for Hub<L> {
             live: self.live.clone(),
             positions: self.positions.clone(),
             health: self.health.clone(),
+            beating: self.beating.clone(),
+            ended: self.ended.clone(),
         }
     }
 }
@@ -177,7 +199,46 @@ impl<L: EventLog> Hub<L> {
     /// A hub over `store`'s event log.
     pub fn new(store: Arc<L>) -> Self {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        Self { store, live, positions: Arc::default(), health: crate::health::Health::new() }
+        Self {
+            store,
+            live,
+            positions: Arc::default(),
+            health: crate::health::Health::new(),
+            beating: Arc::default(),
+            ended: Arc::default(),
+        }
+    }
+
+    /// Ends every [`Hub::subscribe_frames`] stream, between two of its items, and those opened
+    /// later at once: the daemon is stopping (their clients resume from the next one by id).
+    /// Through the live channel, so that a stream pays nothing for it until then.
+    pub fn end_streams(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        let _ = self.live.send(Live::End);
+    }
+
+    /// Starts (once; later calls change nothing) the heartbeat of [`Hub::subscribe_frames`]
+    /// streams: an SSE comment every `every`, from one task for all of them. The task ends with
+    /// the hub and its last stream. Outside a Tokio runtime it does nothing.
+    pub fn heartbeat(&self, every: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        self.beating.get_or_init(|| {
+            // A strong sender: streams still open when the last hub handle is dropped keep their
+            // heartbeat; the task ends once both are gone.
+            let live = self.live.clone();
+            let hub = Arc::downgrade(&self.beating);
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if hub.strong_count() == 0 && live.receiver_count() == 0 {
+                        return;
+                    }
+                    let _ = live.send(Live::Beat);
+                }
+            });
+        });
     }
 
     /// The daemon's resource problems (a full disk, no file descriptors, a busy database), which
@@ -218,14 +279,14 @@ impl<L: EventLog> Hub<L> {
         let mut run = Vec::with_capacity(events.len());
         for e in events {
             if run.last().is_some_and(|p: &BuildEvent| p.seq + 1 != e.seq) {
-                let _ = self.live.send(Arc::new(Batch::new(std::mem::take(&mut run))));
+                let _ = self.live.send(Live::Batch(Arc::new(Batch::new(std::mem::take(&mut run)))));
             }
             run.push(e);
         }
-        let _ = self.live.send(Arc::new(Batch::new(run)));
+        let _ = self.live.send(Live::Batch(Arc::new(Batch::new(run))));
     }
 
-    fn sub(&self, filter: EventFilter, after: Option<u64>) -> Sub<L> {
+    fn sub(&self, filter: EventFilter, after: Option<u64>, sse: bool) -> Sub<L> {
         // Subscribe before reading the log position, so nothing falls between the two; "from
         // now" means from this call, not from the first poll of the stream.
         let rx = self.live.subscribe();
@@ -234,7 +295,8 @@ impl<L: EventLog> Hub<L> {
         let everything = filter == EventFilter::default();
         // Unknown start: hold everything until it is known.
         let reg = self.register(last.unwrap_or(0));
-        Sub { store, rx, filter, everything, last, catch_up: true, reg }
+        let stop = self.ended.clone();
+        Sub { store, rx, filter, everything, last, catch_up: true, sse, ended: false, stop, reg }
     }
 
     /// Events passing `filter`, starting after `after` (a `Last-Event-ID`), or with what happens
@@ -244,7 +306,7 @@ impl<L: EventLog> Hub<L> {
         filter: EventFilter,
         after: Option<u64>,
     ) -> impl Stream<Item = Result<BuildEvent, StoreError>> + Send + 'static + use<L> {
-        let state = (self.sub(filter, after), VecDeque::new());
+        let state = (self.sub(filter, after, false), VecDeque::new());
         futures_util::stream::unfold(state, |(mut sub, mut queue)| async move {
             loop {
                 if let Some(e) = queue.pop_front() {
@@ -255,6 +317,7 @@ impl<L: EventLog> Hub<L> {
                         batch.events[from..].iter().filter(|e| sub.filter.matches(&e.event)).map(|e| e.event.clone()),
                     ),
                     Ok(Chunk::Logged(events)) => queue.extend(events),
+                    Ok(Chunk::Beat | Chunk::End) => {}
                     Err(err) => return Some((Err(err), (sub, queue))),
                 }
             }
@@ -263,13 +326,18 @@ impl<L: EventLog> Hub<L> {
 
     /// Like [`Hub::subscribe`], as SSE frames: each item is everything the subscriber had
     /// pending when it was polled, concatenated (one write), and for an unfiltered subscriber
-    /// usually the very buffer every other subscriber writes.
+    /// usually the very buffer every other subscriber writes. Once [`Hub::heartbeat`] runs, an
+    /// SSE comment (`:`) comes with each beat. Ends after [`Hub::end_streams`].
     pub fn subscribe_frames(
         &self,
         filter: EventFilter,
         after: Option<u64>,
     ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static + use<L> {
-        futures_util::stream::unfold((self.sub(filter, after), after), |(mut sub, resume)| async move {
+        futures_util::stream::unfold((self.sub(filter, after, true), after), |(mut sub, resume)| async move {
+            // The flag covers an end announced before this stream subscribed, or lost in a lag.
+            if sub.ended || sub.stop.load(Ordering::SeqCst) {
+                return None;
+            }
             if let Some(requested) = resume {
                 match sub.resync(requested).await {
                     Ok(Some(bytes)) => return Some((Ok(bytes), (sub, None))),
@@ -280,6 +348,7 @@ impl<L: EventLog> Hub<L> {
             let mut sub = sub;
             loop {
                 let chunk = match sub.next_chunk().await {
+                    Ok(Chunk::End) => return None,
                     Ok(c) => c,
                     Err(err) => return Some((Err(err), (sub, None))),
                 };
@@ -292,6 +361,9 @@ impl<L: EventLog> Hub<L> {
                 if let Some(bytes) = out.finish() {
                     return Some((Ok(bytes), (sub, None)));
                 }
+                if sub.ended {
+                    return None;
+                }
             }
         })
     }
@@ -303,6 +375,10 @@ enum Chunk {
     Live(Arc<Batch>, usize),
     /// Events read from the log, already filtered.
     Logged(Vec<BuildEvent>),
+    /// A heartbeat is due (SSE subscribers only).
+    Beat,
+    /// The stream ends (SSE subscribers only).
+    End,
 }
 
 /// Frames gathered for one write: a single shared buffer is passed on as is.
@@ -340,7 +416,7 @@ impl Frames {
 
 struct Sub<L: EventLog> {
     store: Arc<L>,
-    rx: broadcast::Receiver<Arc<Batch>>,
+    rx: broadcast::Receiver<Live>,
     filter: EventFilter,
     /// The filter passes everything.
     everything: bool,
@@ -348,6 +424,12 @@ struct Sub<L: EventLog> {
     last: Option<u64>,
     /// Read the log before waiting for live events (at the start, after a gap or an overflow).
     catch_up: bool,
+    /// An SSE subscriber: hands out heartbeats and ends ([`Chunk::Beat`], [`Chunk::End`]).
+    sse: bool,
+    /// [`Live::End`] was seen while gathering a write.
+    ended: bool,
+    /// The hub's [`Hub::end_streams`] flag.
+    stop: Arc<AtomicBool>,
     /// Its position, for retention.
     reg: Registration,
 }
@@ -416,10 +498,17 @@ impl<L: EventLog> Sub<L> {
                 self.catch_up = false;
             }
             match self.rx.recv().await {
-                Ok(batch) => {
+                Ok(Live::Batch(batch)) => {
                     if let Some(chunk) = self.take(batch) {
                         return Ok(chunk);
                     }
+                }
+                Ok(Live::Beat) if self.sse => return Ok(Chunk::Beat),
+                Ok(Live::End) if self.sse => return Ok(Chunk::End),
+                Ok(Live::Beat | Live::End) => {}
+                // An end announced meanwhile may be among what was missed.
+                Err(broadcast::error::RecvError::Lagged(_)) if self.sse && self.stop.load(Ordering::SeqCst) => {
+                    return Ok(Chunk::End);
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up = true,
                 Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
@@ -433,9 +522,18 @@ impl<L: EventLog> Sub<L> {
     fn try_next_live(&mut self) -> Option<Chunk> {
         while !self.catch_up {
             match self.rx.try_recv() {
-                Ok(batch) => {
+                Ok(Live::Batch(batch)) => {
                     if let Some(chunk) = self.take(batch) {
                         return Some(chunk);
+                    }
+                }
+                // Whatever is written with it keeps the stream alive just as well.
+                Ok(Live::Beat) => {}
+                // What was gathered goes out first; the stream ends after it.
+                Ok(Live::End) => {
+                    self.ended = self.sse;
+                    if self.ended {
+                        return None;
                     }
                 }
                 Err(broadcast::error::TryRecvError::Lagged(_)) => self.catch_up = true,
@@ -475,6 +573,8 @@ impl<L: EventLog> Sub<L> {
                     out.push(&frame(e));
                 }
             }
+            Chunk::Beat => out.push(&BEAT),
+            Chunk::End => {}
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::events::BuildEvent;
 use crate::health::Problem;
 use crate::hub::Hub;
 use crate::log::EventLog;
@@ -76,9 +77,10 @@ impl Ingest {
         let (queue, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(IngestStats::default());
         let s = stats.clone();
+        let announce = Announce::start(&hub);
         std::thread::Builder::new()
             .name("cloudci-ingest".into())
-            .spawn(move || writer(rx, hub, wake, s))
+            .spawn(move || writer(rx, hub, wake, s, announce))
             .expect("cannot start the ingest thread");
         Self { queue, stats }
     }
@@ -93,6 +95,48 @@ impl Ingest {
     /// The counters so far.
     pub(crate) fn stats(&self) -> &IngestStats {
         &self.stats
+    }
+}
+
+/// How the writer announces what a commit logged. Waking every subscriber from the writer's own
+/// thread goes through the runtime's shared queue once per subscriber (a lock, and a futex when a
+/// worker sleeps); from a task on the runtime the wakes go to that worker's own queue. One task,
+/// fed in commit order, keeps the announcements in order.
+enum Announce<L: EventLog> {
+    /// Through a task on the runtime that started the writer.
+    Task(mpsc::UnboundedSender<Vec<BuildEvent>>),
+    /// From the writer's thread (no runtime: tests that drive the store directly).
+    Direct(Hub<L>),
+}
+
+impl<L: EventLog> Announce<L> {
+    fn start(hub: &Hub<L>) -> Self {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let (tx, mut rx) = mpsc::unbounded_channel::<Vec<BuildEvent>>();
+                let hub = hub.clone();
+                runtime.spawn(async move {
+                    while let Some(events) = rx.recv().await {
+                        hub.publish(events);
+                    }
+                });
+                Self::Task(tx)
+            }
+            Err(_) => Self::Direct(hub.clone()),
+        }
+    }
+
+    fn publish(&self, events: Vec<BuildEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        match self {
+            // The task is gone only when the runtime stops; the log keeps the events anyway.
+            Self::Task(tx) => {
+                let _ = tx.send(events);
+            }
+            Self::Direct(hub) => hub.publish(events),
+        }
     }
 }
 
@@ -119,6 +163,7 @@ fn writer<L: EventLog>(
     hub: Hub<L>,
     wake: Arc<Notify>,
     stats: Arc<IngestStats>,
+    announce: Announce<L>,
 ) {
     let mut logged = Instant::now();
     let (mut window_batches, mut window_deliveries) = (0u64, 0u64);
@@ -156,7 +201,7 @@ fn writer<L: EventLog>(
                 for (reply, stored) in replies.into_iter().zip(done.stored) {
                     let _ = reply.send(Ok(stored));
                 }
-                hub.publish(done.events);
+                announce.publish(done.events);
                 if done.deferred {
                     wake.notify_one();
                 }

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cloudci_gitlab::types::Status;
@@ -176,12 +176,13 @@ pub struct KnownJob {
 /// The SQLite store.
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    /// Shared with the checkpoint thread, which grows the WAL while holding it (no commit then).
+    conn: Arc<Mutex<Connection>>,
     /// The database is known to be locked by another program ([`Store::set_locked`]): a write
     /// waits `LOCKED_WAIT` for it instead of `BUSY_TIMEOUT`.
     locked: AtomicBool,
-    /// Declared after `conn`, so the writer closes first and the checkpointer's connection,
-    /// the last one, folds the WAL into the database.
+    /// Declared after `conn`; its thread drops its share of the writer before its own connection,
+    /// so the checkpointer's connection, the last one, folds the WAL into the database.
     checkpointer: Option<crate::checkpoint::Checkpointer>,
 }
 
@@ -283,8 +284,7 @@ impl Store {
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         let mut store = Self::init(conn, durability)?;
-        let writer = store.conn.get_mut().unwrap_or_else(|e| e.into_inner());
-        store.checkpointer = crate::checkpoint::Checkpointer::start(path, writer)?;
+        store.checkpointer = crate::checkpoint::Checkpointer::start(path, &store.conn, durability == Durability::Full)?;
         Ok(store)
     }
 
@@ -303,7 +303,7 @@ impl Store {
         migrate(&conn)?;
         // Room for every statement the ingest path and the state machine run (16 by default).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Self { conn: Mutex::new(conn), locked: AtomicBool::new(false), checkpointer: None })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), locked: AtomicBool::new(false), checkpointer: None })
     }
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
