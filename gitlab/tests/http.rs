@@ -1,101 +1,20 @@
 //! The client against a local HTTP server on loopback: pagination, retries, rate limits,
 //! redirects, errors, timeouts, logs and downloads.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cloudci_gitlab::types::{CreatePipeline, PipelineBasic};
 use cloudci_gitlab::{Error, Gitlab, JobId, PipelineFilter, PipelineId, RetryPolicy};
 use futures_util::TryStreamExt;
 use secrecy::SecretString;
 
-const TOKEN: &str = "glpat-TOPSECRET-0123456789";
-
-/// What the server saw of one request.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: Method,
-    /// Path and query exactly as sent (percent-encoding intact).
-    uri: String,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-type Responder = dyn Fn(&Seen, usize) -> Response + Send + Sync;
-
-/// A loopback HTTP server answering every request with `respond(request, index_of_request)`.
-struct Server {
-    url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Server {
-    async fn start(respond: impl Fn(&Seen, usize) -> Response + Send + Sync + 'static) -> Self {
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let respond: Arc<Responder> = Arc::new(respond);
-        let log = seen.clone();
-        let app = Router::new().fallback(move |req: Request<Body>| {
-            let log = log.clone();
-            let respond = respond.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
-                let uri: &Uri = &parts.uri;
-                let seen = Seen {
-                    method: parts.method.clone(),
-                    uri: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-                    headers: parts.headers.clone(),
-                    body,
-                };
-                let index = {
-                    let mut log = log.lock().unwrap();
-                    log.push(seen.clone());
-                    log.len() - 1
-                };
-                respond(&seen, index)
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, seen }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-fn client(url: &str) -> Gitlab {
-    Gitlab::builder(url)
-        .private_token(SecretString::from(TOKEN))
-        .retry(RetryPolicy {
-            base: Duration::from_millis(10),
-            cap: Duration::from_millis(50),
-            ..RetryPolicy::default()
-        })
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
-
-fn json(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, [("content-type", "application/json")], body.to_string()).into_response()
-}
-
-fn pipeline_json(id: u64) -> serde_json::Value {
-    serde_json::json!({
-        "id": id, "iid": id, "project_id": 1, "status": "pending", "source": "api", "ref": "main",
-        "sha": "a91957a858320c0e17f3a0eca7cfacbff50ea29a", "name": null,
-        "web_url": format!("https://example.com/foo/bar/pipelines/{id}"),
-        "created_at": "2016-08-11T11:28:34.085Z", "updated_at": "2016-08-11T11:32:35.169Z"
-    })
-}
+mod common;
+use common::{Server, TOKEN, client, json, pipeline_json};
 
 #[tokio::test]
 async fn pages_are_followed_without_totals_by_link_and_by_next_page_header() {
@@ -413,55 +332,5 @@ async fn job_log_is_read_incrementally_from_whole_answers_asking_for_gzip() {
         // No `Range` (GitLab ignores it, and reqwest stops asking for gzip when one is set).
         assert!(req.headers.get("range").is_none());
         assert!(req.headers["accept-encoding"].to_str().unwrap().contains("gzip"));
-    }
-}
-
-#[tokio::test]
-async fn the_token_never_appears_in_logs_or_errors() {
-    // Capture every log line the client writes, at the most verbose level.
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let capture = Capture::default();
-    let sink = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Interest is cached per callsite process-wide; recompute it so this subscriber sees
-    // every event even if another test's thread reached a callsite first.
-    tracing::callsite::rebuild_interest_cache();
-
-    let server = Server::start(|req, index| match index % 4 {
-        0 => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
-        1 => json(StatusCode::UNAUTHORIZED, serde_json::json!({"message": "401 Unauthorized"})),
-        2 => (StatusCode::FOUND, [("location", "/elsewhere")]).into_response(),
-        _ => (StatusCode::OK, format!("echo {:?}", req.headers)).into_response(),
-    })
-    .await;
-    let gitlab = client(&server.url);
-    let mut texts = vec![format!("{gitlab:?}")];
-    let e = gitlab.project(1u64).await.unwrap_err();
-    texts.push(format!("{e} {e:?}"));
-    let e = gitlab.create_pipeline(1u64, &CreatePipeline::new("main")).await.unwrap_err();
-    texts.push(format!("{e} {e:?}"));
-    let e = Gitlab::builder("http://127.0.0.1:1").private_token(SecretString::from(TOKEN)).build().unwrap();
-    let e = e.version().await.unwrap_err();
-    texts.push(format!("{e} {e:?}"));
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("retrying"), "expected retry logs, got: {logs}");
-    texts.push(logs);
-    for text in texts {
-        assert!(!text.contains("TOPSECRET"), "token leaked: {text}");
     }
 }
