@@ -235,6 +235,9 @@ pub trait BuildStore: Send + Sync {
     fn list(&self, limit: usize) -> Result<Vec<BuildRecord>, BuildStoreError>;
 }
 
+/// How long a command waits for another one's write to the store.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The SQLite build store.
 #[derive(Debug)]
 pub struct SqliteBuilds {
@@ -244,21 +247,36 @@ pub struct SqliteBuilds {
 impl SqliteBuilds {
     /// Opens (creating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, BuildStoreError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         // The timeout first: switching to WAL takes a lock, and another process (a running
         // `cloudci build` or the daemon) may be writing when `cloudci cancel` opens the store.
-        conn.pragma_update(None, "busy_timeout", 5000)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.execute_batch(
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Turning a new file into WAL needs it alone, and SQLite answers a second opener of a
+        // new file SQLITE_BUSY without waiting: retry within the same timeout.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                done => break done?,
+            }
+        }
+        // The schema and its one migration in one write transaction: two commands opening a new
+        // store at once must not both add the column.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS builds (id INTEGER PRIMARY KEY, run INTEGER NOT NULL, data TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS builds (id INTEGER PRIMARY KEY, run INTEGER NOT NULL, data TEXT NOT NULL, work TEXT);",
         )?;
         // Stores written before builds could be resumed have no work column.
-        let has_work: bool =
-            conn.prepare("SELECT 1 FROM pragma_table_info('builds') WHERE name = 'work'")?.exists([])?;
+        let has_work: bool = tx.prepare("SELECT 1 FROM pragma_table_info('builds') WHERE name = 'work'")?.exists([])?;
         if !has_work {
-            conn.execute_batch("ALTER TABLE builds ADD COLUMN work TEXT")?;
+            tx.execute_batch("ALTER TABLE builds ADD COLUMN work TEXT")?;
         }
+        tx.commit()?;
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -406,6 +424,31 @@ mod tests {
             gitlab: "acme/fw".into(),
             target: target.into(),
             work: BuildWork { owner, request_id: "r".into(), ..BuildWork::default() },
+        }
+    }
+
+    /// `cloudci build` and `cloudci status` (or two commands of a script) open a store that does
+    /// not exist yet at the same moment: all of them get it, with its schema, none "database is
+    /// locked" or a column added twice.
+    #[test]
+    fn many_open_a_new_store_at_once() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("builds.db");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let openers: Vec<_> = (0..6)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        let store = SqliteBuilds::open(&path)?;
+                        store.list(1).map(|_| ())
+                    })
+                })
+                .collect();
+            for o in openers {
+                o.join().unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
         }
     }
 
