@@ -28,55 +28,6 @@ fn get_req(uri: &str, host: &str) -> Request {
     axum::http::Request::get(uri).header(header::HOST, host).body(Body::empty()).unwrap()
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn a_panicking_handler_is_answered_500_json_and_logged_once() {
-    let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Callsite interest is cached process-wide: a span first reached by another test's
-    // thread before this subscriber existed stays disabled here unless it is recomputed
-    // (seen once in CI as a panic log without its `route` span).
-    tracing::callsite::rebuild_interest_cache();
-    let layers = Layers::new(CancellationToken::new());
-    let router = Router::new().route(
-        "/boom",
-        get(|| async {
-            let v: Vec<u8> = Vec::new();
-            if v.is_empty() {
-                panic!("the handler broke");
-            }
-            "never"
-        }),
-    );
-    for app in [layers.public(router.clone()), layers.local(router, AllowedHosts::new(local_addr(), &[]))] {
-        let resp = app.oneshot(get_req("/boom", "127.0.0.1:8788")).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(resp.headers().contains_key(REQUEST_ID));
-        assert_eq!(json(resp).await, serde_json::json!({"error": "internal error"}));
-    }
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-    assert_eq!(text.matches("the handler broke").count(), 2, "once per request:\n{text}");
-    assert!(text.contains(r#"route="/boom""#), "{text}");
-}
-
 #[tokio::test(start_paused = true)]
 async fn timeouts_answer_503_json_but_never_cut_the_event_stream() {
     let layers = Layers::new(CancellationToken::new()).with_timeouts(Timeouts {
