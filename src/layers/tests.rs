@@ -2,7 +2,6 @@
 
 use super::*;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
