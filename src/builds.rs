@@ -248,22 +248,7 @@ impl SqliteBuilds {
     /// Opens (creating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, BuildStoreError> {
         let mut conn = Connection::open(path)?;
-        // The timeout first: switching to WAL takes a lock, and another process (a running
-        // `cloudci build` or the daemon) may be writing when `cloudci cancel` opens the store.
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        // Turning a new file into WAL needs it alone, and SQLite answers a second opener of a
-        // new file SQLITE_BUSY without waiting: retry within the same timeout.
-        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
-        loop {
-            match conn.pragma_update(None, "journal_mode", "WAL") {
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                done => break done?,
-            }
-        }
+        cloudci_webhook::sqlite::use_wal(&conn, BUSY_TIMEOUT)?;
         // The schema and its one migration in one write transaction: two commands opening a new
         // store at once must not both add the column.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -41,6 +41,7 @@ mod receiver;
 mod reconcile;
 mod retention;
 mod secrets;
+pub mod sqlite;
 mod store;
 mod tracker;
 mod tunnel;

@@ -294,10 +294,7 @@ impl Store {
     }
 
     fn init(conn: Connection, durability: Durability) -> Result<Self, StoreError> {
-        // The timeout first: switching to WAL takes a lock another process (`cloudci gc` beside
-        // the daemon) may hold, and without a timeout that is an immediate "database is locked".
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        crate::sqlite::use_wal(&conn, BUSY_TIMEOUT)?;
         conn.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
