@@ -55,19 +55,8 @@ pub(super) async fn build_log(
         Err(_) => job.status.clone(),
     };
     let chunk = gitlab.job_trace_from(project, JobId(job.id), offset).await.map_err(gitlab_error)?;
-    let header = header::HeaderName::from_static;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
-            (header("x-next-offset"), chunk.next_offset.to_string()),
-            (header("x-log-reset"), chunk.reset.to_string()),
-            (header("x-job"), name.to_owned()),
-            (header("x-job-status"), status.to_string()),
-            (header("x-log-complete"), status.is_completed().to_string()),
-        ],
-        chunk.data,
-    )
-        .into_response())
+    let complete = status.is_completed();
+    Ok(log_answer(name, &status, chunk.data, chunk.next_offset, chunk.reset, complete))
 }
 
 /// The log as this daemon has it: the saved file of a finished job, or the file its follower
@@ -107,10 +96,11 @@ async fn local_log(
     Some(log_answer(name, &job.status, data, next, reset, complete))
 }
 
+/// A piece of a job's log with the headers that say where the reader stands (see [`build_log`]).
 fn log_answer(
     name: &str,
     status: &cloudci_gitlab::types::Status,
-    data: Vec<u8>,
+    data: impl Into<Body>,
     next_offset: u64,
     reset: bool,
     complete: bool,
@@ -125,7 +115,7 @@ fn log_answer(
             (header("x-job-status"), status.to_string()),
             (header("x-log-complete"), complete.to_string()),
         ],
-        data,
+        data.into(),
     )
         .into_response()
 }
