@@ -6,9 +6,11 @@
 //! - the subscriber API: `GET /v1/events` (the daemon's SSE code and frames, `Last-Event-ID`
 //!   resumes on any instance) and `GET /v1/openapi.json`.
 //!
-//! Each instance tails the shared log into its own fan-out ([`Tail`]); deliveries are processed
-//! by whichever instance stored them (seqs stay in commit order: `relay/src/pg.rs`), and a
-//! processor on each instance picks up what a dead instance left pending.
+//! Each instance's group commit stores raw deliveries without a lock shared with the others;
+//! its [`Sequencer`] turns stored deliveries (its own, and what a dead instance left) into
+//! events, one sequencing transaction at a time across instances, so seqs stay in commit order
+//! (`relay/src/sequencer.rs`); each instance tails the shared log into its own fan-out
+//! ([`Tail`]), and its processor is the backstop for anything left pending.
 //!
 //! Subscribers: with `--gitlab-url` (`[relay] gitlab_url`) and the relay's own GitLab token
 //! in its secrets directory (`gitlab-token`), a developer opens a session with their GitLab
@@ -32,7 +34,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use cloudci_relay::{PgLog, Tail};
+use cloudci_relay::{PgLog, Sequencer, Tail};
 use cloudci_webhook::{HookSecrets, Hub, Receiver, SecretFiles};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -251,6 +253,7 @@ pub struct Relay {
     shutdown: CancellationToken,
     servers: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+    _sequencer: Sequencer,
     _tail: Tail,
 }
 
@@ -314,8 +317,9 @@ impl Relay {
             ),
         ];
         let tasks = vec![tokio::spawn(receiver.processor().run())];
+        let sequencer = Sequencer::start(hub.clone(), log.clone());
         let tail = Tail::start(hub, log);
-        Ok(Self { public_addr, api_addr, shutdown, servers, tasks, _tail: tail })
+        Ok(Self { public_addr, api_addr, shutdown, servers, tasks, _sequencer: sequencer, _tail: tail })
     }
 
     /// Stops gracefully: no new connections, answers in progress finish (a delivery is answered

@@ -6,6 +6,8 @@
 //! - `pg`: [`PgLog`], the log (connections, group commit, commit-ordered seqs: why in its docs).
 //! - `tables`: the state machine's statements in PostgreSQL's dialect.
 //! - `schema`: the tables and their migrations, run at every start.
+//! - `sequencer`: [`Sequencer`], raw deliveries stored without the head's lock and turned into
+//!   events by one sequencing transaction at a time (why that keeps seqs in commit order).
 //! - `tail`: [`Tail`], each instance's `LISTEN`/poll tail of the log into its [`Hub`](cloudci_webhook::Hub).
 //! - `scratch`: [`ScratchCluster`], a throwaway PostgreSQL for tests and benchmarks.
 //!
@@ -15,9 +17,11 @@
 mod pg;
 mod schema;
 mod scratch;
+mod sequencer;
 mod tables;
 mod tail;
 
 pub use pg::{CHANNEL, PgError, PgLog};
 pub use scratch::{ScratchCluster, ScratchError};
+pub use sequencer::{BACKSTOP, Sequencer};
 pub use tail::{POLL, Tail};

@@ -2,10 +2,10 @@
 //!
 //! # Sequence numbers readable in commit order
 //! A `bigserial` is not enough: two transactions take 7 and 8, 8 commits first, and a reader
-//! that saw 8 moves past 7 for good. Here every transaction that logs events (the group commit of
-//! [`EventLog::ingest`] and [`EventLog::process_deliveries`], on any instance) starts by locking
-//! the one row of `log_head` (`SELECT seq ... FOR UPDATE`), hands out `seq + 1, seq + 2, ...` in
-//! memory, writes the new head and commits. So:
+//! that saw 8 moves past 7 for good. Here every transaction that logs events (the
+//! [`Sequencer`](crate::Sequencer)'s, the processor's [`EventLog::process_deliveries`], and
+//! [`EventLog::ingest`]) starts by locking the one row of `log_head` (`SELECT seq ... FOR
+//! UPDATE`), hands out `seq + 1, seq + 2, ...` in memory, writes the new head and commits. So:
 //! - transactions that log events run one at a time, across all instances;
 //! - PostgreSQL releases a transaction's row locks only after its commit is visible to every
 //!   new snapshot, so the next writer's seqs become visible strictly after these: a reader that
@@ -13,17 +13,19 @@
 //! - a transaction that rolls back (a crash, `pg_ctl stop -m immediate`) also rolls back the
 //!   head: seqs stay consecutive, with no holes.
 //!
-//! The price is that ingest is serialized across instances: one transaction at a time, each a
-//! batch (the group commit grows batches under load by itself), one fsync each. The lock is
-//! taken first, before the inserts, so two instances inserting the same `dedup_key` (GitLab's
-//! retry reaching another instance) cannot deadlock on the unique index.
+//! The group commit does not take that lock: the receiver calls [`EventLog::receive`], which
+//! stores raw deliveries in a transaction of their own and leaves them to the sequencer
+//! (`sequencer.rs`), so instances store deliveries in parallel and only the sequencing is one
+//! at a time. [`EventLog::ingest`] (store and process in one transaction, under the lock taken
+//! before the inserts) is kept for the interface's other callers and the conformance tests.
 //!
 //! `synchronous_commit` is set on in every session: a delivery is acknowledged only after its
 //! commit is on disk (a server configured otherwise does not weaken that). A session's statements
 //! time out after 8 s, so a stuck database answers 503 before GitLab's 10 s timeout does.
 //!
-//! Connections: one writer (the group commit's thread and the processor take turns), a few
-//! readers (subscribers catching up, the tail), each reconnected on the next call after it broke.
+//! Connections: one writer (the group commit's), one sequencer (the sequencer and the processor
+//! take turns), a few readers (subscribers catching up, the tail), each reconnected on the next
+//! call after it broke.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -57,6 +59,10 @@ pub enum PgError {
     /// PostgreSQL refused or failed.
     #[error("PostgreSQL: {0}")]
     Db(#[from] postgres::Error),
+    /// A delivery's row, found under its key while the batch was stored, was gone by the time
+    /// it was read (nothing removes deliveries that young: a bug, or someone else's hand).
+    #[error("a stored delivery's row vanished while its copy was being stored")]
+    Vanished,
 }
 
 impl From<PgError> for StoreError {
@@ -68,7 +74,7 @@ impl From<PgError> for StoreError {
 /// One session and the statements prepared on it.
 pub(crate) struct Conn {
     pub(crate) client: Client,
-    stmts: HashMap<&'static str, Statement>,
+    pub(crate) stmts: HashMap<&'static str, Statement>,
 }
 
 impl Conn {
@@ -95,14 +101,18 @@ pub(crate) fn prepared(
 }
 
 /// A connection slot: opened on first use, dropped when it broke, opened again on the next call.
-struct Slot(Mutex<Option<Conn>>);
+pub(crate) struct Slot(Mutex<Option<Conn>>);
 
 impl Slot {
     fn new() -> Self {
         Self(Mutex::new(None))
     }
 
-    fn with<T>(&self, config: &Config, f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>) -> Result<T, PgError> {
+    pub(crate) fn with<T>(
+        &self,
+        config: &Config,
+        f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, PgError> {
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
             *slot = None;
@@ -120,7 +130,13 @@ impl Slot {
 /// The event log in PostgreSQL.
 pub struct PgLog {
     config: Config,
+    /// The group commit's: raw deliveries ([`EventLog::receive`]), and [`EventLog::ingest`].
     writer: Slot,
+    /// The sequencer's and the processor's (they turn deliveries into events), so that the
+    /// group commit never waits behind them.
+    pub(crate) sequencer: Slot,
+    /// Wakes this instance's [`Sequencer`](crate::Sequencer) when raw deliveries were stored.
+    pub(crate) wake: crate::sequencer::Wake,
     readers: Vec<Slot>,
     next_reader: AtomicUsize,
 }
@@ -146,6 +162,8 @@ impl PgLog {
         let log = Self {
             config,
             writer: Slot::new(),
+            sequencer: Slot::new(),
+            wake: crate::sequencer::Wake::default(),
             readers: (0..READERS).map(|_| Slot::new()).collect(),
             next_reader: AtomicUsize::new(0),
         };
@@ -166,19 +184,22 @@ impl PgLog {
         Ok(self.readers[i].with(&self.config, f)?)
     }
 
-    fn write<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
         Ok(self.writer.with(&self.config, f)?)
     }
 }
 
 /// Locks the log's head for this transaction: the next seq to hand out.
-fn lock_head(stmts: &mut HashMap<&'static str, Statement>, tx: &mut Transaction<'_>) -> Result<u64, postgres::Error> {
+pub(crate) fn lock_head(
+    stmts: &mut HashMap<&'static str, Statement>,
+    tx: &mut Transaction<'_>,
+) -> Result<u64, postgres::Error> {
     let s = prepared(stmts, tx, "SELECT seq FROM log_head FOR UPDATE")?;
     Ok(tx.query_one(&s, &[])?.get::<_, i64>(0) as u64 + 1)
 }
 
 /// Moves the head past the seqs `t` handed out and wakes every instance's tail at commit.
-fn finish(t: &mut Tables<'_, '_>, first: u64) -> Result<(), postgres::Error> {
+pub(crate) fn finish(t: &mut Tables<'_, '_>, first: u64) -> Result<(), postgres::Error> {
     let (next, stmts, tx) = (t.next_seq, &mut *t.stmts, &mut *t.tx);
     if next == first {
         return Ok(());
@@ -250,6 +271,15 @@ impl EventLog for PgLog {
         })
     }
 
+    /// Stores the batch without the head's lock and leaves its processing to the
+    /// [`Sequencer`](crate::Sequencer) (`sequencer.rs` says why that keeps seqs in commit
+    /// order).
+    fn receive(&self, batch: Vec<Incoming>) -> Result<Ingested, StoreError> {
+        let stored = self.store_raw(batch)?;
+        let deferred = !self.wake.poke();
+        Ok(Ingested { stored, events: Vec::new(), deferred })
+    }
+
     fn delivery(&self, dedup_key: &str) -> Result<Option<(i64, bool)>, StoreError> {
         self.read(|c| {
             let row = c.client.query_opt("SELECT id, processed FROM deliveries WHERE dedup_key = $1", &[&dedup_key])?;
@@ -268,7 +298,7 @@ impl EventLog for PgLog {
     }
 
     fn process_deliveries(&self, batch: Vec<(i64, Parsed)>) -> Result<Vec<BuildEvent>, StoreError> {
-        self.write(|Conn { client, stmts }| {
+        Ok(self.sequencer.with(&self.config, |Conn { client, stmts }| {
             let mut tx = client.transaction()?;
             let first = lock_head(stmts, &mut tx)?;
             let s = prepared(stmts, &mut tx, "SELECT NOT processed FROM deliveries WHERE id = $1")?;
@@ -283,7 +313,7 @@ impl EventLog for PgLog {
             finish(&mut t, first)?;
             tx.commit()?;
             Ok(events)
-        })
+        })?)
     }
 
     fn events_after(

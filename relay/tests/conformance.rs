@@ -1,6 +1,7 @@
 //! One set of cases, run against both event log backends: SQLite (the daemon's `Store`) and
 //! PostgreSQL (the relay's `PgLog`, on a throwaway cluster). Append, de-duplication, replay from
-//! a sequence, processing left for later, the state machine, seqs consecutive and in commit
+//! a sequence, processing left for later, the receiver's store-then-process path, the state
+//! machine, seqs consecutive and in commit
 //! order as a second reader sees them while two writers commit, and crashes: `kill -9` of the
 //! writing process, and (PostgreSQL) `pg_ctl stop -m immediate` under load.
 
@@ -247,6 +248,43 @@ fn what_cannot_be_processed_at_once_is_left_pending_then_processed_once() {
         assert!(log.process_deliveries(parsed).unwrap().is_empty(), "{name}");
         assert!(log.pending_deliveries(10).unwrap().is_empty(), "{name}");
         assert_eq!(log.delivery("key:new").unwrap().map(|d| d.1), Some(true), "{name}");
+    }
+}
+
+/// The receiver's call: every delivery is stored (and deduped) when it returns; a backend that
+/// left the processing for later says so, and the processor's path (pending, then process)
+/// finishes it once, in arrival order.
+#[test]
+fn receive_stores_and_the_processor_finishes_once() {
+    for b in backends() {
+        let name = b.name();
+        let log = b.open();
+        let done = log.receive(vec![push("r1", 4, 1), push("r1", 4, 1), push("r2", 4, 2)]).unwrap();
+        assert!(matches!(done.stored[..], [Stored::New(_), Stored::Duplicate(_), Stored::New(_)]), "{name}");
+        assert_eq!(
+            done.stored[1],
+            match done.stored[0] {
+                Stored::New(id) => Stored::Duplicate(id),
+                other => other,
+            }
+        );
+        // Stored durably: another handle sees both.
+        let other = b.open();
+        assert!(other.delivery("key:r1").unwrap().is_some() && other.delivery("key:r2").unwrap().is_some(), "{name}");
+        let mut events = done.events;
+        // SQLite processes at once; PostgreSQL without a sequencer asks for the processor.
+        assert_eq!(done.deferred, events.is_empty(), "{name}");
+        let pending = other.pending_deliveries(10).unwrap();
+        let parsed: Vec<(i64, Parsed)> = pending.iter().map(|d| (d.id, parse(&d.event, &d.body))).collect();
+        events.extend(other.process_deliveries(parsed.clone()).unwrap());
+        assert!(other.process_deliveries(parsed).unwrap().is_empty(), "processed once: {name}");
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2], "{name}");
+        let shas: Vec<_> = events.iter().map(|e| e.sha.clone().unwrap()).collect();
+        assert_eq!(shas, [format!("{:040x}", 1), format!("{:040x}", 2)], "in arrival order: {name}");
+        assert!(log.pending_deliveries(10).unwrap().is_empty(), "{name}");
+        let again = log.receive(vec![push("r2", 4, 2)]).unwrap();
+        assert!(matches!(again.stored[..], [Stored::Duplicate(_)]) && again.events.is_empty(), "{name}");
+        assert_eq!(all_seqs(&*log), [1, 2], "{name}");
     }
 }
 

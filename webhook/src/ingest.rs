@@ -183,7 +183,7 @@ fn writer<L: EventLog>(
             tracing::warn!("cannot change the event store's busy timeout: {e}");
         }
         let started = Instant::now();
-        let result = hub.store().ingest(incoming);
+        let result = hub.store().receive(incoming);
         let took = started.elapsed();
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.deliveries.fetch_add(n as u64, Ordering::Relaxed);

@@ -38,7 +38,7 @@ pub struct Ingested {
     pub deferred: bool,
 }
 
-/// A stored delivery waiting to be turned into events.
+/// A stored delivery waiting to be turned into events ([`StoredDelivery::parse`] reads it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredDelivery {
     /// Row id.
@@ -54,6 +54,16 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
     /// Stores deliveries that arrived together, and turns them into events when nothing older is
     /// pending, in one transaction; every delivery is committed when this returns.
     fn ingest(&self, batch: Vec<Incoming>) -> Result<Ingested, StoreError>;
+
+    /// What the receiver's group commit calls: stores a batch durably (answered from what this
+    /// returns). By default [`EventLog::ingest`]. A backend whose processing is serialized across
+    /// writers (PostgreSQL's, shared by several relay instances) may only store the batch and
+    /// leave the processing to a sequencer of its own, so that no writer waits for another's
+    /// processing: then `events` is empty, and `deferred` is set only when nothing of its own
+    /// will process them (the processor must).
+    fn receive(&self, batch: Vec<Incoming>) -> Result<Ingested, StoreError> {
+        self.ingest(batch)
+    }
 
     /// The id of the delivery stored under `dedup_key`, and whether it has been processed.
     fn delivery(&self, dedup_key: &str) -> Result<Option<(i64, bool)>, StoreError>;

@@ -209,14 +209,17 @@ fn read(event: &str, body: &[u8]) -> Result<Parsed, serde_json::Error> {
     })
 }
 
-/// What a stored delivery says, as the processor reads it back.
-fn reread(d: &crate::log::StoredDelivery) -> Parsed {
-    match read(&d.event, &d.body) {
-        Ok(parsed) => parsed,
-        Err(e) => Err(e.to_string().into()),
+impl crate::log::StoredDelivery {
+    /// What the delivery says, read back from its stored body: its observations, or why it
+    /// cannot be read (logged, and kept with the delivery when it is processed).
+    pub fn parse(&self) -> Parsed {
+        match read(&self.event, &self.body) {
+            Ok(parsed) => parsed,
+            Err(e) => Err(e.to_string().into()),
+        }
+        // Kept and marked, never dropped silently: a GitLab change we cannot read yet.
+        .inspect_err(|e| tracing::warn!(delivery = self.id, "cannot read a stored delivery: {e}"))
     }
-    // Kept and marked, never dropped silently: a GitLab change we cannot read yet.
-    .inspect_err(|e| tracing::warn!(delivery = d.id, "cannot read a stored delivery: {e}"))
 }
 
 /// Turns stored deliveries into events, in arrival order, and publishes them.
@@ -244,7 +247,7 @@ impl<L: EventLog> Processor<L> {
             }
             // One transaction for the whole batch, in arrival order.
             total += batch.len();
-            let parsed: Vec<(i64, Parsed)> = batch.iter().map(|d| (d.id, reread(d))).collect();
+            let parsed: Vec<(i64, Parsed)> = batch.iter().map(|d| (d.id, d.parse())).collect();
             let store = self.hub.store().clone();
             let events = crate::hub::blocking(move || store.process_deliveries(parsed)).await?;
             self.hub.publish(events);

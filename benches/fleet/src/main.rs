@@ -1,14 +1,20 @@
 //! SSE fan-out bench: N subscribers on `/v1/events`, then D deliveries of GitLab's sample pipeline
-//! (each a new pipeline: 6 events) sent at R per second. Reports
+//! (each a new pipeline: 6 events) sent at R per second (a fixed rate, over S connections).
+//! Reports
 //! - memory per idle subscriber: the daemon's RSS with N idle subscribers minus without, / N;
 //! - fan-out latency: for every event at every subscriber, the time from the 2xx of the delivery
 //!   it came from to its arrival (0 when it arrived first), p50 / p99 / max;
 //! - CPU per event per subscriber: the daemon's user+system CPU over the run / (events × N);
-//! - that every subscriber got every event once, in order (consecutive seqs).
+//! - that every subscriber got every event once, in order (consecutive seqs);
+//! - ingest latency: for every delivery, from when the schedule said to send it to its 2xx, so a
+//!   slow answer also counts against the deliveries queued behind it (as wrk2 does), p50 / p99.
+//!
+//! `--api` may list several addresses (comma-separated; the relay's instances): subscribers are
+//! spread over them in turn. `--pid 0` skips the CPU and memory figures (several processes).
 //!
 //! Loopback only; bounded: it stops after the last event or 30 s after the last delivery.
 //! Usage: fleet --pid PID --api 127.0.0.1:P --token JWT --hook 127.0.0.1:P --hook-path /hooks/S
-//!        --hook-token T --body FILE [--subs N] [--deliveries D] [--rate R]
+//!        --hook-token T --body FILE [--subs N] [--deliveries D] [--rate R] [--senders S]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +39,9 @@ fn args() -> HashMap<String, String> {
 
 /// (user + system) CPU of a process, in seconds.
 fn cpu(pid: u32) -> f64 {
+    if pid == 0 {
+        return 0.0;
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the daemon's /proc/PID/stat");
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
     // utime and stime are fields 14 and 15 (1-based, counting pid and comm), in clock ticks.
@@ -41,6 +50,9 @@ fn cpu(pid: u32) -> f64 {
 }
 
 fn rss_kb(pid: u32) -> u64 {
+    if pid == 0 {
+        return 0;
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
 }
@@ -181,12 +193,14 @@ async fn sender(
     start: Instant,
     origin: Instant,
     acks: Arc<Vec<AtomicU64>>,
+    answered: Arc<Vec<AtomicU64>>,
 ) {
     let mut s = TcpStream::connect(hook).await.expect("connect to the receiver");
     s.set_nodelay(true).unwrap();
     let mut buf = vec![0u8; 16 * 1024];
     for (k, req) in requests {
-        tokio::time::sleep_until((start + Duration::from_secs_f64(k as f64 / rate)).into()).await;
+        let due = start + Duration::from_secs_f64(k as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
         s.write_all(&req).await.unwrap();
         let mut resp = Vec::new();
         loop {
@@ -202,6 +216,7 @@ async fn sender(
         }
         // On the subscribers' clock (`origin`), not the schedule's.
         acks[k].store(origin.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        answered[k].store(due.elapsed().as_nanos() as u64, Ordering::SeqCst);
         assert!(resp.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&resp));
     }
 }
@@ -218,13 +233,13 @@ async fn main() {
     let a = args();
     let get = |k: &str| a.get(k).cloned().unwrap_or_else(|| panic!("--{k} is required"));
     let pid: u32 = get("pid").parse().unwrap();
-    let api: SocketAddr = get("api").parse().unwrap();
+    let apis: Vec<SocketAddr> = get("api").split(',').map(|a| a.parse().unwrap()).collect();
     let hook: SocketAddr = get("hook").parse().unwrap();
     let token: Arc<str> = get("token").into();
     let subs: usize = a.get("subs").map_or(1000, |v| v.parse().unwrap());
     let deliveries: usize = a.get("deliveries").map_or(200, |v| v.parse().unwrap());
     let rate: f64 = a.get("rate").map_or(20.0, |v| v.parse().unwrap());
-    let senders: usize = 4;
+    let senders: usize = a.get("senders").map_or(4, |v| v.parse().unwrap());
     let sample: serde_json::Value = serde_json::from_slice(&std::fs::read(get("body")).unwrap()).unwrap();
     // Distinct pipelines and job ids per run, so each delivery is news to the state machine.
     let base = 1_000_000 + (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 100_000) * 1000;
@@ -253,7 +268,7 @@ async fn main() {
     let expect = deliveries * EVENTS_PER_DELIVERY;
     let mut fleet = Vec::with_capacity(subs);
     for i in 0..subs {
-        fleet.push(tokio::spawn(subscriber(api, token.clone(), base, expect, start, ready.clone())));
+        fleet.push(tokio::spawn(subscriber(apis[i % apis.len()], token.clone(), base, expect, start, ready.clone())));
         // Connect in waves, so the accept queue never overflows.
         if i % 100 == 99 {
             while ready.load(Ordering::SeqCst) <= i - 50 {
@@ -266,16 +281,19 @@ async fn main() {
         assert!(Instant::now() < deadline, "only {} subscribers connected", ready.load(Ordering::SeqCst));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    if subs > 0 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let rss_subs = rss_kb(pid);
 
     let cpu0 = cpu(pid);
     let t0 = Instant::now();
     let acks: Arc<Vec<AtomicU64>> = Arc::new((0..deliveries).map(|_| AtomicU64::new(0)).collect());
+    let answered: Arc<Vec<AtomicU64>> = Arc::new((0..deliveries).map(|_| AtomicU64::new(0)).collect());
     let run_start = start + start.elapsed() + Duration::from_millis(50);
     let mut sends = Vec::new();
     for reqs in per_sender {
-        sends.push(tokio::spawn(sender(hook, reqs, rate, run_start, start, acks.clone())));
+        sends.push(tokio::spawn(sender(hook, reqs, rate, run_start, start, acks.clone(), answered.clone())));
     }
     for s in sends {
         s.await.unwrap();
@@ -302,13 +320,18 @@ async fn main() {
     let cpu_s = cpu(pid) - cpu0;
     let took = t0.elapsed();
     all.sort_unstable();
+    let mut ingest: Vec<u64> = answered.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    ingest.sort_unstable();
     let per = cpu_s * 1e6 / (expect as f64 * subs as f64);
     println!(
         "subscribers={subs} deliveries={deliveries} rate={rate}/s events={expect} sent_in={:.2}s done_in={:.2}s \
-         latency_ms p50={:.2} p99={:.2} max={:.2} cpu_s={cpu_s:.2} cpu_us_per_event_per_sub={per:.3} \
+         ingest_ms p50={:.2} p99={:.2} max={:.2} latency_ms p50={:.2} p99={:.2} max={:.2} cpu_s={cpu_s:.2} cpu_us_per_event_per_sub={per:.3} \
          rss_idle_kb={rss_idle} rss_subs_kb={rss_subs} kb_per_idle_sub={:.1} incomplete={incomplete} out_of_order={out_of_order}",
         sent.as_secs_f64(),
         took.as_secs_f64(),
+        pct(&ingest, 0.5),
+        pct(&ingest, 0.99),
+        pct(&ingest, 1.0),
         pct(&all, 0.5),
         pct(&all, 0.99),
         pct(&all, 1.0),
