@@ -2,6 +2,11 @@
 //! tunnel), the local API, registers hooks on GitLab, turns deliveries into events, reconciles
 //! silent pipelines, and removes its hooks again on a clean shutdown.
 //!
+//! Pointed at a team relay (`serve --relay URL`, `[relay] url`) it does none of the GitLab-facing
+//! half: no public listener, no tunnel, no hooks, no reconciler or catch-up against GitLab; its
+//! events come from the relay ([`crate::relay_feed`]) into the same log and hub, and everything
+//! after them (builds, the local API, watchers, retention) runs as before.
+//!
 //! Both listeners get [`crate::layers`]. A stop is graceful: the listeners stop accepting, answers
 //! in progress are finished (a delivery is answered once its commit is done), event streams end,
 //! all within [`SHUTDOWN_GRACE`]; then the background tasks stop and the hooks are removed.
@@ -77,12 +82,14 @@ pub enum DaemonError {
 
 /// A running daemon.
 pub struct Daemon {
-    /// The public listener's address.
-    pub public_addr: std::net::SocketAddr,
+    /// The public listener's address (none when fed by a relay).
+    pub public_addr: Option<std::net::SocketAddr>,
     /// The local API's address.
     pub api_addr: std::net::SocketAddr,
-    /// The public base URL GitLab reaches.
-    pub public_url: String,
+    /// The public base URL GitLab reaches (none when fed by a relay).
+    pub public_url: Option<String>,
+    /// The team relay the events come from (`serve --relay`), if any.
+    pub relay: Option<String>,
     /// The fan-out hub (in-process subscribers).
     pub hub: Hub,
     /// Token keys of the local API.
@@ -94,7 +101,7 @@ pub struct Daemon {
     /// The two listeners, which finish once their open answers are done.
     servers: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
-    _tunnel: Box<dyn OpenTunnel>,
+    _tunnel: Option<Box<dyn OpenTunnel>>,
     _lock: crate::state::DaemonLock,
 }
 
@@ -102,6 +109,7 @@ impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
             .field("public_url", &self.public_url)
+            .field("relay", &self.relay)
             .field("api", &self.api_addr)
             .finish_non_exhaustive()
     }
@@ -170,20 +178,29 @@ impl Daemon {
         crate::logging::report_to(hub.health());
         let keys = TokenKeys::new(&state.jwt_key()?);
         let probe_nonce = cloudci_webhook::random_token(16);
-        let receiver = Receiver::new(state.hook_secrets(false)?, hub.clone(), probe_nonce.clone());
+        let relay = config.relay.url.clone();
+        // Fed by a relay, nothing here receives deliveries: no receiver, no public listener.
+        let receiver = match relay {
+            None => Some(Receiver::new(state.hook_secrets(false)?, hub.clone(), probe_nonce.clone())),
+            Some(_) => None,
+        };
         let mut tasks = Vec::new();
         let shutdown = CancellationToken::new();
         let layers = crate::layers::Layers::new(shutdown.clone());
 
-        let public = bind(config.webhook.listen).await?;
-        let public_addr = public.local_addr().map_err(io(state.root()))?;
-        let mut servers = vec![spawn_server(
-            crate::resources::Side::Public,
-            public,
-            layers.public(receiver.router()),
-            shutdown.clone(),
-            hub.health(),
-        )];
+        let mut servers = Vec::new();
+        let mut public_addr = None;
+        if let Some(receiver) = &receiver {
+            let public = bind(config.webhook.listen).await?;
+            public_addr = Some(public.local_addr().map_err(io(state.root()))?);
+            servers.push(spawn_server(
+                crate::resources::Side::Public,
+                public,
+                layers.public(receiver.router()),
+                shutdown.clone(),
+                hub.health(),
+            ));
+        }
         let api = bind(config.api.listen).await?;
         let api_addr = api.local_addr().map_err(io(state.root()))?;
         let api_gitlab = match &gitlab {
@@ -247,82 +264,46 @@ impl Daemon {
         if let Some(o) = orchestrator {
             tasks.push(tokio::spawn(async move { o.resume().await }));
         }
-        tasks.push(tokio::spawn(receiver.processor().run()));
-
-        let tunnel = open_tunnel(config, public_addr).await?;
-        let public_url = tunnel.public_url().trim_end_matches('/').to_owned();
-        cloudci_webhook::probe(&public_url, &probe_nonce, Duration::from_secs(30)).await?;
-
-        let mut projects = Vec::new();
-        let mut hooks = None;
-        let mut signing_confirmed = false;
-        if register_hooks && !config.projects.is_empty() {
-            let gitlab = match gitlab {
-                Some(g) => g,
-                None => gitlab_client(config)?,
-            };
-            let manager = HookManager::new(
-                gitlab.clone(),
-                state.instance_id()?,
-                state.hook_url(&public_url)?,
-                state.path_secrets()?,
-                state.hook_token()?,
-                if config.webhook.signing { Some(state.signing_token()?) } else { None },
-            );
-            signing_confirmed = config.webhook.signing;
-            let silence = Duration::from_secs(config.webhook.reconcile_after.max(1));
-            projects = config.projects.values().map(|p| ProjectRef::parse(&p.gitlab)).collect();
-            let reconciler = Reconciler::new(gitlab.clone(), hub.clone(), silence).with_projects(projects.clone());
-            // A hook GitLab will not take now (an outage, a 502) does not keep the daemon from
-            // starting: it is retried in the background, and meanwhile the reconciler asks the API.
-            let mut not_installed = Vec::new();
-            for p in &projects {
-                match manager.install(p).await {
-                    Ok(hook) => {
-                        tracing::info!(project = %p, hook.id = %hook.id, "webhook installed");
-                        // GitLab before 19.0 ignores the signing token and never signs.
-                        signing_confirmed &= hook.signing_token_present == Some(true);
-                    }
-                    Err(e) => {
-                        tracing::warn!(project = %p, "cannot install the webhook yet ({e}); retrying in the background");
-                        signing_confirmed = false;
-                        not_installed.push(p.clone());
-                    }
-                }
+        let direct = match (receiver, public_addr, &relay) {
+            (Some(receiver), Some(public_addr), _) => {
+                tasks.push(tokio::spawn(receiver.processor().run()));
+                let ends = Ends { register_hooks, gitlab, public_addr, probe_nonce: &probe_nonce };
+                receive_directly(config, &state, &hub, receiver, ends, &mut tasks).await?
             }
-            if signing_confirmed {
-                receiver.set_secrets(state.hook_secrets(true)?);
+            (_, _, Some(url)) => {
+                // The developer's own token: the relay shows what GitLab lets them read.
+                let feed = crate::relay_feed::RelayFeed::new(
+                    url,
+                    config.gitlab_token()?,
+                    config.projects.values().map(|p| p.gitlab.clone()).collect(),
+                    hub.clone(),
+                );
+                tasks.push(tokio::spawn(feed.run()));
+                Direct::default()
             }
-            tasks.push(tokio::spawn(reconciler.clone().run(Duration::from_secs((silence.as_secs() / 3).max(1)))));
-            tasks.push(tokio::spawn(watch_hooks(
-                manager.clone(),
-                projects.clone(),
-                not_installed,
-                reconciler,
-                hub.clone(),
-            )));
-            hooks = Some(manager);
-        }
-        tasks.push(tokio::spawn(watch_secrets(state.clone(), receiver.clone(), signing_confirmed)));
+            _ => unreachable!("a receiver and its listener, or a relay"),
+        };
         state
             .write_hook_info(&HookInfo {
-                public_url: public_url.clone(),
-                signing_confirmed,
+                public_url: direct.public_url.clone().unwrap_or_default(),
+                signing_confirmed: direct.signing_confirmed,
                 api_url: format!("http://{api_addr}"),
+                relay: relay.clone(),
             })
             .map_err(io(&state.root().join("hook.json")))?;
         Ok(Self {
             public_addr,
             api_addr,
-            public_url,
+            public_url: direct.public_url,
+            relay,
             hub,
             keys,
-            hooks,
-            projects,
+            hooks: direct.hooks,
+            projects: direct.projects,
             shutdown,
             servers,
             tasks,
-            _tunnel: tunnel,
+            _tunnel: direct.tunnel,
             _lock: lock,
         })
     }
@@ -355,6 +336,93 @@ impl Daemon {
             }
         }
     }
+}
+
+/// What receiving GitLab's webhooks directly (not through a relay) started.
+#[derive(Default)]
+struct Direct {
+    public_url: Option<String>,
+    tunnel: Option<Box<dyn OpenTunnel>>,
+    hooks: Option<HookManager>,
+    projects: Vec<ProjectRef>,
+    signing_confirmed: bool,
+}
+
+/// What [`receive_directly`] needs besides the daemon's parts.
+struct Ends<'a> {
+    register_hooks: bool,
+    gitlab: Option<Gitlab>,
+    public_addr: std::net::SocketAddr,
+    probe_nonce: &'a str,
+}
+
+/// The GitLab-facing half of `serve` without a relay: the tunnel to the public listener (probed
+/// end to end), this installation's hooks, the reconciler and catch-up, and the secrets' watch.
+async fn receive_directly(
+    config: &Config,
+    state: &StateDir,
+    hub: &Hub,
+    receiver: Receiver,
+    ends: Ends<'_>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<Direct, DaemonError> {
+    let Ends { register_hooks, gitlab, public_addr, probe_nonce } = ends;
+    let tunnel = open_tunnel(config, public_addr).await?;
+    let public_url = tunnel.public_url().trim_end_matches('/').to_owned();
+    cloudci_webhook::probe(&public_url, probe_nonce, Duration::from_secs(30)).await?;
+
+    let mut projects = Vec::new();
+    let mut hooks = None;
+    let mut signing_confirmed = false;
+    if register_hooks && !config.projects.is_empty() {
+        let gitlab = match gitlab {
+            Some(g) => g,
+            None => gitlab_client(config)?,
+        };
+        let manager = HookManager::new(
+            gitlab.clone(),
+            state.instance_id()?,
+            state.hook_url(&public_url)?,
+            state.path_secrets()?,
+            state.hook_token()?,
+            if config.webhook.signing { Some(state.signing_token()?) } else { None },
+        );
+        signing_confirmed = config.webhook.signing;
+        let silence = Duration::from_secs(config.webhook.reconcile_after.max(1));
+        projects = config.projects.values().map(|p| ProjectRef::parse(&p.gitlab)).collect();
+        let reconciler = Reconciler::new(gitlab.clone(), hub.clone(), silence).with_projects(projects.clone());
+        // A hook GitLab will not take now (an outage, a 502) does not keep the daemon from
+        // starting: it is retried in the background, and meanwhile the reconciler asks the API.
+        let mut not_installed = Vec::new();
+        for p in &projects {
+            match manager.install(p).await {
+                Ok(hook) => {
+                    tracing::info!(project = %p, hook.id = %hook.id, "webhook installed");
+                    // GitLab before 19.0 ignores the signing token and never signs.
+                    signing_confirmed &= hook.signing_token_present == Some(true);
+                }
+                Err(e) => {
+                    tracing::warn!(project = %p, "cannot install the webhook yet ({e}); retrying in the background");
+                    signing_confirmed = false;
+                    not_installed.push(p.clone());
+                }
+            }
+        }
+        if signing_confirmed {
+            receiver.set_secrets(state.hook_secrets(true)?);
+        }
+        tasks.push(tokio::spawn(reconciler.clone().run(Duration::from_secs((silence.as_secs() / 3).max(1)))));
+        tasks.push(tokio::spawn(watch_hooks(
+            manager.clone(),
+            projects.clone(),
+            not_installed,
+            reconciler,
+            hub.clone(),
+        )));
+        hooks = Some(manager);
+    }
+    tasks.push(tokio::spawn(watch_secrets(state.clone(), receiver.clone(), signing_confirmed)));
+    Ok(Direct { public_url: Some(public_url), tunnel: Some(tunnel), hooks, projects, signing_confirmed })
 }
 
 async fn open_tunnel(config: &Config, local: std::net::SocketAddr) -> Result<Box<dyn OpenTunnel>, DaemonError> {

@@ -13,6 +13,8 @@
 //! - [`resources`], [`logging`]: a full disk, no file descriptors, a busy database, a log that
 //!   cannot be written — reported and recovered from, never a crash or a dropped connection.
 //! - [`relay`]: `cloudci relay`, the team's shared receiver over PostgreSQL (`cloudci-relay`).
+//! - [`relay_feed`]: `cloudci serve --relay`: a developer's daemon fed by the team relay
+//!   instead of a tunnel and hooks of its own.
 //! - [`api`]: the local API's routes (`/v1/...`) and the dashboard.
 //! - [`watchers`]: daemon tasks on the event stream: rebuild on push, notifications.
 //! - [`sse_client`]: talking to a running daemon (its event stream, the builds it carries).
@@ -35,6 +37,7 @@ pub mod logging;
 pub mod orchestrator;
 pub mod output;
 pub mod relay;
+pub mod relay_feed;
 pub mod resources;
 pub mod retention;
 pub mod sse_client;

@@ -24,6 +24,10 @@ pub struct HookInfo {
     pub signing_confirmed: bool,
     /// The local API's address.
     pub api_url: String,
+    /// The team relay the daemon takes its events from (`serve --relay`): then it has no hook
+    /// and no public URL of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 /// Why the webhook secrets could not be read.

@@ -126,7 +126,13 @@ impl DemoArgs {
             .retry(RetryPolicy { max_retries: 2, ..RetryPolicy::default() })
             .build()?;
         let daemon = Daemon::start_with(&config, true, Some(gitlab.clone())).await?;
-        show.line("demo", &format!("webhook receiver at {}/hooks/…, hook registered", daemon.public_url));
+        show.line(
+            "demo",
+            &format!(
+                "webhook receiver at {}/hooks/…, hook registered",
+                daemon.public_url.as_deref().unwrap_or_default()
+            ),
+        );
 
         // The demo's builds run in this process, next to the daemon, on its hub.
         let store = crate::builds::SqliteBuilds::open(&config.state_dir().join("builds.db"))

@@ -47,6 +47,11 @@ impl HooksCommand {
         state.create()?;
         let secret = |e: cloudci_webhook::SecretFileError| Failure::general(e.to_string());
         let published = state.hook_info();
+        if let Some(relay) = published.as_ref().and_then(|i| i.relay.clone()) {
+            return Err(Failure::general(format!(
+                "this daemon takes its events from the team relay at {relay}: it has no hook of its own (the relay's operator manages the team's hooks)"
+            )));
+        }
         match self.action {
             HooksAction::Show => {
                 let info = published.ok_or_else(|| Failure::general("no hook URL yet: start `cloudci serve` first"))?;

@@ -7,6 +7,9 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 
 /// Run the daemon: receive GitLab's webhooks and serve the local API until interrupted.
+///
+/// With --relay (`[relay] url`) the events come from the team relay instead: no tunnel, no
+/// public listener, no hooks; the daemon opens a session there with your GitLab token.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Leave the GitLab hooks in place on shutdown (they are removed by default).
@@ -24,6 +27,10 @@ pub struct ServeArgs {
     /// The local API's address, over `[api] listen`.
     #[arg(long, value_name = "ADDR")]
     api_listen: Option<std::net::SocketAddr>,
+    /// Take the events from the team relay's subscriber API at URL (over `[relay] url`): no
+    /// tunnel, no public listener, no hooks of this daemon's own.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["listen", "public_url", "no_hooks", "keep_hooks"])]
+    relay: Option<String>,
 }
 
 impl ServeArgs {
@@ -41,15 +48,28 @@ impl ServeArgs {
         if let Some(addr) = self.api_listen {
             config.api.listen = addr;
         }
+        if let Some(url) = self.relay {
+            crate::config::check_relay_url(&url).map_err(Failure::usage)?;
+            config.relay.url = Some(url);
+        }
         let config = &config;
         let daemon = Daemon::start(config, !self.no_hooks).await.map_err(Failure::from)?;
-        crate::say!("receiving GitLab webhooks at {}/hooks/… (listening on {})", daemon.public_url, daemon.public_addr);
+        match (&daemon.relay, &daemon.public_url, daemon.public_addr) {
+            (Some(relay), _, _) => {
+                crate::say!("taking GitLab's events from the team relay at {relay} (no tunnel, no hooks of its own)");
+            }
+            (None, Some(url), Some(addr)) => {
+                crate::say!("receiving GitLab webhooks at {url}/hooks/… (listening on {addr})");
+            }
+            _ => {}
+        }
         crate::say!("local API at http://{} (event stream: /v1/events)", daemon.api_addr);
         for (name, p) in &config.projects {
             crate::say!("watching {name} ({})", p.gitlab);
         }
         wait_for_shutdown().await;
-        crate::say!("stopping{}", if self.keep_hooks || self.no_hooks { "" } else { "; removing webhooks" });
+        let hooks_to_remove = !(self.keep_hooks || self.no_hooks || daemon.relay.is_some());
+        crate::say!("stopping{}", if hooks_to_remove { "; removing webhooks" } else { "" });
         daemon.stop(self.keep_hooks).await;
         Ok(())
     }

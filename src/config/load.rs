@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{ConfigError, Source};
-use super::{Config, gitlab, projects, targets, webhook};
+use super::{Config, gitlab, projects, relay, targets, webhook};
 
 /// Where the configuration is looked for, in order.
 pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
@@ -53,6 +53,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     projects::check_groups(&config, &src)?;
     projects::check_cycles(&config, &src)?;
     webhook::check(&config.webhook, &src)?;
+    relay::check(&config.relay, &src)?;
     config.source = Some(path.to_owned());
     Ok(config)
 }

@@ -35,7 +35,7 @@ pub use gitlab::{DEFAULT_MAX_CONCURRENT_PIPELINES, GitlabSection, TokenError};
 pub use load::{candidates, load, parse};
 pub use notify::NotifySection;
 pub use projects::{AfterSuccess, MergeRequestConfig, ProjectConfig, PromoteConfig};
-pub use relay::RelaySection;
+pub use relay::{RelaySection, check_relay_url};
 pub use retention::RetentionSection;
 pub use store::StoreSection;
 pub use targets::TargetConfig;

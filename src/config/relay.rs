@@ -1,6 +1,7 @@
-//! `[relay]`: `cloudci relay`, the team's shared receiver (its listeners and secrets). The
-//! database is named only by the environment (`CLOUDCI_RELAY_DATABASE_URL`): a connection
-//! string may hold a password, and secrets never live in the file.
+//! `[relay]`: `cloudci relay`, the team's shared receiver (its listeners and secrets), and for a
+//! developer's `cloudci serve` the relay to take its events from (`url`). The database is named
+//! only by the environment (`CLOUDCI_RELAY_DATABASE_URL`): a connection string may hold a
+//! password, and secrets never live in the file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::Config;
+use super::error::{ConfigError, Source};
 
 /// `[relay]`
 #[derive(Debug, Clone, Deserialize)]
@@ -27,11 +29,15 @@ pub struct RelaySection {
     /// GitLab, where developers' sessions and their access to projects are checked (the relay's
     /// own token: `gitlab-token` in the secrets directory). Without it: operator tokens only.
     pub gitlab_url: Option<String>,
+    /// For a developer's `cloudci serve`: the team relay's subscriber API (e.g.
+    /// `https://relay.example.com:8791`). With it the daemon opens no tunnel and no public
+    /// listener and installs no hooks: it takes its events from the relay (`serve --relay`).
+    pub url: Option<String>,
 }
 
 impl Default for RelaySection {
     fn default() -> Self {
-        Self { listen: default_listen(), api_listen: default_api_listen(), secrets: None, gitlab_url: None }
+        Self { listen: default_listen(), api_listen: default_api_listen(), secrets: None, gitlab_url: None, url: None }
     }
 }
 
@@ -41,6 +47,23 @@ fn default_listen() -> SocketAddr {
 
 fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8791))
+}
+
+/// Why a relay URL is not one the daemon can subscribe to (`[relay] url`, `serve --relay`).
+pub fn check_relay_url(url: &str) -> Result<(), String> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => Err(format!("relay.url must be an http:// or https:// URL, not {url:?}")),
+        Err(e) => Err(format!("relay.url is not a URL ({e}): {url:?}")),
+    }
+}
+
+/// `[relay]`'s rules beyond its types.
+pub(super) fn check(relay: &RelaySection, src: &Source<'_>) -> Result<(), ConfigError> {
+    match relay.url.as_deref().map(check_relay_url) {
+        Some(Err(why)) => Err(src.at(src.section("relay"), why)),
+        _ => Ok(()),
+    }
 }
 
 impl Config {

@@ -44,6 +44,16 @@ fn the_reference_config_is_valid() {
 }
 
 #[test]
+fn a_developers_relay_url_is_read_and_checked() {
+    let c = parse("[relay]\nurl = \"https://relay.example.com:8791\"\n", Path::new("c.toml")).unwrap();
+    assert_eq!(c.relay.url.as_deref(), Some("https://relay.example.com:8791"));
+    for bad in ["relay.example.com", "ftp://relay.example.com", "http://"] {
+        let e = err(&format!("[relay]\nurl = \"{bad}\"\n"));
+        assert!(e.contains("relay.url"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn reads_the_design_example() {
     let c = parse(GOOD, Path::new("/etc/cloudci.toml")).unwrap();
     assert_eq!(c.projects["firmware"].targets.len(), 2);

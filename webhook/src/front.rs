@@ -43,6 +43,22 @@ impl Hub {
         blocking(move || store.pipeline_jobs(pipeline_id)).await
     }
 
+    /// The relay at `relay`'s last seq this log holds ([`crate::Store::relay_cursor`]).
+    pub async fn relay_cursor(&self, relay: &str) -> Result<Option<u64>, StoreError> {
+        let (store, relay) = (self.store().clone(), relay.to_owned());
+        blocking(move || store.relay_cursor(&relay)).await
+    }
+
+    /// Logs events streamed by the relay at `relay` ([`crate::Store::mirror`]) and announces
+    /// those that were new to this hub's subscribers; returns how many there were.
+    pub async fn mirror(&self, relay: &str, events: Vec<BuildEvent>) -> Result<usize, StoreError> {
+        let (store, relay) = (self.store().clone(), relay.to_owned());
+        let logged = blocking(move || store.mirror(&relay, events)).await?;
+        let n = logged.len();
+        self.publish(logged);
+        Ok(n)
+    }
+
     /// When the newest stored delivery was received (Unix seconds); `None` when there is none.
     pub async fn last_delivery_at(&self) -> Result<Option<i64>, StoreError> {
         let store = self.store().clone();

@@ -26,6 +26,9 @@ pub enum Problem {
     DatabaseBusy,
     /// The daemon's own log (stderr) cannot be written.
     LogUnwritable,
+    /// The team relay the daemon takes its events from (`serve --relay`) cannot be reached, or
+    /// will not open a session for it.
+    RelayUnreachable,
 }
 
 impl Problem {
@@ -36,6 +39,7 @@ impl Problem {
             Problem::OutOfFiles => "out_of_files",
             Problem::DatabaseBusy => "database_busy",
             Problem::LogUnwritable => "log_unwritable",
+            Problem::RelayUnreachable => "relay_unreachable",
         }
     }
 
@@ -52,6 +56,9 @@ impl Problem {
                 "the event database is locked by another program: deliveries are answered 503 until it is free"
             }
             Problem::LogUnwritable => "the daemon's log cannot be written (its lines are dropped and counted)",
+            Problem::RelayUnreachable => {
+                "the team relay cannot be reached: no build events arrive meanwhile; retrying with backoff, and what happened is caught up from the relay's log once it answers"
+            }
         }
     }
 

@@ -24,6 +24,7 @@ use crate::events::{BuildEvent, Observation};
 
 pub(crate) use crate::log::{Ingested, StoredDelivery};
 
+mod mirror;
 mod tables;
 
 /// How hard commits are pushed to disk.
@@ -229,6 +230,10 @@ CREATE TABLE IF NOT EXISTS probe (
 CREATE TABLE IF NOT EXISTS cursors (
     project_id INTEGER PRIMARY KEY,
     unix_secs INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS relay_cursors (
+    relay TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
 );
 ";
 
