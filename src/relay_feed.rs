@@ -70,7 +70,7 @@ pub enum FeedError {
     /// An answer that is not the relay's API.
     #[error("the relay's answer is not understood: {0}")]
     Malformed(String),
-    /// Not even a heartbeat for [`SILENCE`].
+    /// Not even a heartbeat for 45 s (the relay sends one every 15 s).
     #[error("the relay's event stream was silent for {} s", SILENCE.as_secs())]
     Silent,
     /// The relay ended the stream (it stopped, or a proxy closed it).
