@@ -11,7 +11,7 @@
 //! in progress are finished (a delivery is answered once its commit is done), event streams end,
 //! all within [`SHUTDOWN_GRACE`]; then the background tasks stop and the hooks are removed.
 //!
-//! One file on purpose (~450 lines): `serve`'s start and stop read top to bottom, in order, in
+//! One file on purpose (~560 lines): `serve`'s start and stop read top to bottom, in order, in
 //! [`Daemon`]; what it starts (receiver, reconciler, API, watchers, retention) lives elsewhere.
 
 use std::sync::Arc;

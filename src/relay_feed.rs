@@ -15,6 +15,9 @@
 //! answers, the stream resumes from the relay's log, not from GitLab. A 401 on the stream (an
 //! expired session, a relay whose key changed) opens a new session at once. Neither the
 //! developer's GitLab token nor the relay's bearer token reaches a log line, an error or `Debug`.
+//!
+//! One file (~420 lines with its tests): the session, the stream, its frames and the backoff
+//! are one loop's parts.
 
 use std::time::Duration;
 

@@ -12,6 +12,10 @@
 //! as long as the test needs; and the daemon reaches the relay through a loopback proxy the test
 //! holds closed until the relay has logged the pipeline's end, so the daemon's catch-up always
 //! covers it (a daemon that reconnected earlier would prove less).
+//!
+//! A second test: short sessions renewed under an open stream, and `kill -9` of the daemon with
+//! a restart resuming after its last committed event. One file (~480 lines): both share the
+//! harness (relay, proxy, daemon, the daemon's log).
 
 mod common;
 
@@ -90,9 +94,10 @@ async fn until(what: &str, secs: u64, mut cond: impl AsyncFnMut() -> bool) {
 }
 
 /// `cloudci relay` on fixed loopback ports (so a restart is found where it was).
-fn relay(db: &str, secrets: &Path, gitlab: &str, public: u16, api: u16, out: &Output) -> Proc {
+fn relay(db: &str, secrets: &Path, gitlab: &str, (public, api): (u16, u16), extra: &[&str], out: &Output) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudci"))
         .args(["relay", "--listen", &format!("127.0.0.1:{public}"), "--api-listen", &format!("127.0.0.1:{api}")])
+        .args(extra)
         .args(["--gitlab-url", gitlab, "--secrets"])
         .arg(secrets)
         .env("CLOUDCI_RELAY_DATABASE_URL", db)
@@ -193,6 +198,25 @@ fn local_log(state: &Path) -> Vec<Value> {
     stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().map(|d| serde_json::from_str(&d.unwrap()).unwrap()).collect()
 }
 
+/// `cloudci serve --relay URL` with alice's token, once its API answers: the process and what
+/// it printed by then.
+fn serve_relay(config: &Path, gitlab: &str, relay_url: &str, out: &Output) -> (Proc, String) {
+    let mut child = cloudci(config, gitlab, ALICE, &["serve", "--relay", relay_url])
+        .env("CLOUDCI_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    out.gather(child.stderr.take().unwrap());
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ready = String::new();
+    while !ready.contains("local API at") {
+        ready.push_str(&(stdout.next().expect("cloudci serve exited before it was ready").unwrap() + "\n"));
+    }
+    std::thread::spawn(move || for _ in stdout {});
+    (Proc(child), ready)
+}
+
 async fn health(http: &reqwest::Client, api_port: u16, token: &str) -> Value {
     let resp = http.get(format!("http://127.0.0.1:{api_port}/v1/health")).bearer_auth(token).send().await.unwrap();
     resp.json().await.unwrap()
@@ -239,7 +263,7 @@ async fn a_daemon_on_the_relay_builds_through_a_relay_restart() {
     let (relay_public, relay_api) = (free_port(), free_port());
     let relay_out = Output::default();
     OUTPUTS.lock().unwrap().push(("relay", relay_out.clone()));
-    let relay_proc = relay(&pg.url(), &secrets, sim.url(), relay_public, relay_api, &relay_out);
+    let relay_proc = relay(&pg.url(), &secrets, sim.url(), (relay_public, relay_api), &[], &relay_out);
     let hook_url = format!("http://127.0.0.1:{relay_public}/hooks/{PATH}");
     let resp = root(http.post(format!("{api_v4}/hooks")))
         .json(&json!({"url": hook_url, "token": HOOK_TOKEN, "push_events": true, "pipeline_events": true,
@@ -254,20 +278,7 @@ async fn a_daemon_on_the_relay_builds_through_a_relay_restart() {
     let (config, hook_port, api_port) = write_config(dir.path(), PROJECTS, 2);
     let daemon_out = Output::default();
     OUTPUTS.lock().unwrap().push(("daemon", daemon_out.clone()));
-    let mut child = cloudci(&config, sim.url(), ALICE, &["serve", "--relay", &proxy.url])
-        .env("CLOUDCI_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    daemon_out.gather(child.stderr.take().unwrap());
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut ready = String::new();
-    while !ready.contains("local API at") {
-        ready.push_str(&(stdout.next().expect("cloudci serve exited before it was ready").unwrap() + "\n"));
-    }
-    std::thread::spawn(move || for _ in stdout {});
-    let _daemon = Proc(child);
+    let (_daemon, ready) = serve_relay(&config, sim.url(), &proxy.url, &daemon_out);
     assert!(ready.contains("taking GitLab's events from the team relay at"), "{ready}");
     assert!(!ready.contains("receiving GitLab webhooks"), "{ready}");
     until("the daemon follows the relay", 20, async || daemon_out.count("following the relay at") == 1).await;
@@ -327,7 +338,7 @@ async fn a_daemon_on_the_relay_builds_through_a_relay_restart() {
     // Back, with a new subscriber key (the daemon's session is refused), and the pipeline ends
     // while the daemon still cannot get through: only the relay's log has its end.
     files.write("token-key", ROTATED_KEY).unwrap();
-    let _relay = relay(&pg.url(), &secrets, sim.url(), relay_public, relay_api, &relay_out);
+    let _relay = relay(&pg.url(), &secrets, sim.url(), (relay_public, relay_api), &[], &relay_out);
     std::fs::write(&gate_file, "").unwrap();
     let relay_log = relay_events(relay_api, ROTATED_KEY, |e| e["kind"] == "pipeline" && e["status"] == "success").await;
     assert!(health(&http, api_port, &token).await["ok"] == false, "the daemon cannot have caught up yet");
@@ -382,4 +393,88 @@ async fn a_daemon_on_the_relay_builds_through_a_relay_restart() {
         assert!(!text.contains(ALICE) && !text.contains(ROOT), "a GitLab token in the {who}'s output:\n{text}");
         assert!(!text.contains("eyJ"), "a bearer token in the {who}'s output:\n{text}");
     }
+}
+
+/// Push delivery `n` for acme/firmware, straight to the relay's public listener (its commit sha
+/// is `n` in hex).
+async fn push(http: &reqwest::Client, relay_public: u16, n: u64) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("gitlab/tests/fixtures/webhook-push-event.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["after"] = format!("{n:040x}").into();
+    v["project_id"] = 1.into();
+    v["project"]["id"] = 1.into();
+    v["project"]["path_with_namespace"] = "acme/firmware".into();
+    let resp = http
+        .post(format!("http://127.0.0.1:{relay_public}/hooks/{PATH}"))
+        .header("Content-Type", "application/json")
+        .header("X-Gitlab-Event", "Push Hook")
+        .header("X-Gitlab-Token", HOOK_TOKEN)
+        .header("Idempotency-Key", format!("push-{n}"))
+        .body(serde_json::to_vec(&v).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "push {n}: {}", resp.status());
+}
+
+/// The commit numbers of the pushes in the daemon's log, in order.
+fn pushes(state: &Path) -> Vec<u64> {
+    local_log(state)
+        .iter()
+        .filter(|e| e["kind"] == "push")
+        .map(|e| u64::from_str_radix(e["sha"].as_str().unwrap(), 16).unwrap())
+        .collect()
+}
+
+/// Sessions a few seconds long are renewed before they expire, while the stream stays open;
+/// `kill -9` of the daemon and a restart resume after the last event it committed: what the
+/// relay logged meanwhile arrives, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_renewed_and_a_restarted_daemon_resumes_where_it_stopped() {
+    let Some(pg) = ScratchCluster::for_test() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(dir.path(), &dir.path().join("gate")).await;
+    let http = reqwest::Client::new();
+    let secrets: PathBuf = dir.path().join("relay-secrets");
+    let files = SecretFiles::new(&secrets);
+    for (name, value) in [("path-secret", PATH), ("hook-token", HOOK_TOKEN), ("token-key", KEY), ("gitlab-token", ROOT)]
+    {
+        files.write(name, value).unwrap();
+    }
+    let ports = (free_port(), free_port());
+    let relay_out = Output::default();
+    OUTPUTS.lock().unwrap().push(("relay", relay_out.clone()));
+    let _relay = relay(&pg.url(), &secrets, sim.url(), ports, &["--session-ttl", "3s"], &relay_out);
+    let (config, _, _) = write_config(dir.path(), PROJECTS, 2);
+    let state = dir.path().join("state");
+    let relay_url = format!("http://127.0.0.1:{}", ports.1);
+    let first_out = Output::default();
+    OUTPUTS.lock().unwrap().push(("daemon", first_out.clone()));
+    let (daemon, _) = serve_relay(&config, sim.url(), &relay_url, &first_out);
+    until("the daemon follows the relay", 20, async || first_out.count("following the relay at") == 1).await;
+    for n in 1..=3 {
+        push(&http, ports.0, n).await;
+    }
+    until("three pushes in the daemon's log", 20, async || pushes(&state).len() == 3).await;
+    // Renewed before each expiry: the open stream never needed a new connection or met a 401.
+    until("two renewals", 20, async || relay_out.count("session for GitLab user alice") >= 3).await;
+    assert_eq!(first_out.count("following the relay at"), 1, "{}", said());
+    assert_eq!(first_out.count("no longer accepts"), 0, "{}", said());
+    // The relay logs a session before answering it; the daemon logs each before asking again.
+    assert!(first_out.count("relay: session opened") >= 2, "{}", said());
+
+    // Killed; the relay goes on logging; the restarted daemon resumes after what it committed.
+    drop(daemon);
+    for n in 4..=6 {
+        push(&http, ports.0, n).await;
+    }
+    let second_out = Output::default();
+    OUTPUTS.lock().unwrap().push(("daemon, again", second_out.clone()));
+    let (_daemon, _) = serve_relay(&config, sim.url(), &relay_url, &second_out);
+    until("six pushes in the daemon's log", 20, async || pushes(&state).len() >= 6).await;
+    push(&http, ports.0, 7).await;
+    until("the live one after them", 20, async || pushes(&state).len() >= 7).await;
+    assert_eq!(pushes(&state), [1, 2, 3, 4, 5, 6, 7], "{}", said());
+    assert_eq!(second_out.count("following the relay at"), 1, "{}", said());
+    assert!(second_out.text().contains(" after event 3"), "{}", said());
 }
