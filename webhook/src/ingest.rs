@@ -183,7 +183,8 @@ fn writer<L: EventLog>(
             tracing::warn!("cannot change the event store's busy timeout: {e}");
         }
         let started = Instant::now();
-        let result = hub.store().receive(incoming);
+        // Retention rides along (`retention/sweep.rs`): never above where a subscriber is.
+        let result = hub.store().receive_retaining(incoming, hub.oldest_subscriber());
         let took = started.elapsed();
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.deliveries.fetch_add(n as u64, Ordering::Relaxed);

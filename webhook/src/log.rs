@@ -65,6 +65,15 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
         self.ingest(batch)
     }
 
+    /// [`EventLog::receive`] with retention riding along: the same transaction may also remove
+    /// expired rows, never an event above `subscribers_at` (the oldest connected subscriber's
+    /// position). SQLite does once retention is on ([`crate::Store::ingest_retaining`]); by
+    /// default it is [`EventLog::receive`].
+    fn receive_retaining(&self, batch: Vec<Incoming>, subscribers_at: Option<u64>) -> Result<Ingested, StoreError> {
+        let _ = subscribers_at;
+        self.receive(batch)
+    }
+
     /// The id of the delivery stored under `dedup_key`, and whether it has been processed.
     fn delivery(&self, dedup_key: &str) -> Result<Option<(i64, bool)>, StoreError>;
 
@@ -115,6 +124,10 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
 impl EventLog for crate::Store {
     fn ingest(&self, batch: Vec<Incoming>) -> Result<Ingested, StoreError> {
         crate::Store::ingest(self, batch)
+    }
+
+    fn receive_retaining(&self, batch: Vec<Incoming>, subscribers_at: Option<u64>) -> Result<Ingested, StoreError> {
+        crate::Store::ingest_retaining(self, batch, subscribers_at)
     }
 
     fn delivery(&self, dedup_key: &str) -> Result<Option<(i64, bool)>, StoreError> {

@@ -42,13 +42,16 @@ pub struct StorePolicy {
     /// Events of finished pipelines (and pipeline-less events: pushes, merge requests), by the
     /// time they were logged.
     pub events: Duration,
-    /// Rows per transaction.
+    /// Rows per transaction of a pass.
     pub batch: usize,
+    /// Whether each group commit also removes about as many expired rows as it adds, once a
+    /// pass ran (`retention/sweep.rs`); the pass then finds little left. On by default.
+    pub in_commit: bool,
 }
 
 impl Default for StorePolicy {
     fn default() -> Self {
-        Self { deliveries: Duration::from_secs(14 * 86_400), events: Duration::from_secs(30 * 86_400), batch: 100 }
+        Self { deliveries: Duration::from_secs(14 * 86_400), events: Duration::from_secs(30 * 86_400), batch: 100, in_commit: true }
     }
 }
 
@@ -199,6 +202,9 @@ impl Store {
         let mut held: HashSet<u64> = self.active_pipelines()?.into_iter().map(|p| p.pipeline_id).collect();
         held.extend(keep.pipelines.iter().copied());
         let held_json = ids_json(held.iter().map(|&p| p as i64));
+        if !dry_run {
+            self.sweep().plan(policy, held.clone());
+        }
         let mut removed_through = self.removed_through()? as i64;
         let mut after = 0i64;
         while after < bound {
@@ -318,6 +324,9 @@ impl Store {
         Ok(out)
     }
 }
+
+mod sweep;
+pub(crate) use sweep::Sweep;
 
 #[cfg(test)]
 mod year;

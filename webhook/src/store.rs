@@ -185,7 +185,13 @@ pub struct Store {
     /// Declared after `conn`; its thread drops its share of the writer before its own connection,
     /// so the checkpointer's connection, the last one, folds the WAL into the database.
     checkpointer: Option<crate::checkpoint::Checkpointer>,
+    /// Retention inside the group commit (`retention/sweep.rs`); off until a pass turns it on.
+    sweep: Mutex<crate::retention::Sweep>,
 }
+
+/// Job statuses a finished pipeline cannot have (its last delivery was lost), as an SQL list.
+pub(crate) const UNSETTLED: &str =
+    "'created','waiting_for_resource','preparing','waiting_for_callback','pending','running','canceling'";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -305,11 +311,21 @@ impl Store {
         migrate(&conn)?;
         // Room for every statement the ingest path and the state machine run (16 by default).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), locked: AtomicBool::new(false), checkpointer: None })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            locked: AtomicBool::new(false),
+            checkpointer: None,
+            sweep: Mutex::default(),
+        })
     }
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The in-commit sweep's state. Taken after the connection when both are, never before.
+    pub(crate) fn sweep(&self) -> MutexGuard<'_, crate::retention::Sweep> {
+        self.sweep.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stores a delivery unless one with the same key is there; committed when this returns.
@@ -333,6 +349,18 @@ impl Store {
     /// or processing fails (it is rolled back to a savepoint, the deliveries stay stored and
     /// pending): then `Ingested::deferred` is set and the processor has work.
     pub fn ingest(&self, batch: Vec<Incoming>) -> Result<Ingested, StoreError> {
+        self.ingest_with(batch, None)
+    }
+
+    /// [`Store::ingest`], and once a retention pass turned it on, the same transaction also
+    /// removes about as many expired deliveries and events as it adds (`retention/sweep.rs`),
+    /// never one above `subscribers_at` (the oldest connected subscriber). A failure of that part
+    /// is rolled back alone and logged: retention never costs a delivery.
+    pub fn ingest_retaining(&self, batch: Vec<Incoming>, subscribers_at: Option<u64>) -> Result<Ingested, StoreError> {
+        self.ingest_with(batch, Some(subscribers_at))
+    }
+
+    fn ingest_with(&self, batch: Vec<Incoming>, sweep: Option<Option<u64>>) -> Result<Ingested, StoreError> {
         let mut conn = self.conn();
         // Immediate: the write lock is taken (or waited for) at the start. A deferred transaction
         // reads first, and SQLite does not wait for a lock a reader wants to upgrade: another
@@ -384,7 +412,25 @@ impl Store {
                 }
             }
         }
+        let mut swept = None;
+        if let Some(subscribers_at) = sweep {
+            let plan = self.sweep();
+            if plan.is_on() {
+                let added = stored.iter().filter(|s| matches!(s, Stored::New(_))).count();
+                let sp = tx.savepoint()?;
+                match plan.run(&sp, added, events.len(), subscribers_at, crate::retention::now_ms()) {
+                    Ok(s) => {
+                        sp.commit()?;
+                        swept = Some(s);
+                    }
+                    Err(e) => tracing::warn!("retention in the group commit: {e}; left for the next pass"),
+                }
+            }
+        }
         tx.commit()?;
+        if let Some(s) = swept {
+            self.sweep().advance(s);
+        }
         Ok(Ingested { stored, events, deferred })
     }
 
@@ -533,14 +579,10 @@ impl Store {
         // A finished pipeline cannot have a job still created, queued or running (GitLab skips or
         // cancels what did not run), retried attempts included: such a job's last delivery was
         // lost. The reconciler reads retried attempts too (`include_retried`).
-        let unsettled =
-            ["created", "waiting_for_resource", "preparing", "waiting_for_callback", "pending", "running", "canceling"]
-                .map(|s| format!("'{s}'"))
-                .join(",");
         let mut stmt = conn.prepare(&format!(
             "SELECT project_id, project, id, status, last_heard FROM pipelines p
              WHERE status NOT IN ('success','failed','canceled','skipped')
-                OR EXISTS (SELECT 1 FROM jobs j WHERE j.pipeline_id = p.id AND j.status IN ({unsettled}))
+                OR EXISTS (SELECT 1 FROM jobs j WHERE j.pipeline_id = p.id AND j.status IN ({UNSETTLED}))
                 OR reread = 1
              ORDER BY id"
         ))?;

@@ -190,3 +190,101 @@ async fn resuming_from_before_what_was_removed_gets_resync_and_the_state() {
     let text = String::from_utf8(bytes.to_vec()).unwrap();
     assert!(text.starts_with(&format!("id: {}\nevent: pipeline\n", next[0].seq)), "{text}");
 }
+
+fn incoming(key: &str, observations: Vec<Observation>) -> Vec<Incoming> {
+    let delivery =
+        NewDelivery { dedup_key: key.into(), event: "Job Hook".into(), headers: "{}".into(), body: vec![b'x'; 1000] };
+    vec![Incoming { delivery, observations: Ok(observations) }]
+}
+
+/// Ages every row already stored by `days` (through a connection of its own: the store's clock
+/// is the real one).
+fn age(path: &std::path::Path, days: i64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute("UPDATE deliveries SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', received_at, ?1)", [format!("-{days} days")])
+        .unwrap();
+    conn.execute("UPDATE events SET logged_at = logged_at - ?1", [days * DAY_MS]).unwrap();
+    conn.execute("UPDATE pipelines SET last_heard = last_heard - ?1", [days * 86_400]).unwrap();
+}
+
+fn deliveries(path: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare("SELECT dedup_key FROM deliveries ORDER BY id").unwrap();
+    stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+#[test]
+fn commits_remove_what_expired_and_keep_what_a_pass_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    let store = Store::open(&path, Durability::Normal).unwrap();
+    let last = fill(&store);
+    store
+        .insert_delivery(&NewDelivery {
+            dedup_key: "pending".into(),
+            event: "Job Hook".into(),
+            headers: "{}".into(),
+            body: b"{}".to_vec(),
+        })
+        .unwrap();
+    age(&path, 40);
+    let running = |p| vec![obs(EventKind::Job, p, Some(p * 10), "running"), obs(EventKind::Pipeline, p, None, "running")];
+
+    // Until a pass gave the limits, a commit removes nothing. (The pending delivery defers the
+    // processing of those after it: they are stored, and stay pending too.)
+    let first = store.ingest_retaining(incoming("4-a", running(4)), None).unwrap();
+    assert!(first.deferred);
+    assert_eq!(seqs(&store).len(), last as usize);
+    // A pass whose clock is a year back removes nothing itself, and turns the commits' sweep on.
+    let keep = Keep { pipelines: vec![3], subscribers_at: None };
+    let pass = store.gc(&StorePolicy::default(), &keep, now_ms() - 365 * DAY_MS, false).unwrap();
+    assert_eq!((pass.deliveries.count, pass.events.count), (0, 0));
+
+    // A subscriber at seq 2: only pipeline 1's first two events are below it.
+    store.ingest_retaining(incoming("5-a", running(5)), Some(2)).unwrap();
+    assert!(seqs(&store).iter().all(|(s, _)| *s > 2), "{:?}", seqs(&store));
+    assert_eq!(store.removed_through().unwrap(), 2);
+    // Every aged, processed delivery went; the pending one and the fresh ones stay.
+    assert_eq!(deliveries(&path), ["pending", "4-a", "5-a"]);
+
+    // Nobody connected: pipeline 1's other events and the push go; 2 (running) and 3 (an
+    // unfinished build's) stay.
+    store.ingest_retaining(incoming("6-a", running(6)), None).unwrap();
+    let left = seqs(&store);
+    assert!(left.iter().all(|(_, p)| matches!(p, Some(2 | 3))), "{left:?}");
+    assert_eq!(left.len(), 6, "{left:?}");
+    assert_eq!(store.removed_through().unwrap(), last);
+    assert!(store.pending_deliveries(10).unwrap().iter().any(|d| d.event == "Job Hook"));
+    // A later pass finds what the commits left: pipeline 1's state, nothing of 2 or 3.
+    let later = store.gc(&StorePolicy::default(), &keep, now_ms(), false).unwrap();
+    assert_eq!((later.deliveries.count, later.events.count, later.pipelines.count), (0, 0, 1));
+}
+
+#[test]
+fn a_commit_removes_about_as_much_as_it_adds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    let store = Store::open(&path, Durability::Normal).unwrap();
+    let mut push = obs(EventKind::Push, 0, None, "pushed");
+    push.event.pipeline_id = None;
+    for k in 0..100 {
+        deliver(&store, &format!("push-{k}"), vec![push.clone()]);
+    }
+    age(&path, 40);
+    store.gc(&StorePolicy::default(), &Keep::default(), now_ms() - 365 * DAY_MS, false).unwrap();
+    // One delivery, one event: it removes at most 1 + 16 of each (the backlog is the pass's, or
+    // busier commits').
+    let mut commits = 0;
+    while deliveries(&path).len() > commits {
+        let before = (deliveries(&path).len(), seqs(&store).len());
+        store.ingest_retaining(incoming(&format!("new-{commits}"), vec![push.clone()]), None).unwrap();
+        let after = (deliveries(&path).len(), seqs(&store).len());
+        commits += 1;
+        assert!(after.0 + 17 >= before.0 + 1 && after.0 < before.0 + 1, "{before:?} -> {after:?}");
+        assert!(after.1 + 17 >= before.1 + 1 && after.1 < before.1 + 1, "{before:?} -> {after:?}");
+        assert!(commits < 100, "the backlog is not shrinking");
+    }
+    // 100 aged rows, 17 a commit: 6 commits.
+    assert_eq!(commits, 6);
+    assert!(deliveries(&path).iter().all(|k| k.starts_with("new-")));
+}
