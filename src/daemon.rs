@@ -147,9 +147,9 @@ pub(crate) fn spawn_server(
     // Out of file descriptors is answered and reported, never the end of the listener.
     let listener = crate::resources::Guarded::new(listener, health.clone(), side);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await {
-            tracing::error!("{} stopped: {e}", side.name());
-        }
+        // A connection that sends nothing, or idles between requests, is closed after
+        // `server::IDLE` (axum::serve has no such timeout).
+        crate::server::serve(listener, router, shutdown, crate::server::IDLE).await;
     })
 }
 
@@ -176,7 +176,9 @@ impl Daemon {
         let store = Arc::new(Store::open(&state.database(), durability)?);
         let hub = Hub::new(store.clone());
         crate::logging::report_to(hub.health());
-        let keys = TokenKeys::new(&state.jwt_key()?);
+        // Login codes taken stay taken across restarts (`api/login.rs`).
+        let spent = state.root().join("login-codes-spent");
+        let keys = TokenKeys::with_spent_codes(&state.jwt_key()?, &spent).map_err(io(&spent))?;
         let probe_nonce = cloudci_webhook::random_token(16);
         let relay = config.relay.url.clone();
         // Fed by a relay, nothing here receives deliveries: no receiver, no public listener.

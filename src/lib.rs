@@ -8,6 +8,8 @@
 //!   artifacts and merge requests, records), one per process.
 //! - [`builds`]: the record of builds (SQLite), behind `BuildStore`.
 //! - [`daemon`]: `cloudci serve`: both listeners, hooks, the reconciler, graceful shutdown.
+//! - [`server`]: both listeners' server loop: hyper's HTTP/1 with a header-read timeout that
+//!   also ends idle keep-alive connections.
 //! - [`layers`]: what both listeners share: request ids, spans, panic guard, timeouts, and the
 //!   local API's `Host` check, body limit and headers.
 //! - [`resources`], [`logging`]: a full disk, no file descriptors, a busy database, a log that
@@ -40,6 +42,7 @@ pub mod relay;
 pub mod relay_feed;
 pub mod resources;
 pub mod retention;
+pub mod server;
 pub mod sse_client;
 pub mod state;
 pub mod watchers;

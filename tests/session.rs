@@ -108,3 +108,38 @@ async fn the_dashboard_trades_a_one_time_code_for_a_cookie_only_the_dashboard_ca
     let resp = c.get(format!("{api}/v1/builds")).header("Cookie", other).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_taken_before_a_restart_or_a_crash_stays_taken_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _, _) = write_config(dir.path(), "", 30);
+    // No connection kept across the restarts: each request is the daemon of the moment's.
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let status = |url: String| {
+        let c = c.clone();
+        async move { c.get(url).send().await.unwrap().status() }
+    };
+
+    let daemon = serve(&config, NO_GITLAB, "x", &["--no-hooks"]);
+    let (taken, unused) = (dashboard_url(&config), dashboard_url(&config));
+    assert_eq!(status(taken.clone()).await, StatusCode::SEE_OTHER);
+    assert_eq!(status(taken.clone()).await, StatusCode::UNAUTHORIZED);
+    // A clean restart.
+    assert!(daemon.terminate().success());
+    let daemon = serve(&config, NO_GITLAB, "x", &["--no-hooks"]);
+    assert_eq!(status(taken.clone()).await, StatusCode::UNAUTHORIZED, "replayed after a restart");
+    // A code issued before the restart and never taken still works, once.
+    assert_eq!(status(unused.clone()).await, StatusCode::SEE_OTHER);
+    // A crash right after a take.
+    let last = dashboard_url(&config);
+    assert_eq!(status(last.clone()).await, StatusCode::SEE_OTHER);
+    daemon.crash();
+    let _daemon = serve(&config, NO_GITLAB, "x", &["--no-hooks"]);
+    for (what, url) in [("taken before the crash", last), ("taken two starts ago", taken), ("taken after one", unused)] {
+        assert_eq!(status(url).await, StatusCode::UNAUTHORIZED, "{what}");
+    }
+}

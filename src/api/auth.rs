@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::login::{BadCode, LoginCode, LoginCodes};
+use super::login::{LoginCode, LoginCodes, RedeemError};
 
 /// What a token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,8 +92,16 @@ impl TokenKeys {
         self.codes.issue()
     }
 
+    /// These keys, with the login codes taken recorded in `file` so that they stay taken across
+    /// restarts (the daemon's: [`super::login`]).
+    pub fn with_spent_codes(secret: &SecretString, file: &std::path::Path) -> std::io::Result<Self> {
+        let keys = Self::new(secret);
+        let codes = LoginCodes::persisted(secret.expose_secret().as_bytes(), file)?;
+        Ok(Self { codes: std::sync::Arc::new(codes), ..keys })
+    }
+
     /// Takes a login code: `Ok` once per code, within its time.
-    pub fn redeem_login_code(&self, code: &str) -> Result<(), BadCode> {
+    pub fn redeem_login_code(&self, code: &str) -> Result<(), RedeemError> {
         self.codes.redeem(code)
     }
 

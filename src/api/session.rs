@@ -103,7 +103,7 @@ pub(super) async fn login(State(keys): State<TokenKeys>, headers: HeaderMap, uri
     });
     let taken = match code {
         Some(code) => keys.redeem_login_code(&code),
-        None => Err(super::login::BadCode),
+        None => Err(super::login::BadCode.into()),
     };
     let mut resp = match taken {
         Ok(()) => {
@@ -115,9 +115,15 @@ pub(super) async fn login(State(keys): State<TokenKeys>, headers: HeaderMap, uri
             }
             resp
         }
-        Err(e) => ApiError::new(StatusCode::UNAUTHORIZED, format!("{e}; `cloudci dashboard` prints a new one"))
-            .field("code")
-            .into_response(),
+        Err(e @ super::login::RedeemError::Bad(_)) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, format!("{e}; `cloudci dashboard` prints a new one"))
+                .field("code")
+                .into_response()
+        }
+        Err(e @ super::login::RedeemError::Unrecorded(_)) => {
+            tracing::warn!("dashboard login: {e}");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).field("code").into_response()
+        }
     };
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
