@@ -243,8 +243,9 @@ impl Store {
         report.removed_through = removed_through.max(0) as u64;
 
         // Pipeline state: finished, silent since before the horizon, no event left above the bound.
-        let mut still_logged = HashSet::new();
-        let mut from = bound;
+        // The walk over the events above the bound goes on from where the last pass's ended.
+        let mut walked = std::mem::take(&mut self.sweep().walked);
+        let mut from = walked.resume(bound);
         loop {
             let conn = self.conn();
             let seqs: Vec<(i64, Option<i64>)> = conn
@@ -253,9 +254,11 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             drop(conn);
             let Some(&(end, _)) = seqs.last() else { break };
-            still_logged.extend(seqs.into_iter().filter_map(|(_, p)| p));
+            walked.walk(&seqs);
             from = end;
         }
+        let still_logged = walked.above(bound);
+        self.sweep().walked = walked;
         let candidates: Vec<i64> = self
             .conn()
             .prepare(&format!(

@@ -15,8 +15,11 @@
 //!
 //! An ignored test, so that it drives the crate's own group commit ([`crate::ingest`]):
 //! `RETENTION_YEAR=200000,2000,100,3 cargo test --release -p cloudci-webhook --lib retention_year -- --ignored --nocapture`
-//! (deliveries, rate per second, rows per transaction of a pass, rounds; default 1,000,000 at
-//! 2,000/s, 100, 1). Prints one JSON line per simulated month and per run, then each mode's p99
+//! (deliveries, rate per second, rows per transaction of a pass, rounds, and retention's work
+//! per second as a percentage of ingest's; default 1,000,000 at 2,000/s, 100, 1, 100). Below 100
+//! the store starts with that share of the run's deliveries already aged, expiring evenly over
+//! the run, and nothing of the run's own expires: a real team's peak hour, whose deliveries come
+//! many times faster than the day's average that retention removes. Prints one JSON line per simulated month and per run, then each mode's p99
 //! per round and their medians.
 
 use std::path::Path;
@@ -101,14 +104,50 @@ fn count(store: &Store, table: &str) -> i64 {
     store.conn().query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).unwrap_or(-1)
 }
 
-async fn run(mode: Mode, n: u64, rate: u64, batch: usize) -> serde_json::Value {
+/// Keys of the deliveries a run with a ratio below 1 starts with.
+const PREFILL: u64 = 1_000_000_000;
+
+/// Stores `pre` deliveries (and their events), then ages them so that they pass `horizon` evenly
+/// over the next `over`: what a store holds when retention removes `pre / over` a second.
+fn prefill(store: &Store, pre: u64, horizon: Duration, over: Duration) {
+    let keys: Vec<u64> = (0..pre).collect();
+    for chunk in keys.chunks(500) {
+        store.ingest(chunk.iter().map(|&j| incoming(PREFILL + j)).collect()).expect("prefilled");
+    }
+    let conn = store.conn();
+    let base = now_ms() - horizon.as_millis() as i64;
+    let rows = |table: &str| -> i64 { conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).expect("a count") };
+    let over = over.as_millis() as f64;
+    let step = |rows: i64| over / rows.max(1) as f64;
+    conn.execute(
+        "UPDATE deliveries SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', (?1 + id * ?2) / 1000.0, 'unixepoch')",
+        rusqlite::params![base, step(rows("deliveries"))],
+    )
+    .expect("aged deliveries");
+    conn.execute("UPDATE events SET logged_at = ?1 + CAST(seq * ?2 AS INTEGER)", rusqlite::params![base, step(rows("events"))])
+        .expect("aged events");
+}
+
+async fn run(mode: Mode, n: u64, rate: u64, batch: usize, ratio: f64) -> serde_json::Value {
     let (retain, name) = (mode != Mode::Without, mode.name());
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = Arc::new(Store::open(&dir.path().join("events.db"), Durability::Normal).expect("the store"));
+    let day = Duration::from_secs_f64(PER_DAY as f64 / rate as f64);
+    let in_commit = mode == Mode::InCommit;
+    // Retention's work per second as a share of ingest's: 1 is the compressed clock (what expires
+    // arrives as fast as deliveries do). Below 1 the store starts with `n * ratio` aged
+    // deliveries that expire evenly over the run, and the limits are long enough that nothing
+    // of the run's own expires.
+    let policy = if ratio >= 1.0 {
+        StorePolicy { deliveries: day * 14, events: day * 30, batch, in_commit }
+    } else {
+        let length = Duration::from_secs_f64(n as f64 / rate as f64);
+        let policy = StorePolicy { deliveries: length * 4, events: length * 4, batch, in_commit };
+        prefill(&store, (n as f64 * ratio) as u64, policy.deliveries, length);
+        policy
+    };
     let hub = Hub::new(store.clone());
     let ingest = Ingest::start(hub.clone(), Arc::new(Notify::new()));
-    let day = Duration::from_secs_f64(PER_DAY as f64 / rate as f64);
-    let policy = StorePolicy { deliveries: day * 14, events: day * 30, batch, in_commit: mode == Mode::InCommit };
     // A subscriber that keeps up.
     let mut live = Box::pin(hub.subscribe_frames(EventFilter::default(), None));
     let reader = tokio::spawn(async move { while live.next().await.is_some() {} });
@@ -183,6 +222,7 @@ async fn run(mode: Mode, n: u64, rate: u64, batch: usize) -> serde_json::Value {
         "deliveries": n,
         "rate_per_s": rate,
         "batch": batch,
+        "retention_per_ingest": ratio,
         "simulated_days": n / PER_DAY,
         "seconds": elapsed.as_secs_f64(),
         "ingest_p50_us": pct(&whole, 0.50),
@@ -210,13 +250,14 @@ async fn retention_year() {
     let rate = args.next().unwrap_or(2000).max(1);
     let batch = args.next().map_or(StorePolicy::default().batch, |b| b as usize);
     let rounds = args.next().unwrap_or(1).max(1);
+    let ratio = args.next().map_or(1.0, |r| (r as f64 / 100.0).min(1.0));
     let modes = [Mode::Without, Mode::Pass, Mode::InCommit];
     let mut p99: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for round in 0..rounds {
         // The order turns each round, so no mode always runs first (or after the same one).
         for i in 0..modes.len() {
             let m = (i + round as usize) % modes.len();
-            let r = run(modes[m], n, rate, batch).await;
+            let r = run(modes[m], n, rate, batch, ratio).await;
             println!("{r}");
             p99[m].push(r["ingest_p99_us"].as_f64().unwrap_or(0.0) / 1000.0);
         }
