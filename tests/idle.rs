@@ -110,6 +110,9 @@ fn silent_half_sent_and_kept_alive_connections_are_closed_after_the_idle_limit()
     // Every descriptor is given back.
     let after = wait_fds(pid, Duration::from_secs(5), |fds| fds <= before);
     assert!(after <= before, "{after} descriptors open after the connections closed, {before} before");
+    println!(
+        "{n} idle connections closed {took:?} after the last connected; descriptors {before} -> {held} -> {after}"
+    );
     // And the listeners still answer.
     let mut fresh = TcpStream::connect(("127.0.0.1", api_port)).unwrap();
     assert!(get(&mut fresh, api_port, "/").starts_with("HTTP/1.1 200"));

@@ -139,7 +139,8 @@ async fn a_code_taken_before_a_restart_or_a_crash_stays_taken_after_it() {
     assert_eq!(status(last.clone()).await, StatusCode::SEE_OTHER);
     daemon.crash();
     let _daemon = serve(&config, NO_GITLAB, "x", &["--no-hooks"]);
-    for (what, url) in [("taken before the crash", last), ("taken two starts ago", taken), ("taken after one", unused)] {
+    for (what, url) in [("taken before the crash", last), ("taken two starts ago", taken), ("taken after one", unused)]
+    {
         assert_eq!(status(url).await, StatusCode::UNAUTHORIZED, "{what}");
     }
 }

@@ -51,7 +51,12 @@ pub struct StorePolicy {
 
 impl Default for StorePolicy {
     fn default() -> Self {
-        Self { deliveries: Duration::from_secs(14 * 86_400), events: Duration::from_secs(30 * 86_400), batch: 100, in_commit: true }
+        Self {
+            deliveries: Duration::from_secs(14 * 86_400),
+            events: Duration::from_secs(30 * 86_400),
+            batch: 100,
+            in_commit: true,
+        }
     }
 }
 

@@ -201,8 +201,11 @@ fn incoming(key: &str, observations: Vec<Observation>) -> Vec<Incoming> {
 /// is the real one).
 fn age(path: &std::path::Path, days: i64) {
     let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute("UPDATE deliveries SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', received_at, ?1)", [format!("-{days} days")])
-        .unwrap();
+    conn.execute(
+        "UPDATE deliveries SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', received_at, ?1)",
+        [format!("-{days} days")],
+    )
+    .unwrap();
     conn.execute("UPDATE events SET logged_at = logged_at - ?1", [days * DAY_MS]).unwrap();
     conn.execute("UPDATE pipelines SET last_heard = last_heard - ?1", [days * 86_400]).unwrap();
 }
@@ -228,7 +231,8 @@ fn commits_remove_what_expired_and_keep_what_a_pass_keeps() {
         })
         .unwrap();
     age(&path, 40);
-    let running = |p| vec![obs(EventKind::Job, p, Some(p * 10), "running"), obs(EventKind::Pipeline, p, None, "running")];
+    let running =
+        |p| vec![obs(EventKind::Job, p, Some(p * 10), "running"), obs(EventKind::Pipeline, p, None, "running")];
 
     // Until a pass gave the limits, a commit removes nothing. (The pending delivery defers the
     // processing of those after it: they are stored, and stay pending too.)

@@ -112,7 +112,8 @@ fn ms(d: Duration) -> i64 {
 impl Sweep {
     /// Turns the sweep on with `policy`'s limits (or off, when it says so), holding `held`.
     pub(crate) fn plan(&mut self, policy: &StorePolicy, held: HashSet<u64>) {
-        self.plan = policy.in_commit.then(|| Plan { deliveries: ms(policy.deliveries), events: ms(policy.events), held });
+        self.plan =
+            policy.in_commit.then(|| Plan { deliveries: ms(policy.deliveries), events: ms(policy.events), held });
     }
 
     /// Whether commits sweep.
@@ -138,7 +139,8 @@ impl Sweep {
         subscribers_at: Option<u64>,
         now_ms: i64,
     ) -> Result<Swept, rusqlite::Error> {
-        let mut swept = Swept { deliveries_after: self.deliveries_after, events_after: self.events_after, ..Swept::default() };
+        let mut swept =
+            Swept { deliveries_after: self.deliveries_after, events_after: self.events_after, ..Swept::default() };
         let Some(plan) = &self.plan else { return Ok(swept) };
 
         // Deliveries: received before the cutoff, processed.
@@ -171,8 +173,9 @@ impl Sweep {
         let bound = subscribers_at.map_or(i64::MAX, |s| i64::try_from(s).unwrap_or(i64::MAX));
         let mut candidates = Vec::new();
         {
-            let mut stmt =
-                conn.prepare_cached("SELECT seq, logged_at, pipeline_id FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, logged_at, pipeline_id FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
             let mut rows = stmt.query(params![self.events_after, (logged + EXTRA) as i64])?;
             while let Some(r) = rows.next()? {
                 let (seq, at, pipeline): (i64, Option<i64>, Option<i64>) = (r.get(0)?, r.get(1)?, r.get(2)?);

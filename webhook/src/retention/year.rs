@@ -116,7 +116,9 @@ fn prefill(store: &Store, pre: u64, horizon: Duration, over: Duration) {
     }
     let conn = store.conn();
     let base = now_ms() - horizon.as_millis() as i64;
-    let rows = |table: &str| -> i64 { conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).expect("a count") };
+    let rows = |table: &str| -> i64 {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).expect("a count")
+    };
     let over = over.as_millis() as f64;
     let step = |rows: i64| over / rows.max(1) as f64;
     conn.execute(
@@ -124,8 +126,11 @@ fn prefill(store: &Store, pre: u64, horizon: Duration, over: Duration) {
         rusqlite::params![base, step(rows("deliveries"))],
     )
     .expect("aged deliveries");
-    conn.execute("UPDATE events SET logged_at = ?1 + CAST(seq * ?2 AS INTEGER)", rusqlite::params![base, step(rows("events"))])
-        .expect("aged events");
+    conn.execute(
+        "UPDATE events SET logged_at = ?1 + CAST(seq * ?2 AS INTEGER)",
+        rusqlite::params![base, step(rows("events"))],
+    )
+    .expect("aged events");
 }
 
 async fn run(mode: Mode, n: u64, rate: u64, batch: usize, ratio: f64) -> serde_json::Value {
