@@ -1,10 +1,12 @@
 //! Idle connections cannot hold file descriptors forever: a connection to either listener that
 //! sends nothing, sends half a request head, or stays open after its answer (keep-alive) is
 //! closed by `cloudci serve` once it has waited `server::IDLE` (10 s) for a head, and the
-//! daemon's descriptors go back to what they were. Real daemon, raw TCP on loopback.
+//! daemon gives their descriptors back (its end of each, found through /proc). Real daemon,
+//! raw TCP on loopback.
 
 mod common;
 
+use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -13,16 +15,40 @@ use common::*;
 
 const IDLE: Duration = cloudci::server::IDLE;
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+/// The socket inodes the daemon `pid` has open.
+fn daemon_sockets(pid: u32) -> HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return HashSet::new() };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+        .collect()
 }
 
-/// Waits (polling /proc, at most `within`) until `pid` has `want(n)` descriptors open.
-fn wait_fds(pid: u32, within: Duration, want: impl Fn(usize) -> bool) -> usize {
+/// The inode of the daemon's end of each of `conns` (from /proc/net/tcp: local port the
+/// listener's, remote port the client's), once the kernel has it.
+fn server_ends(conns: &[(&str, TcpStream)]) -> HashSet<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap_or(""), 16).ok();
+    let mut ends = HashSet::new();
+    for (_, c) in conns {
+        let (client, server) = (c.local_addr().unwrap().port(), c.peer_addr().unwrap().port());
+        for line in table.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && port(f[1]) == Some(server) && port(f[2]) == Some(client) {
+                ends.extend(f[9].parse::<u64>().ok().filter(|i| *i != 0));
+            }
+        }
+    }
+    ends
+}
+
+/// Waits (polling /proc, at most `within`) until `done` holds of how many of `ends` the daemon
+/// holds; returns that number.
+fn wait_held(pid: u32, ends: &HashSet<u64>, within: Duration, done: impl Fn(usize) -> bool) -> usize {
     let deadline = Instant::now() + within;
     loop {
-        let n = open_fds(pid);
-        if want(n) || Instant::now() > deadline {
+        let n = daemon_sockets(pid).intersection(ends).count();
+        if done(n) || Instant::now() > deadline {
             return n;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -75,8 +101,6 @@ fn silent_half_sent_and_kept_alive_connections_are_closed_after_the_idle_limit()
     let (config, hook_port, api_port) = write_config(dir.path(), "", 30);
     let daemon = serve(&config, "http://127.0.0.1:9", "x", &["--no-hooks"]);
     let pid = daemon.0.id();
-    // What the daemon holds at rest (it settles within a moment of saying it is ready).
-    let before = open_fds(pid);
 
     let mut conns = Vec::new();
     for port in [hook_port, api_port] {
@@ -95,9 +119,11 @@ fn silent_half_sent_and_kept_alive_connections_are_closed_after_the_idle_limit()
     let opened = Instant::now();
     conns.push(("kept alive after its answers", kept));
     let n = conns.len();
-    // The daemon took them all (one descriptor each).
-    let held = wait_fds(pid, Duration::from_secs(5), |fds| fds >= before + n);
-    assert!(held >= before + n, "{held} descriptors open, {before} before {n} connections");
+    // The daemon took them all: it holds the server end of each.
+    let ends = server_ends(&conns);
+    assert_eq!(ends.len(), n, "server ends found in /proc/net/tcp");
+    let held = wait_held(pid, &ends, Duration::from_secs(5), |h| h == n);
+    assert_eq!(held, n, "connections the daemon holds");
 
     for (what, c) in &mut conns {
         let closed = read_to_close(c, IDLE + Duration::from_secs(15));
@@ -107,11 +133,11 @@ fn silent_half_sent_and_kept_alive_connections_are_closed_after_the_idle_limit()
     // Closed by the idle limit, not at once (a few hundred ms of slack for the silent ones,
     // which connected just before the kept-alive one).
     assert!(took + Duration::from_millis(500) >= IDLE, "closed after {took:?}");
-    // Every descriptor is given back.
-    let after = wait_fds(pid, Duration::from_secs(5), |fds| fds <= before);
-    assert!(after <= before, "{after} descriptors open after the connections closed, {before} before");
+    // Every one of their descriptors is given back.
+    let left = wait_held(pid, &ends, Duration::from_secs(5), |h| h == 0);
+    assert_eq!(left, 0, "descriptors still held for closed connections");
     println!(
-        "{n} idle connections closed {took:?} after the last connected; descriptors {before} -> {held} -> {after}"
+        "{n} idle connections held by the daemon, all closed {took:?} after the last one connected, 0 descriptors left"
     );
     // And the listeners still answer.
     let mut fresh = TcpStream::connect(("127.0.0.1", api_port)).unwrap();

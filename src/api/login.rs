@@ -11,7 +11,7 @@
 //! tokens (the CLI as well as the daemon) can mint one, and the daemon checks it without having
 //! stored it. The daemon remembers the nonces it has taken until they expire, in memory and in
 //! the state directory (`login-codes-spent`, appended and synced before the cookie is answered:
-//! [`LoginCodes::persisted`]), so a code taken before a restart (or a crash) stays taken after it.
+//! [`super::auth::TokenKeys::with_spent_codes`]), so a code taken before a restart (or a crash) stays taken after it.
 //! The file is rewritten without the expired codes at each start; between starts it grows by a
 //! line per login.
 

@@ -284,8 +284,9 @@ fn a_commit_removes_about_as_much_as_it_adds() {
         store.ingest_retaining(incoming(&format!("new-{commits}"), vec![push.clone()]), None).unwrap();
         let after = (deliveries(&path).len(), seqs(&store).len());
         commits += 1;
-        assert!(after.0 + 17 >= before.0 + 1 && after.0 < before.0 + 1, "{before:?} -> {after:?}");
-        assert!(after.1 + 17 >= before.1 + 1 && after.1 < before.1 + 1, "{before:?} -> {after:?}");
+        // Rows removed besides the one added: some, and 17 at most.
+        let removed = (before.0 + 1 - after.0, before.1 + 1 - after.1);
+        assert!((1..=17).contains(&removed.0) && (1..=17).contains(&removed.1), "{before:?} -> {after:?}");
         assert!(commits < 100, "the backlog is not shrinking");
     }
     // 100 aged rows, 17 a commit: 6 commits.
