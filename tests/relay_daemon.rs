@@ -318,6 +318,8 @@ async fn a_daemon_on_the_relay_builds_through_a_relay_restart() {
         list[0]["jobs"]["build"]["status"] == "running"
     })
     .await;
+    until("the CLI shows the job running", 20, async || build_err.text().contains("[firmware/host] build: running"))
+        .await;
     until("the CLI shows the job's log", 20, async || build_err.text().contains("[firmware/host build] $ for i in"))
         .await;
 

@@ -152,28 +152,62 @@ fn label_for(pipelines: &Pipelines, pipeline: u64, job: &str) -> Option<String> 
 
 async fn progress_lines(
     daemon: DaemonClient,
-    pipelines: tokio::sync::watch::Receiver<Pipelines>,
+    mut pipelines: tokio::sync::watch::Receiver<Pipelines>,
     reporter: Arc<dyn Reporter>,
 ) {
     let mut last_seq = None;
     let mut seen: BTreeSet<(u64, String)> = BTreeSet::new();
+    // Job events of pipelines no record names yet: the stream can be ahead of the records (a
+    // short job is running before the record says which pipeline is its build's), so they are
+    // told once one does.
+    let mut early: std::collections::VecDeque<cloudci_webhook::BuildEvent> = std::collections::VecDeque::new();
     loop {
         let query = last_seq.map(|s: u64| format!("since={s}")).unwrap_or_default();
         if let Ok(stream) = crate::sse_client::subscribe(&daemon.api_url, daemon.token(), &query).await {
             let mut stream = std::pin::pin!(stream);
-            while let Some(e) = stream.next().await {
-                last_seq = Some(e.seq);
-                let job = e.job_name.clone().unwrap_or_default();
-                let label = e.pipeline_id.and_then(|p| label_for(&pipelines.borrow(), p, &job));
-                if let (Some(label), cloudci_webhook::EventKind::Job, Some(status)) = (label, e.kind, e.status())
-                    && seen.insert((e.job_id.unwrap_or(0), status.to_string()))
-                {
-                    reporter.line(&label, &format!("{}: {status}", e.job_name.clone().unwrap_or_default()));
+            loop {
+                tokio::select! {
+                    e = stream.next() => {
+                        let Some(e) = e else { break };
+                        last_seq = Some(e.seq);
+                        let told = tell(&e, &pipelines.borrow(), &mut seen, &*reporter);
+                        if !told && e.kind == cloudci_webhook::EventKind::Job {
+                            if early.len() == EARLY_EVENTS {
+                                early.pop_front();
+                            }
+                            early.push_back(e);
+                        }
+                    }
+                    Ok(()) = pipelines.changed() => {
+                        let known = pipelines.borrow_and_update().clone();
+                        early.retain(|e| !tell(e, &known, &mut seen, &*reporter));
+                    }
                 }
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// How many job events of pipelines not named yet are kept (other builds' events are among
+/// them; the oldest go first).
+const EARLY_EVENTS: usize = 1024;
+
+/// Reports a job event of a build being followed (once per job and status); whether it is one.
+fn tell(
+    e: &cloudci_webhook::BuildEvent,
+    pipelines: &Pipelines,
+    seen: &mut BTreeSet<(u64, String)>,
+    reporter: &dyn Reporter,
+) -> bool {
+    let job = e.job_name.clone().unwrap_or_default();
+    let Some(label) = e.pipeline_id.and_then(|p| label_for(pipelines, p, &job)) else { return false };
+    if let (cloudci_webhook::EventKind::Job, Some(status)) = (e.kind, e.status())
+        && seen.insert((e.job_id.unwrap_or(0), status.to_string()))
+    {
+        reporter.line(&label, &format!("{job}: {status}"));
+    }
+    true
 }
 
 /// Reports build `id`'s job logs line by line as the daemon's `/v1/builds/{id}/log` gives them
