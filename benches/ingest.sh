@@ -20,10 +20,13 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export BODY="$PWD/gitlab/tests/fixtures/webhook-pipeline-event.json"
 rate() { grep -E "Requests/sec" | awk '{print $2}'; }
-runs=0
 run_wrk() { # url conns -> prints "req/s p99 non-2xx"; each run signs its own ids (no duplicates)
-  local out
-  runs=$((runs + 1))
+  local out runs
+  # Counted in a file: run_wrk runs in a subshell (`$(...)`), where a shell variable's increment
+  # is lost — which made every run after the first reuse the first run's ids (duplicates, which
+  # store nothing and cost no fsync).
+  runs=$(($(cat "$work/runs" 2>/dev/null || echo 0) + 1))
+  echo "$runs" > "$work/runs"
   out=$(cd benches && SIGNED="$work/signed-$runs.txt" wrk -t1 -c"$2" -d"$DURATION" --latency -s signed.lua "$1")
   echo "$out" >> "$work/wrk.log"
   echo "$(echo "$out" | rate) $(echo "$out" | awk '$1=="99%"{print $2}') $(echo "$out" | awk '/Non-2xx/{print $NF}')"
@@ -123,3 +126,5 @@ kill "$serve"; wait "$serve" 2>/dev/null || true
 echo "group commit, per 10 s window (deliveries, commits, mean and largest batch):"
 grep "group commit" "$work/serve.err" | sed -E 's/^.*(batches=[0-9]+) (deliveries=[0-9]+) (mean_batch=[0-9.]+) (max_batch=[0-9]+).*$/  \1 \2 \3 \4/' || true
 sqlite3 "$work/state/events.db" "SELECT COUNT(*) || ' deliveries stored, ' || SUM(processed) || ' processed' FROM deliveries" 2>/dev/null || true
+# Every measured request was a new delivery when this is the stored count less the warm-up's.
+echo "requests in the measured runs: $(awk '/requests in/ {s+=$1} END {print s}' "$work/wrk.log")"

@@ -153,3 +153,36 @@ async fn trace_follow_reads_a_growing_log_about_once() {
     }
     assert!(ratio <= 1.05, "read {ratio:.2}x the log: {counts:#?}");
 }
+
+/// Without a daemon nothing tells a build how its pipeline goes but GitLab's API: the first
+/// status check comes within 3 s of the pipeline's creation (1 s ± 20% after it), then each
+/// wait is about twice the one before (up to 30 s, `follow.rs`), so a 5 s job costs three
+/// checks, not one a second. Times are the sim's own arrival times of each request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_daemon_the_first_status_check_comes_within_3_s_then_backs_off() {
+    const CREATE: &str = "POST /api/v4/projects/{id}/pipeline";
+    const STATUS: &str = "GET /api/v4/projects/{id}/pipelines/{pid}";
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim_with(dir.path(), TOKEN, "build:\n  script:\n    - sleep 5\n", "", 1).await;
+    let (config, _, _) = write_config(dir.path(), PROJECTS, 30);
+    sim.reset_requests();
+    let out = cloudci(&config, sim.url(), TOKEN, &["build", "firmware", "--ref", "feature", "--watch", "--no-actions"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let counts = sim.requests();
+    report("cloudci build --watch without a daemon", &counts);
+    let created = counts.at_ms.get(CREATE).and_then(|t| t.first().copied()).expect("the pipeline was created");
+    let checks = counts.at_ms.get(STATUS).cloned().unwrap_or_default();
+    let since: Vec<u64> = checks.iter().map(|t| t - created).collect();
+    if std::env::var_os("ECONOMY_REPORT").is_some() {
+        println!("status checks without a daemon, ms after the pipeline's creation: {since:?}");
+    }
+    assert!(since.len() >= 2, "the pipeline was checked {} times: {counts:#?}", since.len());
+    assert!(since[0] <= 3000, "first status check {} ms after the creation", since[0]);
+    // Backing off: each wait longer than the one before. A check each second would be
+    // five or six for this job.
+    let waits: Vec<u64> = std::iter::once(since[0]).chain(since.windows(2).map(|w| w[1] - w[0])).collect();
+    assert!(waits.windows(2).all(|w| w[1] > w[0]), "waits between status checks (ms): {waits:?}");
+    assert!(since.len() <= 4, "checked {} times in {} ms", since.len(), since.last().unwrap());
+}

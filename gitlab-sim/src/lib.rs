@@ -45,7 +45,7 @@ pub use access::{SimMember, SimUser, Visibility};
 pub use faults::{FaultSpec, Faults};
 pub use render::VERSION;
 pub use webhooks::sign;
-pub use wire::{RequestCounts, RouteCount};
+pub use wire::{MAX_TIMES, RequestCounts, RouteCount};
 
 use crate::git::{MergeOutcome, Repo};
 use crate::render::Render;

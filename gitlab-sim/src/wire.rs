@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
@@ -37,6 +38,10 @@ pub struct RouteCount {
 pub struct RequestCounts {
     /// By route template.
     pub routes: BTreeMap<String, RouteCount>,
+    /// By route template, when each request came (milliseconds since the start or the last
+    /// reset), in arrival order: how often a client polls, and how soon. The first
+    /// [`MAX_TIMES`] of each route only, so a long soak does not grow the sim without bound.
+    pub at_ms: BTreeMap<String, Vec<u64>>,
 }
 
 impl RequestCounts {
@@ -64,22 +69,41 @@ impl RequestCounts {
     }
 }
 
+/// Arrival times kept per route ([`RequestCounts::at_ms`]).
+pub const MAX_TIMES: usize = 10_000;
+
 /// The live counter.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Counter(Arc<Mutex<RequestCounts>>);
+#[derive(Debug, Clone)]
+pub(crate) struct Counter(Arc<Mutex<(RequestCounts, Instant)>>);
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new((RequestCounts::default(), Instant::now()))))
+    }
+}
 
 impl Counter {
     pub(crate) fn snapshot(&self) -> RequestCounts {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
     }
 
     pub(crate) fn reset(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = RequestCounts::default();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (RequestCounts::default(), Instant::now());
+    }
+
+    /// Notes that a request of `route` came now.
+    fn arrived(&self, route: &str) {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let ms = guard.1.elapsed().as_millis() as u64;
+        let times = guard.0.at_ms.entry(route.to_owned()).or_default();
+        if times.len() < MAX_TIMES {
+            times.push(ms);
+        }
     }
 
     fn add(&self, route: &str, requests: u64, bytes: u64) {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let c = counts.routes.entry(route.to_owned()).or_default();
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let c = guard.0.routes.entry(route.to_owned()).or_default();
         c.requests += requests;
         c.bytes += bytes;
     }
@@ -92,6 +116,7 @@ pub(crate) async fn count(State(counter): State<Counter>, req: Request, next: Ne
         Some(p) => format!("{} {}", req.method(), p.as_str()),
         None => format!("{} (unmatched)", req.method()),
     };
+    counter.arrived(&route);
     let resp = next.run(req).await;
     let head = head_bytes(&resp);
     match axum::body::HttpBody::size_hint(resp.body()).exact() {
