@@ -5,6 +5,7 @@
 //! # Layout
 //! - `pg`: [`PgLog`], the log (connections, group commit, commit-ordered seqs: why in its docs).
 //! - `tables`: the state machine's statements in PostgreSQL's dialect.
+//! - `batch`: the same for a sequencing transaction, over its rows in memory.
 //! - `schema`: the tables and their migrations, run at every start.
 //! - `sequencer`: [`Sequencer`], raw deliveries stored without the head's lock and turned into
 //!   events by one sequencing transaction at a time (why that keeps seqs in commit order).
@@ -14,6 +15,7 @@
 //! The relay's server (listeners, `cloudci relay`) lives in the `cloudci` binary, which shares
 //! the daemon's layers and event stream with it.
 
+mod batch;
 mod pg;
 mod schema;
 mod scratch;

@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use cloudci_webhook::{BuildEvent, Hub, Incoming, StoreError, Stored, StoredDelivery, process_all};
 
-use crate::pg::{Conn, PgError, PgLog, finish, lock_head, prepared};
-use crate::tables::Tables;
+use crate::batch::BatchTables;
+use crate::pg::{Conn, PgError, PgLog, lock_head, prepared};
 
 /// How often a sequencer looks for pending deliveries without being woken (another instance's,
 /// left by its crash).
@@ -130,8 +130,9 @@ impl PgLog {
     }
 
     /// One sequencing transaction: takes the head's lock (waiting for another instance's
-    /// sequencer), turns up to 512 pending deliveries into events, oldest first, marks them
-    /// processed, and commits. Returns how many deliveries it processed (0: none was pending)
+    /// sequencer), turns up to 512 pending deliveries into events, oldest first, with the state
+    /// machine over the batch's rows in memory (`batch.rs`: a dozen statements per batch, not
+    /// per delivery), marks them processed, and commits. Returns how many deliveries it processed (0: none was pending)
     /// and the events logged, in seq order. Without pending deliveries it takes no lock.
     pub fn sequence(&self) -> Result<(usize, Vec<BuildEvent>), StoreError> {
         Ok(self.sequencer.with(self.config(), |Conn { client, stmts }| {
@@ -155,9 +156,15 @@ impl PgLog {
                 .map(|d| (d.id, d.parse()))
                 .collect();
             let n = batch.len();
-            let mut t = Tables::new(&mut tx, stmts, first);
+            let mut t = BatchTables::load(&mut tx, stmts, &batch, first)?;
             let events = process_all(&mut t, batch)?;
-            finish(&mut t, first)?;
+            if let Some(last) = t.store(&mut tx, stmts)? {
+                // The new head, and every instance's tail woken at the commit.
+                let s = prepared(stmts, &mut tx, "UPDATE log_head SET seq = $1")?;
+                tx.execute(&s, &[&last])?;
+                let s = prepared(stmts, &mut tx, "SELECT pg_notify('cloudci_log', $1)")?;
+                tx.execute(&s, &[&last.to_string()])?;
+            }
             tx.commit()?;
             Ok((n, events))
         })?)

@@ -3,7 +3,8 @@
 //! consecutive and readable in commit order for another reader while three instances store and
 //! sequence at once; every delivery becomes its events exactly once; what a dead instance left
 //! pending is sequenced by another; a `kill -9` between storing and sequencing loses nothing
-//! acknowledged.
+//! acknowledged; the sequencer's state machine over rows in memory (`batch.rs`) judges exactly
+//! as the statement-per-call one (`tables.rs`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -192,4 +193,137 @@ fn child_instance() {
         log.receive(vec![push(n)]).unwrap();
         println!("ack {n}");
     }
+}
+
+fn fixture(name: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gitlab/tests/fixtures").join(name);
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Deliveries about three pipelines, in an order a busy GitLab could send: pipeline and job
+/// hooks, statuses going forward, backward and repeated, retried jobs (a name's second id).
+fn corpus() -> Vec<Incoming> {
+    const STATUSES: [&str; 7] = ["created", "pending", "running", "success", "failed", "canceled", "skipped"];
+    const NAMES: [&str; 5] = ["build", "test", "lint", "deploy", "docs"];
+    let (pipeline, job) = (fixture("webhook-pipeline-event.json"), fixture("webhook-job-event.json"));
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut out = Vec::new();
+    for k in 0..160u64 {
+        let p = 100 + next(3);
+        // Jobs 0..5 are first attempts, 5..8 retries of the first three names.
+        let job_of = |next: &mut dyn FnMut(u64) -> u64| {
+            let j = next(8);
+            (p * 10 + j, NAMES[(j % 5) as usize], STATUSES[next(7) as usize])
+        };
+        let (event, body) = if next(2) == 0 {
+            let mut v = pipeline.clone();
+            v["object_attributes"]["id"] = p.into();
+            v["object_attributes"]["status"] = STATUSES[next(7) as usize].into();
+            let template = v["builds"][0].clone();
+            let builds: Vec<serde_json::Value> = (0..next(5))
+                .map(|_| {
+                    let (id, name, status) = job_of(&mut next);
+                    let mut b = template.clone();
+                    b["id"] = id.into();
+                    b["name"] = name.into();
+                    b["stage"] = "test".into();
+                    b["status"] = status.into();
+                    b
+                })
+                .collect();
+            v["builds"] = builds.into();
+            ("Pipeline Hook", v)
+        } else {
+            let mut v = job.clone();
+            let (id, name, status) = job_of(&mut next);
+            v["build_id"] = id.into();
+            v["build_name"] = name.into();
+            v["build_status"] = status.into();
+            v["pipeline_id"] = p.into();
+            v["retries_count"] = u64::from(id % 10 >= 5).into();
+            ("Job Hook", v)
+        };
+        let body = serde_json::to_vec(&body).unwrap();
+        let observations = Ok(observe(&WebhookEvent::parse(Some(event), &body).unwrap(), EventSource::Webhook));
+        out.push(Incoming {
+            delivery: NewDelivery {
+                dedup_key: format!("key:c{k:04}"),
+                event: event.into(),
+                headers: "{}".into(),
+                body,
+            },
+            observations,
+        });
+    }
+    out
+}
+
+/// What a log says: its events (without the time they were received) and its tables' rows.
+fn contents(url: &str) -> (Vec<serde_json::Value>, Vec<String>) {
+    let log = PgLog::open(url).unwrap();
+    let (events, _) = log.events_after(0, None, &EventFilter::default(), 100_000).unwrap();
+    let events = events
+        .into_iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(&e).unwrap();
+            v.as_object_mut().unwrap().remove("received_at");
+            v
+        })
+        .collect();
+    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let mut rows = Vec::new();
+    for r in client
+        .query("SELECT format('%s %s %s %s %s %s %s', id, project_id, project, status, max_job_id, basis, reread) FROM pipelines ORDER BY id", &[])
+        .unwrap()
+    {
+        rows.push(r.get(0));
+    }
+    for r in client
+        .query("SELECT format('%s %s %s %s %s %s %s %s', id, pipeline_id, status, name, stage, allow_failure, started, artifacts) FROM jobs ORDER BY id", &[])
+        .unwrap()
+    {
+        rows.push(r.get(0));
+    }
+    (events, rows)
+}
+
+#[test]
+fn the_sequencer_judges_as_the_statement_per_call_path_does() {
+    let Some(cluster) = ScratchCluster::for_test() else { return };
+    let one_by_one = cluster.url();
+    let mut admin = postgres::Client::connect(&one_by_one, postgres::NoTls).unwrap();
+    admin.batch_execute("CREATE DATABASE batched").unwrap();
+    let batched = one_by_one.replace("/postgres", "/batched");
+    // The statement-per-call path: each delivery ingested (and processed) on its own.
+    let a = PgLog::open(&one_by_one).unwrap();
+    for d in corpus() {
+        a.ingest(vec![d]).unwrap();
+    }
+    // The sequencer's: stored in batches of 1 to 40, sequenced between some of them, so batches
+    // see rows written earlier in the same transaction and in earlier ones.
+    let b = PgLog::open(&batched).unwrap();
+    let mut all = corpus().into_iter().peekable();
+    let mut k = 0;
+    while all.peek().is_some() {
+        k += 1;
+        b.receive(all.by_ref().take(1 + (k * 7) % 40).collect()).unwrap();
+        if k % 3 != 0 {
+            b.sequence().unwrap();
+        }
+    }
+    while b.sequence().unwrap().0 > 0 {}
+    let (want, want_rows) = contents(&one_by_one);
+    let (got, got_rows) = contents(&batched);
+    assert!(want.len() > 40, "the corpus makes the state machine work: {} events", want.len());
+    assert_eq!(got_rows, want_rows, "the same pipelines and jobs");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "event {i}");
+    }
+    assert_eq!(got.len(), want.len());
 }
