@@ -39,6 +39,12 @@ const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 /// Opening a connection, and whole requests other than the stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A stream that lasted this long was a working connection: the backoff starts over. One that
+/// ends sooner (a proxy that closes it, a relay stopping) keeps backing off.
+const STEADY: Duration = Duration::from_secs(5);
+/// The wait after the relay refused the developer's GitLab token: each attempt costs the relay a
+/// GitLab call, and the token only changes with a restart of the daemon.
+const REFUSED_WAIT: Duration = Duration::from_secs(60);
 
 /// Why the feed is not following the relay now. Never carries a token.
 #[derive(Debug, thiserror::Error)]
@@ -139,9 +145,12 @@ impl RelayFeed {
                     } else {
                         tracing::info!("following the relay at {} {resuming}", self.url);
                     }
-                    retry.reset();
                     renewed_for_401 = false;
+                    let since = Instant::now();
                     let why = self.read(resp, &mut session).await;
+                    if since.elapsed() >= STEADY {
+                        retry.reset();
+                    }
                     match why {
                         FeedError::Store(e) => tracing::warn!("relay: cannot log its events ({e}); reading them again"),
                         why => tracing::info!("relay: {why}; reconnecting"),
@@ -163,6 +172,10 @@ impl RelayFeed {
                         );
                     } else {
                         tracing::debug!("relay still unreachable: {e}");
+                    }
+                    if matches!(e, FeedError::SessionRefused { .. }) {
+                        tokio::time::sleep(REFUSED_WAIT).await;
+                        continue;
                     }
                 }
             }
@@ -193,7 +206,16 @@ impl RelayFeed {
         }
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         match resp.status() {
-            s if s.is_success() => Ok((resp, after)),
+            s if s.is_success() => {
+                let kind = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+                match kind {
+                    Some(k) if k.starts_with("text/event-stream") => Ok((resp, after)),
+                    other => Err(FeedError::Malformed(format!(
+                        "/v1/events answered {} instead of an event stream: is this the relay's subscriber API?",
+                        other.unwrap_or("no content type")
+                    ))),
+                }
+            }
             StatusCode::UNAUTHORIZED => Err(FeedError::SessionExpired),
             s => Err(FeedError::Refused { status: s.as_u16(), message: error_text(resp).await }),
         }
@@ -408,6 +430,54 @@ mod tests {
         assert!(waits[9] >= MAX_RETRY / 2, "{waits:?}");
         b.reset();
         assert!(b.next() <= FIRST_RETRY);
+    }
+
+    /// A stand-in relay on loopback: sessions always open, `/v1/events` answers `events`.
+    async fn fake_relay(events: axum::routing::MethodRouter) -> String {
+        let app = axum::Router::new()
+            .route(
+                "/v1/sessions",
+                axum::routing::post(|| async {
+                    let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+                    axum::Json(serde_json::json!({"token": "eyJ-relay-token", "expires_at": expires.to_rfc3339()}))
+                }),
+            )
+            .route("/v1/events", events);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    /// Runs a feed against `url` until its health reports the relay unreachable; the detail.
+    async fn problem_with(url: &str) -> String {
+        let hub = Hub::new(std::sync::Arc::new(cloudci_webhook::Store::in_memory().unwrap()));
+        let feed = RelayFeed::new(url, SecretString::from("glpat-developer"), vec![], hub.clone());
+        let task = tokio::spawn(feed.run());
+        let report = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Some(r) = hub.health().reports().into_iter().find(|r| r.kind == Problem::RelayUnreachable) {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the relay was never reported unreachable");
+        task.abort();
+        report.detail
+    }
+
+    #[tokio::test]
+    async fn what_is_not_the_relays_event_stream_is_a_problem_named_as_such() {
+        let html = fake_relay(axum::routing::get(|| async { axum::response::Html("<html>a login page</html>") })).await;
+        let detail = problem_with(&html).await;
+        assert!(detail.contains("instead of an event stream"), "{detail}");
+        // A 401 right after a new session: not taken for an expired one again and again.
+        let refusing = fake_relay(axum::routing::get(|| async { axum::http::StatusCode::UNAUTHORIZED })).await;
+        let detail = problem_with(&refusing).await;
+        assert!(detail.contains("no longer accepts this daemon's session"), "{detail}");
+        assert!(!detail.contains("eyJ") && !detail.contains("glpat"), "{detail}");
     }
 
     #[test]
