@@ -484,3 +484,62 @@ async fn sessions_are_renewed_and_a_restarted_daemon_resumes_where_it_stopped() 
     assert_eq!(second_out.count("following the relay at"), 1, "{}", said());
     assert!(second_out.text().contains(" after event 3"), "{}", said());
 }
+
+/// A measurement, not a check: how long from a delivery sent to the relay until its event is on
+/// the developer daemon's own `/v1/events` (the relay's commit and sequencing, its stream, the
+/// daemon's commit and fan-out), one delivery at a time, and how long the relay took to answer
+/// the delivery. BENCHMARKS.md has the figures with this command:
+/// `cargo test --all-features --test relay_daemon -- --ignored --nocapture` (a debug build, as the
+/// suite builds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn measure_delivery_to_the_daemons_local_stream() {
+    let Some(pg) = ScratchCluster::for_test() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(dir.path(), &dir.path().join("gate")).await;
+    let http = reqwest::Client::new();
+    let secrets: PathBuf = dir.path().join("relay-secrets");
+    let files = SecretFiles::new(&secrets);
+    for (name, value) in [("path-secret", PATH), ("hook-token", HOOK_TOKEN), ("token-key", KEY), ("gitlab-token", ROOT)]
+    {
+        files.write(name, value).unwrap();
+    }
+    let ports = (free_port(), free_port());
+    let relay_out = Output::default();
+    let _relay = relay(&pg.url(), &secrets, sim.url(), ports, &[], &relay_out);
+    let (config, _, api_port) = write_config(dir.path(), PROJECTS, 2);
+    let out = Output::default();
+    let (_daemon, _) = serve_relay(&config, sim.url(), &format!("http://127.0.0.1:{}", ports.1), &out);
+    until("the daemon follows the relay", 20, async || out.count("following the relay at") == 1).await;
+    let token = std::fs::read_to_string(dir.path().join("state/secrets/cli-token")).unwrap();
+    let mut local = common::Events::open(api_port, token.trim(), "").await;
+    let n = 300;
+    let (mut answered, mut arrived) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 1..=n as u64 {
+        let sent = std::time::Instant::now();
+        push(&http, ports.0, i).await;
+        answered.push(sent.elapsed());
+        loop {
+            let e = local.next(Duration::from_secs(20)).await.expect("no event within 20 s");
+            if e["sha"].as_str().and_then(|s| u64::from_str_radix(s, 16).ok()) == Some(i) {
+                break;
+            }
+        }
+        arrived.push(sent.elapsed());
+    }
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1].as_secs_f64() * 1000.0
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "relay -> daemon, {n} deliveries one at a time (load {}): relay answered p50 {:.1} ms p99 {:.1} ms; \
+         event on the daemon's /v1/events p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+        load.split_whitespace().next().unwrap_or("?"),
+        pct(&mut answered, 0.5),
+        pct(&mut answered, 0.99),
+        pct(&mut arrived, 0.5),
+        pct(&mut arrived, 0.99),
+        pct(&mut arrived, 1.0),
+    );
+}
