@@ -45,7 +45,9 @@ pub struct StorePolicy {
     /// Rows per transaction of a pass.
     pub batch: usize,
     /// Whether each group commit also removes about as many expired rows as it adds, once a
-    /// pass ran (`retention/sweep.rs`); the pass then finds little left. On by default.
+    /// pass ran (`retention/sweep.rs`); the pass then finds little left. Off by default: in the
+    /// year bench (RELIABILITY.md) it added more to every commit than the pass's own small
+    /// transactions cost ingest.
     pub in_commit: bool,
 }
 
@@ -55,7 +57,7 @@ impl Default for StorePolicy {
             deliveries: Duration::from_secs(14 * 86_400),
             events: Duration::from_secs(30 * 86_400),
             batch: 100,
-            in_commit: true,
+            in_commit: false,
         }
     }
 }

@@ -241,7 +241,8 @@ fn commits_remove_what_expired_and_keep_what_a_pass_keeps() {
     assert_eq!(seqs(&store).len(), last as usize);
     // A pass whose clock is a year back removes nothing itself, and turns the commits' sweep on.
     let keep = Keep { pipelines: vec![3], subscribers_at: None };
-    let pass = store.gc(&StorePolicy::default(), &keep, now_ms() - 365 * DAY_MS, false).unwrap();
+    let in_commit = StorePolicy { in_commit: true, ..StorePolicy::default() };
+    let pass = store.gc(&in_commit, &keep, now_ms() - 365 * DAY_MS, false).unwrap();
     assert_eq!((pass.deliveries.count, pass.events.count), (0, 0));
 
     // A subscriber at seq 2: only pipeline 1's first two events are below it.
@@ -260,8 +261,23 @@ fn commits_remove_what_expired_and_keep_what_a_pass_keeps() {
     assert_eq!(store.removed_through().unwrap(), last);
     assert!(store.pending_deliveries(10).unwrap().iter().any(|d| d.event == "Job Hook"));
     // A later pass finds what the commits left: pipeline 1's state, nothing of 2 or 3.
-    let later = store.gc(&StorePolicy::default(), &keep, now_ms(), false).unwrap();
+    let later = store.gc(&in_commit, &keep, now_ms(), false).unwrap();
     assert_eq!((later.deliveries.count, later.events.count, later.pipelines.count), (0, 0, 1));
+}
+
+#[test]
+fn by_default_commits_leave_retention_to_the_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    let store = Store::open(&path, Durability::Normal).unwrap();
+    fill(&store);
+    age(&path, 40);
+    let pass = store.gc(&StorePolicy::default(), &Keep::default(), now_ms() - 365 * DAY_MS, false).unwrap();
+    assert_eq!((pass.deliveries.count, pass.events.count), (0, 0));
+    let before = (deliveries(&path).len(), seqs(&store).len());
+    store.ingest_retaining(incoming("new", vec![obs(EventKind::Pipeline, 9, None, "running")]), None).unwrap();
+    assert_eq!(deliveries(&path).len(), before.0 + 1, "a commit removed deliveries");
+    assert!(seqs(&store).len() >= before.1, "a commit removed events");
 }
 
 #[test]
@@ -275,7 +291,8 @@ fn a_commit_removes_about_as_much_as_it_adds() {
         deliver(&store, &format!("push-{k}"), vec![push.clone()]);
     }
     age(&path, 40);
-    store.gc(&StorePolicy::default(), &Keep::default(), now_ms() - 365 * DAY_MS, false).unwrap();
+    let in_commit = StorePolicy { in_commit: true, ..StorePolicy::default() };
+    store.gc(&in_commit, &Keep::default(), now_ms() - 365 * DAY_MS, false).unwrap();
     // One delivery, one event: it removes at most 1 + 16 of each (the backlog is the pass's, or
     // busier commits').
     let mut commits = 0;

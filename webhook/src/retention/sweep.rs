@@ -4,6 +4,10 @@
 //! lock or fsync of its own; the periodic pass ([`crate::Store::gc`]) still sweeps a quiet store,
 //! what a commit skipped, and pipeline state.
 //!
+//! Off by default ([`StorePolicy::in_commit`]): measured against the periodic pass alone in the
+//! year bench (`year.rs`, RELIABILITY.md), it made every commit slower by about as much as the
+//! rows it removed cost, for no better ingest p99. It stays as an option and in the bench.
+//!
 //! A commit sweeps only once a (real) pass gave it the limits and the pipelines unfinished builds
 //! follow ([`Sweep::plan`]). It keeps what the pass keeps: a delivery still pending; an event of a
 //! pipeline that is not finished (checked in the same transaction, so a retry that reopens an old
