@@ -19,9 +19,12 @@
 //! the same key, it names no GitLab user and sees every project (kept for the operator's own
 //! tools and tests; whoever holds the secrets directory could sign one anyway).
 //!
+//! Hook management and catch-up ([`catchup`]): with GitLab, the team's projects
+//! (`--project`) and the relay's public URL (`--public-url`), the instance that holds the
+//! leader's advisory lock installs and looks after one hook per project and runs the daemon's
+//! reconciler over the shared log; the others take over when it dies.
+//!
 //! # Seams for what comes next
-//! - **Hook management and catch-up** (part B) start here too, beside the processor, with the
-//!   same [`HookSecrets`] this module reads.
 //! - **Another bus** (NATS JetStream): replace [`Tail`]; the hub takes batches from anywhere.
 
 use std::net::SocketAddr;
@@ -47,6 +50,7 @@ use crate::api::params::ApiQuery;
 use crate::api::sse::{EventsQuery, EventsState, last_event_id, scoped_filter, stream_response};
 
 pub mod access;
+pub mod catchup;
 pub mod sessions;
 
 pub use access::Access;
@@ -65,6 +69,9 @@ const TOKEN_KEY: &str = "token-key";
 /// The relay's own GitLab token, for the access checks (never generated: the operator puts a
 /// token there that can read the team's projects' members).
 const GITLAB_TOKEN: &str = "gitlab-token";
+/// The relay's installation id, shared by every instance: it names the team's hooks, so that
+/// an instance recognises (and never duplicates) the hooks another one made.
+const RELAY_ID: &str = "relay-id";
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +99,9 @@ pub enum RelayError {
         /// The secrets directory.
         dir: PathBuf,
     },
+    /// Hook management asked for without what it needs.
+    #[error("the team's hooks (--project) need GitLab (--gitlab-url) and the relay's public URL (--public-url)")]
+    NoHookSettings,
     /// The GitLab client could not be made.
     #[error("GitLab client: {0}")]
     Gitlab(#[from] cloudci_gitlab::Error),
@@ -123,6 +133,17 @@ pub struct RelaySettings {
     pub session_ttl: Duration,
     /// How long an access answer is kept (at most [`access::MAX_TTL`]).
     pub access_ttl: Duration,
+    /// The team's projects (paths or ids) whose hooks the relay manages and catches up on;
+    /// none: no hook management.
+    pub projects: Vec<String>,
+    /// Where GitLab reaches the relay (the load balancer), without `/hooks/...`.
+    pub public_url: Option<String>,
+    /// How often the leader checks that GitLab did not pause a hook.
+    pub hook_check: Duration,
+    /// A pipeline nothing was heard of for this long is read from GitLab's API.
+    pub reconcile_after: Duration,
+    /// The leader catches up at least this often.
+    pub catch_up_every: Duration,
 }
 
 /// The relay's secrets, read (and generated on first start) from its directory.
@@ -134,23 +155,30 @@ pub struct RelaySecrets {
     pub keys: TokenKeys,
     /// The relay's own GitLab token, when there is one.
     pub gitlab_token: Option<SecretString>,
+    /// The path secret, the hook token and the signing token, for the hooks.
+    hook_params: (SecretString, SecretString, Option<SecretString>),
+    /// The installation id naming the team's hooks.
+    relay_id: SecretString,
 }
 
 impl RelaySecrets {
     /// Reads the directory, generating the path secret, hook token and token key when missing.
     pub fn load(dir: &std::path::Path) -> Result<Self, RelayError> {
         let files = SecretFiles::new(dir);
-        let mut hooks =
-            HookSecrets::new(files.get_or_create(PATH_SECRET, 16)?, vec![files.get_or_create(HOOK_TOKEN, 32)?]);
-        if let Some(signing) = files.read(SIGNING_TOKEN)? {
+        let (path, token) = (files.get_or_create(PATH_SECRET, 16)?, files.get_or_create(HOOK_TOKEN, 32)?);
+        let mut hooks = HookSecrets::new(path.clone(), vec![token.clone()]);
+        let signing = files.read(SIGNING_TOKEN)?;
+        if let Some(signing) = &signing {
             hooks = hooks
-                .with_signing_token(&signing)
+                .with_signing_token(signing)
                 .map_err(|source| RelayError::BadSigningToken { dir: dir.to_owned(), source })?;
         }
         Ok(Self {
             hooks,
             keys: TokenKeys::new(&files.get_or_create(TOKEN_KEY, 32)?),
             gitlab_token: files.read(GITLAB_TOKEN)?,
+            hook_params: (path, token, signing),
+            relay_id: files.get_or_create(RELAY_ID, 12)?,
         })
     }
 
@@ -255,6 +283,7 @@ pub struct Relay {
     tasks: Vec<JoinHandle<()>>,
     _sequencer: Sequencer,
     _tail: Tail,
+    _leader: Option<cloudci_relay::Leader>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
@@ -270,6 +299,7 @@ impl Relay {
         let secrets = tokio::task::spawn_blocking(move || RelaySecrets::load(&dir)).await.expect("not cancelled")?;
         let url = settings.database_url.expose_secret().to_owned();
         let log = Arc::new(tokio::task::spawn_blocking(move || PgLog::open(&url)).await.expect("not cancelled")?);
+        let mut relay_gitlab = None;
         let (access, sessions) = match &settings.gitlab_url {
             None => (None, None),
             Some(url) => {
@@ -281,10 +311,28 @@ impl Relay {
                     .private_token(token)
                     .timeout(Duration::from_secs(10))
                     .build()?;
+                relay_gitlab = Some(gitlab.clone());
                 let sessions =
                     Sessions { gitlab_url: url.clone(), keys: secrets.keys.clone(), ttl: settings.session_ttl };
                 (Some(Arc::new(Access::new(gitlab, settings.access_ttl))), Some(sessions))
             }
+        };
+        let duties = match (&settings.projects[..], &relay_gitlab, &settings.public_url) {
+            ([], _, _) => None,
+            (projects, Some(gitlab), Some(public_url)) => {
+                let (path, token, signing) = secrets.hook_params.clone();
+                let url = format!("{}/hooks/{}", public_url.trim_end_matches('/'), path.expose_secret());
+                let hooks = cloudci_webhook::HookManager::new(
+                    gitlab.clone(),
+                    format!("relay-{}", secrets.relay_id.expose_secret()),
+                    url,
+                    vec![path],
+                    token,
+                    signing,
+                );
+                Some((hooks, gitlab.clone(), projects.iter().map(|p| cloudci_gitlab::ProjectRef::parse(p)).collect()))
+            }
+            _ => return Err(RelayError::NoHookSettings),
         };
         let hub = Hub::new(log.clone());
         crate::logging::report_to(hub.health());
@@ -316,10 +364,34 @@ impl Relay {
                 hub.health(),
             ),
         ];
-        let tasks = vec![tokio::spawn(receiver.processor().run())];
+        let mut tasks = vec![tokio::spawn(receiver.processor().run())];
+        let mut leader = None;
+        if let Some((hooks, gitlab, projects)) = duties {
+            let l = cloudci_relay::Leader::start(log.clone());
+            let duties = catchup::Duties {
+                hooks,
+                gitlab,
+                hub: hub.clone(),
+                projects,
+                hook_check: settings.hook_check,
+                silence: settings.reconcile_after,
+                catch_up_every: settings.catch_up_every,
+            };
+            tasks.push(tokio::spawn(catchup::run(l.watch(), duties)));
+            leader = Some(l);
+        }
         let sequencer = Sequencer::start(hub.clone(), log.clone());
         let tail = Tail::start(hub, log);
-        Ok(Self { public_addr, api_addr, shutdown, servers, tasks, _sequencer: sequencer, _tail: tail })
+        Ok(Self {
+            public_addr,
+            api_addr,
+            shutdown,
+            servers,
+            tasks,
+            _sequencer: sequencer,
+            _tail: tail,
+            _leader: leader,
+        })
     }
 
     /// Stops gracefully: no new connections, answers in progress finish (a delivery is answered

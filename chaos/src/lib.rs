@@ -18,6 +18,8 @@
 //! - `subscriber`: the SSE client that records every event and reconnects.
 //! - `analysis`: the comparison with the sim's truth, and the failure list.
 //! - [`Report`]: the figures, printable for people ([`std::fmt::Display`]) or as JSON.
+//! - [`relay`]: the team relay's chaos run ([`relay::run_relay`]): three instances behind a
+//!   proxy, PostgreSQL restarted and away, many subscribers with their users' access.
 //! - [`soak`]: the other instrument — `serve` for an hour under steady load, its memory, file
 //!   descriptors, database size and ingest latency sampled over time (`soak_load`: the load,
 //!   `probe`: `/proc` and the state directory).
@@ -25,6 +27,7 @@
 mod analysis;
 mod daemon;
 mod probe;
+pub mod relay;
 mod sim_api;
 pub mod soak;
 mod soak_load;
@@ -303,6 +306,9 @@ pub enum Error {
     /// `cloudci` did not do what the harness needs (start, issue a token).
     #[error("cloudci: {0}")]
     Cloudci(String),
+    /// The relay run needs PostgreSQL (`initdb`, `pg_ctl`), which is not installed.
+    #[error("PostgreSQL is not installed (apt-get install postgresql)")]
+    NoPostgres,
 }
 
 /// A small deterministic generator (splitmix64) for the harness's own choices.

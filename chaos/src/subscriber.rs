@@ -16,6 +16,7 @@ use serde_json::Value;
 pub(crate) struct Received {
     pub(crate) seq: u64,
     pub(crate) kind: String,
+    pub(crate) project_id: Option<u64>,
     pub(crate) pipeline_id: Option<u64>,
     pub(crate) job_id: Option<u64>,
     pub(crate) job_name: Option<String>,
@@ -53,14 +54,30 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 
 impl Subscriber {
     pub(crate) fn start(url: String, token: String) -> Self {
+        Self::start_with(url, token, Duration::from_millis(200))
+    }
+
+    /// Like [`Subscriber::start`], backing off from 200 ms to `max_wait` while connections fail
+    /// (many subscribers of a relay whose database is away should not hammer it).
+    pub(crate) fn start_with(url: String, token: String, max_wait: Duration) -> Self {
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let task = tokio::spawn(follow(url, token, shared.clone()));
+        let task = tokio::spawn(follow(url, token, shared.clone(), max_wait));
         Self { shared, started: Instant::now(), task }
     }
 
     /// Every event so far, in arrival order.
     pub(crate) fn snapshot(&self) -> Vec<Received> {
         lock(&self.shared).events.clone()
+    }
+
+    /// `f` of every event so far, without copying them (many subscribers, many events).
+    pub(crate) fn with_events<T>(&self, f: impl FnOnce(&[Received]) -> T) -> T {
+        f(&lock(&self.shared).events)
+    }
+
+    /// Times it connected so far.
+    pub(crate) fn connects(&self) -> u32 {
+        lock(&self.shared).connects
     }
 
     /// Time since the last event (or since the start, before any).
@@ -75,7 +92,7 @@ impl Subscriber {
     }
 }
 
-async fn follow(url: String, token: String, shared: Arc<Mutex<Shared>>) {
+async fn follow(url: String, token: String, shared: Arc<Mutex<Shared>>, max_wait: Duration) {
     let http = match reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build() {
         Ok(c) => c,
         Err(e) => {
@@ -84,6 +101,7 @@ async fn follow(url: String, token: String, shared: Arc<Mutex<Shared>>) {
         }
     };
     let mut last_id: Option<String> = None;
+    let mut wait = Duration::from_millis(200);
     loop {
         let mut req = http.get(&url).bearer_auth(&token).header("Accept", "text/event-stream");
         if let Some(id) = &last_id {
@@ -93,6 +111,7 @@ async fn follow(url: String, token: String, shared: Arc<Mutex<Shared>>) {
             && resp.status() == reqwest::StatusCode::OK
         {
             lock(&shared).connects += 1;
+            wait = Duration::from_millis(200);
             let mut stream = resp.bytes_stream();
             let mut buf: Vec<u8> = Vec::new();
             while let Some(Ok(chunk)) = stream.next().await {
@@ -112,7 +131,8 @@ async fn follow(url: String, token: String, shared: Arc<Mutex<Shared>>) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(max_wait.max(Duration::from_millis(200)));
     }
 }
 
@@ -146,6 +166,7 @@ fn parse_frame(frame: &str) -> Option<(Option<String>, Option<Received>)> {
     let event = (!data.is_empty()).then(|| serde_json::from_str::<Value>(&data).ok()).flatten().map(|v| Received {
         seq: v["seq"].as_u64().or_else(|| id.as_deref().and_then(|i| i.parse().ok())).unwrap_or(0),
         kind: v["kind"].as_str().unwrap_or("").to_owned(),
+        project_id: v["project_id"].as_u64(),
         pipeline_id: v["pipeline_id"].as_u64(),
         job_id: v["job_id"].as_u64(),
         job_name: v["job_name"].as_str().map(str::to_owned),

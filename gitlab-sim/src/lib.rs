@@ -41,7 +41,7 @@ use std::time::Duration;
 use chrono::Utc;
 use cloudci_gitlab::types::Status;
 
-pub use access::{SimMember, SimUser, Visibility};
+pub use access::{AccessError, SimMember, SimUser, Visibility};
 pub use faults::{FaultSpec, Faults};
 pub use render::VERSION;
 pub use webhooks::sign;
@@ -500,6 +500,19 @@ impl Sim {
     /// auth log; this is the sim's record of what GitLab never sent.
     pub fn hook_rate_limited(&self) -> std::collections::BTreeMap<String, u64> {
         self.shared.lock().hook_rate_limited.clone()
+    }
+
+    /// Every delivery attempt in every hook's log (project and group hooks), oldest first per
+    /// hook: when it was logged (after the answer) and the answer's `response_status` as
+    /// GitLab's API shows it (`200`, `503`, or `internal error` when no answer came). For
+    /// harnesses that judge a receiver by its answers (`cloudci-chaos`'s relay run).
+    pub fn delivery_outcomes(&self) -> Vec<(chrono::DateTime<chrono::Utc>, String)> {
+        let state = self.shared.lock();
+        state
+            .hooks
+            .values()
+            .flat_map(|h| h.deliveries.iter().map(|d| (d.created_at, d.response_status.clone())))
+            .collect()
     }
 
     /// Moves every logged delivery of hook `hook_id` `by` into the past, as if the sim had been

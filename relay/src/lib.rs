@@ -9,6 +9,7 @@
 //! - `schema`: the tables and their migrations, run at every start.
 //! - `sequencer`: [`Sequencer`], raw deliveries stored without the head's lock and turned into
 //!   events by one sequencing transaction at a time (why that keeps seqs in commit order).
+//! - `catchup`: the reconciler's queries on the log, and [`Leader`] (which instance runs it).
 //! - `tail`: [`Tail`], each instance's `LISTEN`/poll tail of the log into its [`Hub`](cloudci_webhook::Hub).
 //! - `scratch`: [`ScratchCluster`], a throwaway PostgreSQL for tests and benchmarks.
 //!
@@ -16,6 +17,7 @@
 //! the daemon's layers and event stream with it.
 
 mod batch;
+mod catchup;
 mod pg;
 mod schema;
 mod scratch;
@@ -23,6 +25,7 @@ mod sequencer;
 mod tables;
 mod tail;
 
+pub use catchup::Leader;
 pub use pg::{CHANNEL, PgError, PgLog};
 pub use scratch::{ScratchCluster, ScratchError};
 pub use sequencer::{BACKSTOP, Sequencer};

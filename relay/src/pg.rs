@@ -179,7 +179,7 @@ impl PgLog {
         &self.config
     }
 
-    fn read<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         Ok(self.readers[i].with(&self.config, f)?)
     }

@@ -62,6 +62,12 @@ const MIGRATIONS: &[&str] = &[
         artifacts BOOLEAN
     );
     CREATE INDEX jobs_by_name ON jobs (pipeline_id, name);",
+    // 2: the catch-up's cursors (`catchup.rs`): up to when each project's pipelines are known
+    // to have been heard, shared by whichever instance leads the catch-up.
+    "CREATE TABLE cursors (
+        project_id BIGINT PRIMARY KEY,
+        unix_secs BIGINT NOT NULL
+    );",
 ];
 
 /// Brings the database up to the newest schema; returns how many migrations this call applied.

@@ -46,6 +46,25 @@ pub struct RelayArgs {
     /// receiving a project's events within this time.
     #[arg(long, default_value = "5m", value_parser = parse_access_ttl)]
     access_ttl: std::time::Duration,
+    /// A team project (path or id) whose webhook the relay installs and looks after, and whose
+    /// pipelines it catches up on after outages; repeat for each, over `[relay] projects`.
+    /// Needs --gitlab-url and --public-url. One instance at a time does it (the others take
+    /// over when it stops).
+    #[arg(long = "project", value_name = "PROJECT")]
+    projects: Vec<String>,
+    /// Where GitLab reaches the relay (the load balancer), over `[relay] public_url`.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// How often the hooks are checked (GitLab pauses one after four failed deliveries).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    hook_check: std::time::Duration,
+    /// A pipeline nothing was heard of for this long is read from GitLab's API.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    reconcile_after: std::time::Duration,
+    /// Catch up on the projects' pipelines at least this often (GitLab's API, from the last
+    /// catch-up on).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    catch_up_every: std::time::Duration,
 }
 
 fn parse_access_ttl(raw: &str) -> Result<std::time::Duration, crate::api::auth::BadDuration> {
@@ -80,7 +99,7 @@ enum RelayAction {
 impl From<RelayError> for Failure {
     fn from(e: RelayError) -> Self {
         match e {
-            RelayError::NoDatabase => Self::usage(e.to_string()),
+            RelayError::NoDatabase | RelayError::NoHookSettings => Self::usage(e.to_string()),
             other => Self::general(other.to_string()),
         }
     }
@@ -114,6 +133,11 @@ impl RelayArgs {
             gitlab_url: self.gitlab_url.or_else(|| config.relay.gitlab_url.clone()),
             session_ttl: self.session_ttl,
             access_ttl: self.access_ttl,
+            projects: if self.projects.is_empty() { config.relay.projects.clone() } else { self.projects },
+            public_url: self.public_url.or_else(|| config.relay.public_url.clone()),
+            hook_check: self.hook_check,
+            reconcile_after: self.reconcile_after,
+            catch_up_every: self.catch_up_every,
         };
         let relay = Relay::start(&settings).await?;
         crate::say!("relay: receiving GitLab webhooks on {} (POST /hooks/…)", relay.public_addr);

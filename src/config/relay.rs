@@ -33,11 +33,24 @@ pub struct RelaySection {
     /// `https://relay.example.com:8791`). With it the daemon opens no tunnel and no public
     /// listener and installs no hooks: it takes its events from the relay (`serve --relay`).
     pub url: Option<String>,
+    /// The team's projects whose hooks the relay manages and catches up on (`--project`).
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// Where GitLab reaches the relay (the load balancer's URL, `--public-url`).
+    pub public_url: Option<String>,
 }
 
 impl Default for RelaySection {
     fn default() -> Self {
-        Self { listen: default_listen(), api_listen: default_api_listen(), secrets: None, gitlab_url: None, url: None }
+        Self {
+            listen: default_listen(),
+            api_listen: default_api_listen(),
+            secrets: None,
+            gitlab_url: None,
+            url: None,
+            projects: Vec::new(),
+            public_url: None,
+        }
     }
 }
 

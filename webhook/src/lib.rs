@@ -62,7 +62,8 @@ pub use machine::{JobFacts, JobRow, LogTables, PipelineRow, apply, process_all};
 // The event log (SQLite), and keeping it small.
 pub use retention::{Keep, Removed, StorePolicy, StoreReport, now_ms};
 pub use store::{
-    Durability, EventFilter, Incoming, KnownJob, NewDelivery, Parsed, Store, StoreError, Stored, Unreadable,
+    ActivePipeline, Durability, EventFilter, Incoming, KnownJob, NewDelivery, Parsed, Store, StoreError, Stored,
+    Unreadable,
 };
 // The state machine, for property tests.
 pub use tracker::{Verdict, judge_job};
@@ -70,7 +71,7 @@ pub use tracker::{Verdict, judge_job};
 pub use verify::{BadSigningToken, DeliveryHeaders, HookSecrets, SIGNATURE_TOLERANCE_SECS, VerifyError, sign};
 // GitLab's side: project hooks and polling.
 pub use hooks::HookManager;
-pub use reconcile::{ReconcileError, Reconciler};
+pub use reconcile::{ReconcileError, ReconcileLog, Reconciler};
 // Reaching the public listener.
 #[cfg(feature = "ngrok")]
 pub use tunnel::NgrokTunnel;

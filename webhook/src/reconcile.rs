@@ -17,9 +17,60 @@ use cloudci_gitlab::{Gitlab, JobFilter, PipelineFilter, PipelineId, ProjectId, P
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::Notify;
 
+use std::collections::HashMap;
+
+use cloudci_gitlab::types::Status;
+
 use crate::events::{BuildEvent, EventKind, EventSource, Observation};
 use crate::hub::{Hub, blocking};
-use crate::store::StoreError;
+use crate::log::EventLog;
+use crate::store::{ActivePipeline, Store, StoreError};
+
+/// What the reconciler needs of an event log besides [`EventLog`]: the known pipelines'
+/// state, the catch-up cursors, and a way to log what GitLab's API said. SQLite's [`Store`]
+/// implements it for the daemon, `cloudci-relay`'s `PgLog` for the team relay, so both run this
+/// one reconciler.
+pub trait ReconcileLog: EventLog {
+    /// Applies observations that came from polling GitLab (one transaction); the events logged.
+    fn apply_observations(&self, observations: Vec<Observation>) -> Result<Vec<BuildEvent>, StoreError>;
+    /// Pipelines not finished yet, finished ones with a job still shown running, and those owed
+    /// a second read.
+    fn active_pipelines(&self) -> Result<Vec<ActivePipeline>, StoreError>;
+    /// The pipeline was read finished, retried attempts included.
+    fn mark_reread(&self, pipeline_id: u64) -> Result<(), StoreError>;
+    /// The last accepted status of each of `ids` the log knows.
+    fn pipeline_statuses(&self, ids: &[u64]) -> Result<HashMap<u64, Status>, StoreError>;
+    /// Up to when (Unix seconds) everything of `project_id` is known to have been heard.
+    fn catch_up_cursor(&self, project_id: u64) -> Result<Option<i64>, StoreError>;
+    /// Moves [`ReconcileLog::catch_up_cursor`].
+    fn set_catch_up_cursor(&self, project_id: u64, unix_secs: i64) -> Result<(), StoreError>;
+    /// When the newest stored delivery was received (Unix seconds).
+    fn last_delivery_at(&self) -> Result<Option<i64>, StoreError>;
+}
+
+impl ReconcileLog for Store {
+    fn apply_observations(&self, observations: Vec<Observation>) -> Result<Vec<BuildEvent>, StoreError> {
+        Store::apply_observations(self, observations)
+    }
+    fn active_pipelines(&self) -> Result<Vec<ActivePipeline>, StoreError> {
+        Store::active_pipelines(self)
+    }
+    fn mark_reread(&self, pipeline_id: u64) -> Result<(), StoreError> {
+        Store::mark_reread(self, pipeline_id)
+    }
+    fn pipeline_statuses(&self, ids: &[u64]) -> Result<HashMap<u64, Status>, StoreError> {
+        Store::pipeline_statuses(self, ids)
+    }
+    fn catch_up_cursor(&self, project_id: u64) -> Result<Option<i64>, StoreError> {
+        Store::catch_up_cursor(self, project_id)
+    }
+    fn set_catch_up_cursor(&self, project_id: u64, unix_secs: i64) -> Result<(), StoreError> {
+        Store::set_catch_up_cursor(self, project_id, unix_secs)
+    }
+    fn last_delivery_at(&self) -> Result<Option<i64>, StoreError> {
+        Store::last_delivery_at(self)
+    }
+}
 
 /// Why a reconciler round failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,22 +96,57 @@ const READS_AT_ONCE: usize = 4;
 /// A wait this much longer than asked for means the process was suspended.
 const SUSPEND_HINT: Duration = Duration::from_secs(5);
 
-/// Polls silent pipelines and catches up after outages.
-#[derive(Debug, Clone)]
-pub struct Reconciler {
+/// Polls silent pipelines and catches up after outages, over any [`ReconcileLog`] (the
+/// daemon's SQLite store by default).
+#[derive(Debug)]
+pub struct Reconciler<L: ReconcileLog = Store> {
     gitlab: Gitlab,
-    hub: Hub,
+    hub: Hub<L>,
     silence: Duration,
+    /// Catch up at least this often, whatever the webhooks do (the relay's; `None`: only when
+    /// asked or while they are silent).
+    catch_up_every: Option<Duration>,
     projects: Vec<ProjectRef>,
     /// Project path or id (as given) → numeric id, learned on first use.
     ids: Arc<Mutex<BTreeMap<String, u64>>>,
     wake: Arc<Notify>,
 }
 
-impl Reconciler {
+impl<L: ReconcileLog> Clone for Reconciler<L> {
+    fn clone(&self) -> Self {
+        Self {
+            gitlab: self.gitlab.clone(),
+            hub: self.hub.clone(),
+            silence: self.silence,
+            catch_up_every: self.catch_up_every,
+            projects: self.projects.clone(),
+            ids: self.ids.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<L: ReconcileLog> Reconciler<L> {
     /// A reconciler that polls pipelines nobody heard of for `silence`.
-    pub fn new(gitlab: Gitlab, hub: Hub, silence: Duration) -> Self {
-        Self { gitlab, hub, silence, projects: Vec::new(), ids: Arc::default(), wake: Arc::new(Notify::new()) }
+    pub fn new(gitlab: Gitlab, hub: Hub<L>, silence: Duration) -> Self {
+        Self {
+            gitlab,
+            hub,
+            silence,
+            catch_up_every: None,
+            projects: Vec::new(),
+            ids: Arc::default(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Also catches up every `every` while deliveries flow. The team relay does: a delivery GitLab
+    /// gave up on (an instance killed mid-answer, a hook paused and resumed by its backoff)
+    /// leaves no silence to notice when the rest of the team's deliveries keep coming, and one
+    /// listing per project and interval is cheap for one relay (not for fifty daemons).
+    pub fn with_catch_up_every(mut self, every: Duration) -> Self {
+        self.catch_up_every = Some(every);
+        self
     }
 
     /// Also catches up on these projects: pipelines of theirs that no delivery announced.
@@ -271,8 +357,9 @@ impl Reconciler {
             if silent_for < quiet {
                 interval = quiet;
             }
-            catch_up_due = asked || (silent_for >= quiet && last_catch_up.elapsed() >= interval);
-            if catch_up_due && !asked {
+            let periodic = self.catch_up_every.is_some_and(|e| last_catch_up.elapsed() >= e);
+            catch_up_due = asked || periodic || (silent_for >= quiet && last_catch_up.elapsed() >= interval);
+            if catch_up_due && !asked && !periodic {
                 interval = (interval * 2).min(MAX_CATCH_UP_INTERVAL);
             }
             // A catch-up after an outage also rereads every unfinished pipeline.
