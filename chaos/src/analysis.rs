@@ -400,6 +400,7 @@ mod tests {
         Received {
             seq,
             kind: kind.into(),
+            project_id: Some(1),
             pipeline_id: Some(if kind == "pipeline" { id } else { 1 }),
             job_id: (kind == "job").then_some(id),
             job_name: None,

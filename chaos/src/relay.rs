@@ -13,22 +13,23 @@
 //! - `proxy`: the load balancer.
 //! - `instances`: relay processes, their launch flags and shared secrets.
 //! - `count`: the per-subscriber counts and GitLab's answers.
+//! - `disrupt`: the pipelines and the disruptions over time.
+//! - `report`: [`RelayOptions`] and [`RelayReport`].
 
 mod count;
+mod disrupt;
 mod instances;
 mod proxy;
+mod report;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-
 pub use count::{Answers, SubscriberCounts};
+pub use report::{RelayOptions, RelayReport};
 
-use crate::{Disruption, Error, Rng, free_port, sim_api, subscriber};
+use crate::{Error, free_port, sim_api, subscriber};
 
 /// The projects (ids 1 and 2 on the sim).
 const PROJECTS: [&str; 2] = ["acme/firmware", "acme/secret"];
@@ -51,194 +52,6 @@ const MEMBERS: [&str; 6] = [
 /// eve's membership of acme/secret, removed mid-run (user 5, project 2).
 const EVE_SECRET: &str = "acme/secret=eve:reporter";
 const EVE_ID: u64 = 5;
-
-/// What to run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RelayOptions {
-    /// The `cloudci` executable.
-    pub cloudci: PathBuf,
-    /// Relay instances.
-    pub instances: usize,
-    /// SSE subscribers (the first is eve's, the others alice's, bob's and carol's in turn).
-    pub subscribers: usize,
-    /// Pipelines to create (two in three on acme/firmware).
-    pub pipelines: usize,
-    /// Pipelines created per second.
-    pub rate: f64,
-    /// The creation phase lasts at least this long, in seconds.
-    pub min_duration_secs: f64,
-    /// gitlab-sim's fault spec (deliveries and API); `disable_backoff_ms` is added.
-    pub faults: String,
-    /// First hook auto-disable period, in ms (GitLab: 60,000).
-    pub disable_backoff_ms: u64,
-    /// Seed for the faults and the harness's choices.
-    pub seed: u64,
-    /// Jobs the sim runs at once.
-    pub runners: usize,
-    /// Share of pipelines whose `test` job fails.
-    pub fail_ratio: f64,
-    /// Seconds between two `kill -9`s of a random instance (0: none).
-    pub kill_every_secs: f64,
-    /// How long after a `kill -9` the instance is started again, in ms.
-    pub restart_after_ms: u64,
-    /// One PostgreSQL immediate shutdown and restart (at 30 % of the creation phase).
-    pub pg_restart: bool,
-    /// One PostgreSQL outage this long (at 60 %), in seconds; 0 for none.
-    pub pg_outage_secs: f64,
-    /// Remove eve from acme/secret at 45 % of the creation phase.
-    pub revoke: bool,
-    /// The relays' `--access-ttl`, in seconds.
-    pub access_ttl_secs: u64,
-    /// The relays' `--reconcile-after`, `--catch-up-every` and `--hook-check`, in seconds.
-    pub reconcile_after_secs: u64,
-    /// See [`RelayOptions::reconcile_after_secs`].
-    pub catch_up_every_secs: u64,
-    /// See [`RelayOptions::reconcile_after_secs`].
-    pub hook_check_secs: u64,
-    /// At the end: stop waiting after this long without an event at any subscriber.
-    pub quiet_secs: f64,
-    /// At the end: stop waiting after this long in any case.
-    pub settle_timeout_secs: f64,
-    /// Give up waiting for the sim's pipelines after this long.
-    pub finish_timeout_secs: f64,
-    /// The run's files; a new temporary directory when `None` (kept).
-    pub dir: Option<PathBuf>,
-    /// `CLOUDCI_LOG` for the relays.
-    pub relay_log: String,
-}
-
-impl Default for RelayOptions {
-    fn default() -> Self {
-        Self {
-            cloudci: PathBuf::from("cloudci"),
-            instances: 3,
-            subscribers: 200,
-            pipelines: 1000,
-            rate: 4.0,
-            min_duration_secs: 120.0,
-            faults: "drop=0.1,duplicate=0.1,reorder=0.2,delay=0..200,lost=0.02,api_429=0.01,api_5xx=0.01".into(),
-            disable_backoff_ms: 2000,
-            seed: 1,
-            runners: 12,
-            fail_ratio: 0.1,
-            kill_every_secs: 20.0,
-            restart_after_ms: 1500,
-            pg_restart: true,
-            pg_outage_secs: 30.0,
-            revoke: true,
-            access_ttl_secs: 5,
-            reconcile_after_secs: 3,
-            catch_up_every_secs: 10,
-            hook_check_secs: 5,
-            quiet_secs: 30.0,
-            settle_timeout_secs: 180.0,
-            finish_timeout_secs: 900.0,
-            dir: None,
-            relay_log: "info".into(),
-        }
-    }
-}
-
-/// What a relay run measured.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RelayReport {
-    /// The options.
-    pub options: RelayOptions,
-    /// Pipelines and jobs on the sim at the end.
-    pub pipelines: usize,
-    /// See [`RelayReport::pipelines`].
-    pub jobs: usize,
-    /// Pipelines the harness could not create, and those unfinished when it gave up.
-    pub create_failures: usize,
-    /// See [`RelayReport::create_failures`].
-    pub unfinished_on_sim: usize,
-    /// What was done to the instances and PostgreSQL.
-    pub disruptions: Vec<Disruption>,
-    /// Instance starts (first ones included) and failed starts.
-    pub relay_starts: u32,
-    /// See [`RelayReport::relay_starts`].
-    pub relay_failed_starts: u32,
-    /// Every subscriber's counts.
-    pub subscribers: Vec<SubscriberCounts>,
-    /// Sums over the subscribers.
-    pub totals: SubscriberCounts,
-    /// Seconds from eve's removal to the last acme/secret event she received (none: `None`).
-    pub revoked_last_event_after_secs: Option<f64>,
-    /// GitLab's view of the relay's answers.
-    pub answers: Answers,
-    /// Seconds from the last pipeline finishing to the end of the wait for events.
-    pub settle_secs: f64,
-    /// The whole run.
-    pub wall_secs: f64,
-    /// The run directory.
-    pub dir: PathBuf,
-}
-
-impl RelayReport {
-    /// True when the promise held.
-    pub fn clean(&self) -> bool {
-        self.totals.bad() == 0
-            && self.answers.client_errors == 0
-            && self.answers.server_errors_outside_outages == 0
-            && self.unfinished_on_sim == 0
-            && self.create_failures == 0
-    }
-}
-
-impl std::fmt::Display for RelayReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let o = &self.options;
-        writeln!(
-            f,
-            "cloudci relay chaos run: {} pipelines, {} jobs, {:.0} s",
-            self.pipelines, self.jobs, self.wall_secs
-        )?;
-        writeln!(
-            f,
-            "  {} instances, {} subscribers; faults {} (seed {})",
-            o.instances, o.subscribers, o.faults, o.seed
-        )?;
-        for d in &self.disruptions {
-            writeln!(f, "  disruption: {:<12} at {:>6.1} s, {:>5.1} s", d.what, d.at_secs, d.down_secs)?;
-        }
-        writeln!(
-            f,
-            "  relay starts {} ({} failed while PostgreSQL was away or a port busy)",
-            self.relay_starts, self.relay_failed_starts
-        )?;
-        let t = &self.totals;
-        writeln!(
-            f,
-            "  over all subscribers: {} events ({} from GitLab's API), {} connections; lost {}, wrong {}, duplicated {}, out of order {}, repeated {}, forbidden {}",
-            t.events, t.from_api, t.connects, t.lost, t.wrong, t.duplicated, t.out_of_order, t.repeated, t.forbidden
-        )?;
-        for s in self.subscribers.iter().filter(|s| s.bad() > 0).take(10) {
-            writeln!(f, "  - {s:?}")?;
-        }
-        if let Some(s) = self.revoked_last_event_after_secs {
-            writeln!(
-                f,
-                "  revocation: eve's last acme/secret event {s:.1} s after her removal (TTL {} s)",
-                o.access_ttl_secs
-            )?;
-        }
-        let a = &self.answers;
-        writeln!(
-            f,
-            "  GitLab's log: {} attempts, {} 2xx, {} 4xx, {} 5xx ({} outside PostgreSQL outages), {} unanswered",
-            a.attempts, a.ok, a.client_errors, a.server_errors, a.server_errors_outside_outages, a.no_answer
-        )?;
-        if self.unfinished_on_sim > 0 || self.create_failures > 0 {
-            writeln!(
-                f,
-                "  harness: {} unfinished on the sim, {} failed creations",
-                self.unfinished_on_sim, self.create_failures
-            )?;
-        }
-        writeln!(f, "  waited {:.1} s for events after the last pipeline finished", self.settle_secs)?;
-        write!(f, "  run directory: {}", self.dir.display())
-    }
-}
 
 /// Which user a subscriber is: eve first, then alice, bob and carol in turn.
 fn user_of(i: usize) -> usize {
@@ -379,8 +192,8 @@ pub async fn run_relay(opts: RelayOptions) -> Result<RelayReport, Error> {
     progress(started, "subscribers connected");
     let duration = (opts.pipelines as f64 / opts.rate.max(0.01)).max(opts.min_duration_secs);
     let t0 = Instant::now();
-    let creator = tokio::spawn(create(api.clone(), opts.clone(), t0));
-    let disruptor = tokio::spawn(disrupt(
+    let creator = tokio::spawn(disrupt::create(api.clone(), opts.clone(), t0));
+    let disruptor = tokio::spawn(disrupt::disrupt(
         relays.clone(),
         launch.clone(),
         pg.clone(),
@@ -514,115 +327,4 @@ pub async fn run_relay(opts: RelayOptions) -> Result<RelayReport, Error> {
 /// A line on stderr: where a long run is.
 fn progress(started: Instant, what: &str) {
     eprintln!("relay-chaos: {:>6.1} s: {what}", started.elapsed().as_secs_f64());
-}
-
-/// Creates the pipelines (two in three on acme/firmware); true for each one created.
-async fn create(api: Arc<sim_api::SimApi>, opts: RelayOptions, t0: Instant) -> Vec<bool> {
-    let mut rng = Rng(opts.seed ^ 0x5E1A_7C4A);
-    let mut tasks = Vec::new();
-    for i in 0..opts.pipelines {
-        tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / opts.rate.max(0.01))).into()).await;
-        let project = PROJECTS[usize::from(i % 3 == 2)];
-        let fail = rng.chance(opts.fail_ratio);
-        let api = api.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut vars = vec![("CHAOS_N".to_owned(), i.to_string())];
-            if fail {
-                vars.push(("CHAOS_FAIL".to_owned(), "1".to_owned()));
-            }
-            api.create_pipeline(project, "main", &vars).await.is_ok()
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(matches!(tokio::time::timeout(Duration::from_secs(120), t).await, Ok(Ok(true))));
-    }
-    out
-}
-
-type Windows = Vec<(DateTime<Utc>, DateTime<Utc>)>;
-
-/// The disruptions: kills on their own schedule, PostgreSQL's restart and outage and the
-/// revocation at fractions of the creation phase. Returns them, the windows when PostgreSQL was
-/// down (with slack for the first call after it, which finds its old session broken), and when
-/// eve was removed.
-async fn disrupt(
-    relays: Vec<Arc<tokio::sync::Mutex<instances::Instance>>>,
-    launch: instances::Launch,
-    pg: Arc<cloudci_relay::ScratchCluster>,
-    sim_url: String,
-    opts: RelayOptions,
-    t0: Instant,
-    duration: f64,
-) -> (Vec<Disruption>, Windows, Option<DateTime<Utc>>) {
-    let mut plan: Vec<(f64, &str)> = Vec::new();
-    if opts.kill_every_secs > 0.0 {
-        let mut at = opts.kill_every_secs;
-        while at < duration {
-            plan.push((at, "sigkill"));
-            at += opts.kill_every_secs;
-        }
-    }
-    if opts.pg_restart {
-        plan.push((duration * 0.3, "pg-restart"));
-    }
-    if opts.revoke {
-        plan.push((duration * 0.45, "revoke"));
-    }
-    if opts.pg_outage_secs > 0.0 {
-        plan.push((duration * 0.6, "pg-outage"));
-    }
-    plan.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut rng = Rng(opts.seed ^ 0x0C4A_05);
-    let (mut done, mut down, mut revoked) = (Vec::new(), Vec::new(), None);
-    let mut restarts = Vec::new();
-    let slack = chrono::Duration::seconds(3);
-    for (at, what) in plan {
-        tokio::time::sleep_until((t0 + Duration::from_secs_f64(at)).into()).await;
-        let (at_secs, at_wall, begun) = (t0.elapsed().as_secs_f64(), Utc::now(), Instant::now());
-        match what {
-            "sigkill" => {
-                let relay = relays[(rng.next() % relays.len() as u64) as usize].clone();
-                relay.lock().await.kill().await;
-                let (launch, wait) = (launch.clone(), Duration::from_millis(opts.restart_after_ms));
-                restarts.push(tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    let _ = relay.lock().await.start(&launch, Duration::from_secs(120)).await;
-                }));
-            }
-            "pg-restart" | "pg-outage" => {
-                let outage =
-                    if what == "pg-outage" { Duration::from_secs_f64(opts.pg_outage_secs) } else { Duration::ZERO };
-                let (a, b) = (pg.clone(), pg.clone());
-                let _ = tokio::task::spawn_blocking(move || a.stop_immediate()).await;
-                tokio::time::sleep(outage).await;
-                let _ = tokio::task::spawn_blocking(move || b.start_again()).await;
-                down.push((at_wall - slack, Utc::now() + slack));
-            }
-            _ => {
-                let http = reqwest::Client::new();
-                let url = format!("{sim_url}/api/v4/projects/2/members/{EVE_ID}");
-                if http
-                    .delete(url)
-                    .header("PRIVATE-TOKEN", crate::SIM_TOKEN)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-                {
-                    revoked = Some(at_wall);
-                }
-            }
-        }
-        done.push(Disruption {
-            what: what.to_owned(),
-            at_secs,
-            at: at_wall,
-            down_secs: begun.elapsed().as_secs_f64(),
-            start_attempts: 0,
-        });
-    }
-    for r in restarts {
-        let _ = r.await;
-    }
-    (done, down, revoked)
 }

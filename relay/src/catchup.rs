@@ -118,7 +118,7 @@ const CHECK: Duration = Duration::from_secs(1);
 /// Whether this instance leads the catch-up (holds the advisory lock on a session of its own).
 /// The lock goes with the session: an instance killed (`kill -9`) or cut off from PostgreSQL
 /// loses it at once as far as PostgreSQL is concerned, and another instance takes it within
-/// [`CHECK`]. Stops when dropped.
+/// a second. Stops when dropped.
 #[derive(Debug)]
 pub struct Leader {
     leading: watch::Receiver<bool>,
