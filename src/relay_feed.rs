@@ -152,7 +152,12 @@ impl RelayFeed {
                         retry.reset();
                     }
                     match why {
-                        FeedError::Store(e) => tracing::warn!("relay: cannot log its events ({e}); reading them again"),
+                        // A full disk or a locked database: the health says so (once), and the
+                        // events are read again from the checkpoint, which did not move.
+                        FeedError::Store(e) => match e.problem() {
+                            Some(p) if !health.set(p, &e) => tracing::debug!("relay: cannot log its events yet: {e}"),
+                            _ => tracing::warn!("relay: cannot log its events ({e}); reading them again"),
+                        },
                         why => tracing::info!("relay: {why}; reconnecting"),
                     }
                 }

@@ -335,6 +335,7 @@ async fn a_daemon_on_the_relay_builds_through_a_relay_restart() {
     let status = cloudci(&config, sim.url(), ALICE, &["status", "--daemon"]).output().unwrap();
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(status.contains("relay unreachable since"), "{status}");
+    assert!(status.contains(&format!("takes its events from the team relay at {}", proxy.url)), "{status}");
     assert_eq!(daemon_out.count("relay unreachable:"), 1, "one line, not one per retry:\n{}", daemon_out.text());
 
     // Back, with a new subscriber key (the daemon's session is refused), and the pipeline ends

@@ -60,6 +60,9 @@ impl StatusArgs {
                 return Ok(print_json(&health)?);
             }
             let problems = health["problems"].as_array().cloned().unwrap_or_default();
+            if let Some(relay) = state.hook_info().and_then(|i| i.relay) {
+                crate::say!("the daemon takes its events from the team relay at {relay}");
+            }
             if problems.is_empty() {
                 crate::say!("the daemon is healthy");
             }
