@@ -125,7 +125,12 @@ impl RelayFeed {
     /// `gitlab_token` (the developer's own), for `projects` (all the relay allows when empty).
     pub fn new(url: &str, gitlab_token: SecretString, projects: Vec<String>, hub: Hub) -> Self {
         cloudci_gitlab::install_tls_provider();
-        let http = reqwest::Client::builder().connect_timeout(REQUEST_TIMEOUT).build().unwrap_or_default();
+        // Idle connections let go before the relay's own listener closes them (see `cloudci_http`).
+        let http = reqwest::Client::builder()
+            .connect_timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(crate::server::IDLE / 2)
+            .build()
+            .unwrap_or_default();
         Self { url: url.trim_end_matches('/').to_owned(), gitlab_token, projects, hub, http }
     }
 

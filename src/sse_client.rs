@@ -37,6 +37,15 @@ pub enum DaemonClientError {
     Io(String),
 }
 
+/// An HTTP client for cloudci's own listeners (a daemon's local API, a relay). It lets go of an
+/// idle connection well before the server does ([`crate::server::IDLE`]): a request sent on a
+/// kept-alive connection at the moment the server closes it would fail with "connection closed
+/// before message completed" (reqwest keeps idle connections 90 s by default).
+pub fn cloudci_http() -> reqwest::Client {
+    cloudci_gitlab::install_tls_provider();
+    reqwest::Client::builder().pool_idle_timeout(crate::server::IDLE / 2).build().unwrap_or_default()
+}
+
 /// Subscribes to `{api_url}/v1/events?{query}` with a bearer token.
 pub async fn subscribe(
     api_url: &str,
@@ -44,7 +53,7 @@ pub async fn subscribe(
     query: &str,
 ) -> Result<impl Stream<Item = BuildEvent> + Send + use<>, DaemonClientError> {
     cloudci_gitlab::install_tls_provider();
-    let resp = reqwest::Client::new()
+    let resp = cloudci_http()
         .get(format!("{}/v1/events?{query}", api_url.trim_end_matches('/')))
         .bearer_auth(token)
         .send()
@@ -121,7 +130,7 @@ impl DaemonClient {
             None => state.cli_token().ok()??,
         };
         cloudci_gitlab::install_tls_provider();
-        let client = Self { api_url: info.api_url, token, http: reqwest::Client::new() };
+        let client = Self { api_url: info.api_url, token, http: cloudci_http() };
         let alive = client
             .http
             .get(format!("{}/v1/builds?limit=1", client.api_url))

@@ -66,7 +66,7 @@ fn failure(e: OrchestratorError) -> Failure {
 
 /// `POST /v1/builds/{id}/play` on the daemon.
 async fn play_on_daemon(daemon: &DaemonClient, id: i64, job: Option<&str>) -> Result<(), Failure> {
-    let resp = reqwest::Client::new()
+    let resp = crate::sse_client::cloudci_http()
         .post(format!("{}/v1/builds/{id}/play", daemon.api_url))
         .bearer_auth(daemon.token())
         .json(&serde_json::json!({ "job": job }))
