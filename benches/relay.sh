@@ -12,7 +12,7 @@
 #   instance 1: time from each delivery's 2xx to its events at every subscriber.
 # Each of those REPEAT times.
 # Usage: benches/relay.sh [DURATION]   (apt-get install -y wrk nginx-light postgresql)
-#   env: RATE=300 RATE_SECS=20 SUBS=200 LAT_N=200 LAT_RATE=20 REPEAT=3
+#   env: RATE=300 RATE_SECS=20 SUBS=200 LAT_N=200 LAT_RATE=20 REPEAT=3 LAT_ONLY=
 # Every server listens on 127.0.0.1 and is stopped at the end; each run stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -128,6 +128,8 @@ for _ in $(seq "$REPEAT"); do
   read -r ip99 p50 p99 max <<<"$(echo "$out" | sed -n 's/.*ingest_ms p50=[0-9.]* p99=\([0-9.]*\).*latency_ms p50=\([0-9.]*\) p99=\([0-9.]*\) max=\([0-9.]*\).*/\1 \2 \3 \4/p')"
   echo "| $SUBS | $LAT_N at $LAT_RATE/s | $((LAT_N * 6)) | $p50 ms | $p99 ms | $max ms | $ip99 ms | $ok |"
 done
+# LAT_ONLY=1: the latency runs only (e.g. at another LAT_RATE).
+if [ -n "${LAT_ONLY:-}" ]; then echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"; exit 0; fi
 one="http://127.0.0.1:$r1/hooks/$PATH_SECRET"
 three="http://127.0.0.1:$lb/hooks/$PATH_SECRET"
 # Warm-up (page cache, WAL, prepared statements), not measured.

@@ -56,13 +56,22 @@ pub enum PgError {
     /// password).
     #[error("the PostgreSQL connection string is not valid: {0}")]
     BadUrl(String),
-    /// PostgreSQL refused or failed.
-    #[error("PostgreSQL: {0}")]
+    /// PostgreSQL refused or failed (with the server's own message: the client's Display is
+    /// only "db error").
+    #[error("PostgreSQL: {}", server_says(.0))]
     Db(#[from] postgres::Error),
     /// A delivery's row, found under its key while the batch was stored, was gone by the time
     /// it was read (nothing removes deliveries that young: a bug, or someone else's hand).
     #[error("a stored delivery's row vanished while its copy was being stored")]
     Vanished,
+}
+
+/// The server's SQLSTATE and message (never its detail, which may quote a row's values).
+fn server_says(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl From<PgError> for StoreError {
