@@ -8,7 +8,10 @@
 //! compares the two on the same deliveries.
 //!
 //! Only a transaction holding the log's head writes `pipelines` and `jobs` (the sequencer, the
-//! processor, `ingest`), so rows read after taking it stay current until the commit.
+//! processor, `ingest`, the catch-up's observations), so rows read after taking it stay current
+//! until the commit — except `reread`, which the catch-up clears without the head
+//! (`catchup.rs`, `mark_reread`): so only a `reread` set by this batch is written back, OR-ed
+//! into the row as it is then, never the value read.
 //!
 //! Over 400 lines: one [`LogTables`] implementation, read against `tables.rs` call by call, and
 //! its four bulk statements; split, neither half would make sense alone.
@@ -30,6 +33,7 @@ struct Pipe {
     status: String,
     max_job_id: i64,
     basis: String,
+    /// Set by this batch (see the module's documentation: the value read is not kept).
     reread: bool,
     last_heard: i64,
 }
@@ -124,8 +128,7 @@ impl BatchTables {
         for r in rows(
             tx,
             stmts,
-            "SELECT id, project_id, project, status, max_job_id, basis, reread, last_heard FROM pipelines
-             WHERE id = ANY($1)",
+            "SELECT id, project_id, project, status, max_job_id, basis, last_heard FROM pipelines WHERE id = ANY($1)",
             &[&pipeline_ids],
         )? {
             let p = Pipe {
@@ -134,8 +137,8 @@ impl BatchTables {
                 status: r.get(3),
                 max_job_id: r.get(4),
                 basis: r.get(5),
-                reread: r.get(6),
-                last_heard: r.get(7),
+                reread: false,
+                last_heard: r.get(6),
             };
             t.pipelines.insert(r.get::<_, i64>(0) as u64, p);
         }
@@ -173,7 +176,7 @@ impl BatchTables {
                      $7::BOOLEAN[], $8::BIGINT[])
                  ON CONFLICT (id) DO UPDATE SET project_id = EXCLUDED.project_id, project = EXCLUDED.project,
                      status = EXCLUDED.status, max_job_id = EXCLUDED.max_job_id, basis = EXCLUDED.basis,
-                     reread = EXCLUDED.reread, last_heard = EXCLUDED.last_heard",
+                     reread = pipelines.reread OR EXCLUDED.reread, last_heard = EXCLUDED.last_heard",
                 &[
                     &ps.iter().map(|p| p.0).collect::<Vec<_>>(),
                     &ps.iter().map(|p| p.1.project_id).collect::<Vec<_>>(),
