@@ -408,6 +408,7 @@ mod tests {
             retry,
             source: None,
             received: Utc::now(),
+            accepted: None,
         }
     }
 

@@ -283,6 +283,7 @@ pub async fn run_relay(opts: RelayOptions) -> Result<RelayReport, Error> {
     for s in subs {
         s.stop();
     }
+    let stopping = chrono::Utc::now();
     let (mut starts, mut failed) = (0, 0);
     for r in &relays {
         let mut r = r.lock().await;
@@ -290,7 +291,7 @@ pub async fn run_relay(opts: RelayOptions) -> Result<RelayReport, Error> {
         starts += r.starts;
         failed += r.failed_starts;
     }
-    let answers = count::answers(&sim.delivery_outcomes(), &down);
+    let answers = count::answers(&sim.delivery_outcomes(), &down, stopping);
     drop(sim);
     let mut totals = SubscriberCounts { user: "all".into(), ..Default::default() };
     for c in &counts {
@@ -303,6 +304,7 @@ pub async fn run_relay(opts: RelayOptions) -> Result<RelayReport, Error> {
         totals.out_of_order += c.out_of_order;
         totals.repeated += c.repeated;
         totals.forbidden += c.forbidden;
+        totals.late_after_revocation += c.late_after_revocation;
     }
     std::fs::write(dir.join("subscribers.json"), serde_json::to_vec_pretty(&counts).unwrap_or_default())?;
     Ok(RelayReport {

@@ -25,6 +25,8 @@ pub(crate) struct Received {
     /// `webhook` or `poll`.
     pub(crate) source: Option<String>,
     pub(crate) received: DateTime<Utc>,
+    /// When cloudci (the relay) accepted what the event says (its `received_at`).
+    pub(crate) accepted: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Default)]
@@ -174,6 +176,7 @@ fn parse_frame(frame: &str) -> Option<(Option<String>, Option<Received>)> {
         retry: v["retry"].as_bool().unwrap_or(false),
         source: v["source"].as_str().map(str::to_owned),
         received: Utc::now(),
+        accepted: v["received_at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.to_utc()),
     });
     Some((id, event))
 }

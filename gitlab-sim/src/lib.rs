@@ -503,16 +503,15 @@ impl Sim {
     }
 
     /// Every delivery attempt in every hook's log (project and group hooks), oldest first per
-    /// hook: when it was logged (after the answer) and the answer's `response_status` as
-    /// GitLab's API shows it (`200`, `503`, or `internal error` when no answer came). For
-    /// harnesses that judge a receiver by its answers (`cloudci-chaos`'s relay run).
+    /// hook: when it was sent (its log entry's time, written after the answer, less its
+    /// `execution_duration`) and the answer's `response_status` as GitLab's API shows it
+    /// (`200`, `503`, or `internal error` when no answer came). For harnesses that judge a
+    /// receiver by its answers (`cloudci-chaos`'s relay run).
     pub fn delivery_outcomes(&self) -> Vec<(chrono::DateTime<chrono::Utc>, String)> {
         let state = self.shared.lock();
-        state
-            .hooks
-            .values()
-            .flat_map(|h| h.deliveries.iter().map(|d| (d.created_at, d.response_status.clone())))
-            .collect()
+        let sent =
+            |d: &state::DeliveryLog| d.created_at - chrono::Duration::milliseconds((d.execution_duration * 1e3) as i64);
+        state.hooks.values().flat_map(|h| h.deliveries.iter().map(|d| (sent(d), d.response_status.clone()))).collect()
     }
 
     /// Moves every logged delivery of hook `hook_id` `by` into the past, as if the sim had been

@@ -32,9 +32,13 @@ pub struct SubscriberCounts {
     pub out_of_order: usize,
     /// Events repeating an object's previous status (a second event for the same news).
     pub repeated: usize,
-    /// Events of a project its user may not read (never could, or revoked longer ago than the
-    /// access TTL when the event arrived).
+    /// Events of a project its user may not read: never could, or accepted by the relay longer
+    /// after the user's removal than the access TTL (and a second's slack).
     pub forbidden: usize,
+    /// Events of the revoked project that arrived after removal + TTL but were accepted before
+    /// it: allowed by the rule above, counted to show how far the stream lagged (a loaded
+    /// machine's sockets and the harness's own reading, or an old answer the relay kept).
+    pub late_after_revocation: usize,
 }
 
 impl SubscriberCounts {
@@ -60,7 +64,7 @@ impl Allowed {
             return false;
         }
         match self.until {
-            Some((q, until)) if q == p => e.received > until,
+            Some((q, until)) if q == p => e.accepted.unwrap_or(e.received) > until,
             _ => true,
         }
     }
@@ -96,6 +100,8 @@ pub(crate) fn count(
         }
         if allowed.forbidden(e) {
             c.forbidden += 1;
+        } else if allowed.until.is_some_and(|(q, until)| e.project_id == Some(q) && e.received > until) {
+            c.late_after_revocation += 1;
         }
     }
     // Lost, wrong, backwards and repeated on the projects it may read throughout.
@@ -131,8 +137,15 @@ pub struct Answers {
     pub no_answer: usize,
 }
 
-/// Counts the sim's delivery log; `down` are the windows when PostgreSQL was unreachable.
-pub(crate) fn answers(log: &[(DateTime<Utc>, String)], down: &[(DateTime<Utc>, DateTime<Utc>)]) -> Answers {
+/// Counts the sim's delivery log (when each attempt was sent, and its answer) up to `until`
+/// (when the harness began stopping the relays, whose last answers then say they are
+/// stopping); `down` are the windows when PostgreSQL was unreachable.
+pub(crate) fn answers(
+    log: &[(DateTime<Utc>, String)],
+    down: &[(DateTime<Utc>, DateTime<Utc>)],
+    until: DateTime<Utc>,
+) -> Answers {
+    let log: Vec<_> = log.iter().filter(|(at, _)| *at <= until).collect();
     let mut a = Answers { attempts: log.len(), ..Default::default() };
     for (at, status) in log {
         match status.parse::<u16>() {

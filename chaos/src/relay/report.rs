@@ -170,6 +170,13 @@ impl std::fmt::Display for RelayReport {
         for s in self.subscribers.iter().filter(|s| s.bad() > 0).take(10) {
             writeln!(f, "  - {s:?}")?;
         }
+        if t.late_after_revocation > 0 {
+            writeln!(
+                f,
+                "  {} acme/secret events reached eve after her removal + TTL, all accepted by the relay before it",
+                t.late_after_revocation
+            )?;
+        }
         if let Some(s) = self.revoked_last_event_after_secs {
             writeln!(
                 f,
