@@ -98,6 +98,16 @@ impl SimApi {
         self.call(reqwest::Method::POST, path, &[], None).await.map(|(_, _, v)| v)
     }
 
+    /// `DELETE path`, retried like every call (a membership removed twice is a 404 the second
+    /// time, which is success here).
+    pub(crate) async fn delete(&self, path: &str) -> Result<(), String> {
+        match self.call(reqwest::Method::DELETE, path, &[], None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.contains("404") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `POST /projects/:id/pipeline` with variables; the new pipeline's id.
     pub(crate) async fn create_pipeline(
         &self,

@@ -135,6 +135,8 @@ pub struct Answers {
     pub server_errors_outside_outages: usize,
     /// No answer (an instance killed mid-request, GitLab's timeout, the `lost` fault).
     pub no_answer: usize,
+    /// The 5xx outside the outages: when each was sent, and its status (the first 100).
+    pub outside: Vec<(DateTime<Utc>, String)>,
 }
 
 /// Counts the sim's delivery log (when each attempt was sent, and its answer) up to `until`
@@ -155,6 +157,9 @@ pub(crate) fn answers(
                 a.server_errors += 1;
                 if !down.iter().any(|(from, to)| at >= from && at <= to) {
                     a.server_errors_outside_outages += 1;
+                    if a.outside.len() < 100 {
+                        a.outside.push((*at, status.clone()));
+                    }
                 }
             }
             Ok(_) => a.ok += 1,

@@ -93,15 +93,9 @@ pub(super) async fn disrupt(
                 down.push((at_wall - slack, Utc::now() + slack));
             }
             _ => {
-                let http = reqwest::Client::new();
-                let url = format!("{sim_url}/api/v4/projects/2/members/{EVE_ID}");
-                if http
-                    .delete(url)
-                    .header("PRIVATE-TOKEN", crate::SIM_TOKEN)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-                {
+                // Through the retrying client: the sim's API faults hit the harness too.
+                let api = sim_api::SimApi::new(&sim_url, crate::SIM_TOKEN);
+                if api.delete(&format!("/projects/2/members/{EVE_ID}")).await.is_ok() {
                     revoked = Some(at_wall);
                 }
             }
