@@ -266,6 +266,11 @@ pub async fn run_relay(opts: RelayOptions) -> Result<RelayReport, Error> {
     for (i, s) in subs.iter().enumerate() {
         let (user, connects) = (USERS[user_of(i)].0, s.connects());
         let c = s.with_events(|e| {
+            if i == 0 {
+                // The revoked subscriber's stream, to tell a lagging stream from a late send.
+                let lines: Vec<String> = e.iter().filter_map(|e| serde_json::to_string(e).ok()).collect();
+                let _ = std::fs::write(dir.join("eve.jsonl"), lines.join("\n"));
+            }
             if i == 0
                 && let Some(at) = revoked_at
             {
