@@ -126,8 +126,8 @@ impl Serve {
 
     async fn start_once(&self, n: u32) -> Result<tokio::process::Child, String> {
         let err = std::fs::File::create(self.dir.join(format!("serve-{n}.err"))).map_err(|e| e.to_string())?;
-        let mut out = std::fs::File::create(self.dir.join(format!("serve-{n}.out"))).map_err(|e| e.to_string())?;
-        let mut child = tokio::process::Command::new(&self.exe)
+        let out = std::fs::File::create(self.dir.join(format!("serve-{n}.out"))).map_err(|e| e.to_string())?;
+        let child = tokio::process::Command::new(&self.exe)
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
@@ -140,32 +140,7 @@ impl Serve {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("{}: {e}", self.exe.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        // Keep draining stdout into the file for the process's whole life.
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            let mut tx = Some(tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = writeln!(out, "{line}");
-                if line.starts_with("local API at")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(())) => Ok(child),
-            Ok(Err(_)) => {
-                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                Err(format!("serve exited before it was ready ({status:?}); see serve-{n}.err"))
-            }
-            Err(_) => {
-                let _ = child.kill().await;
-                Err(format!("serve was not ready in 30 s; see serve-{n}.err"))
-            }
-        }
+        ready_by_line(child, out, "local API at", Duration::from_secs(30), &format!("serve (see serve-{n}.err)")).await
     }
 
     /// The running process's id.
@@ -201,6 +176,44 @@ impl Serve {
         {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+    }
+}
+
+/// Waits for `child` to print a line starting with `ready` on stdout, copying its stdout into
+/// `out` for the whole life of the process. An error names `what` and why: it exited first, or
+/// `wait` passed (it is then killed).
+pub(crate) async fn ready_by_line(
+    mut child: tokio::process::Child,
+    mut out: std::fs::File,
+    ready: &'static str,
+    wait: Duration,
+    what: &str,
+) -> Result<tokio::process::Child, String> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // Keep draining stdout into the file for the process's whole life.
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut tx = Some(tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = writeln!(out, "{line}");
+            if line.starts_with(ready)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(())) => Ok(child),
+        Ok(Err(_)) => {
+            let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            Err(format!("{what} exited before it was ready ({status:?})"))
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(format!("{what} was not ready in {} s", wait.as_secs()))
         }
     }
 }

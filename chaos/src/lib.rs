@@ -329,6 +329,25 @@ impl Rng {
 }
 
 /// A free loopback port (bound, then released), kept for every start of `serve`.
+/// The run's folder (`dir`, created if needed, or a new kept temporary one named `prefix…`), once
+/// `cloudci` is known to be a file.
+fn run_dir(dir: Option<&std::path::Path>, prefix: &str, cloudci: &std::path::Path) -> Result<PathBuf, Error> {
+    let dir = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.to_path_buf()
+        }
+        None => tempfile::Builder::new().prefix(prefix).tempdir()?.keep(),
+    };
+    if !cloudci.is_file() {
+        return Err(Error::Cloudci(format!(
+            "{} is not a file (build it: cargo build --release --bin cloudci)",
+            cloudci.display()
+        )));
+    }
+    Ok(dir)
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -338,19 +357,7 @@ fn free_port() -> std::io::Result<u16> {
 pub async fn run(opts: Options) -> Result<Report, Error> {
     cloudci_gitlab::install_tls_provider();
     let started = Instant::now();
-    let dir = match &opts.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => tempfile::Builder::new().prefix("cloudci-chaos-").tempdir()?.keep(),
-    };
-    if !opts.cloudci.is_file() {
-        return Err(Error::Cloudci(format!(
-            "{} is not a file (build it: cargo build --release --bin cloudci)",
-            opts.cloudci.display()
-        )));
-    }
+    let dir = run_dir(opts.dir.as_deref(), "cloudci-chaos-", &opts.cloudci)?;
 
     // The sim: a generated repository, faults, a short auto-disable backoff.
     let repo_parent = dir.join("git");

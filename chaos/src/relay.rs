@@ -62,19 +62,7 @@ fn user_of(i: usize) -> usize {
 pub async fn run_relay(opts: RelayOptions) -> Result<RelayReport, Error> {
     cloudci_gitlab::install_tls_provider();
     let started = Instant::now();
-    let dir = match &opts.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => tempfile::Builder::new().prefix("cloudci-relay-chaos-").tempdir()?.keep(),
-    };
-    if !opts.cloudci.is_file() {
-        return Err(Error::Cloudci(format!(
-            "{} is not a file (cargo build --release --bin cloudci)",
-            opts.cloudci.display()
-        )));
-    }
+    let dir = crate::run_dir(opts.dir.as_deref(), "cloudci-relay-chaos-", &opts.cloudci)?;
     let pg = Arc::new(match cloudci_relay::ScratchCluster::start() {
         Ok(c) => c,
         Err(cloudci_relay::ScratchError::NotInstalled) => return Err(Error::NoPostgres),

@@ -162,19 +162,7 @@ pub(crate) struct Load {
 pub async fn soak(opts: SoakOptions) -> Result<SoakReport, Error> {
     cloudci_gitlab::install_tls_provider();
     let started = Instant::now();
-    let dir = match &opts.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => tempfile::Builder::new().prefix("cloudci-soak-").tempdir()?.keep(),
-    };
-    if !opts.cloudci.is_file() {
-        return Err(Error::Cloudci(format!(
-            "{} is not a file (cargo build --release --bin cloudci)",
-            opts.cloudci.display()
-        )));
-    }
+    let dir = crate::run_dir(opts.dir.as_deref(), "cloudci-soak-", &opts.cloudci)?;
     let repo_parent = dir.join("git");
     if repo_parent.join("repo").exists() {
         std::fs::remove_dir_all(repo_parent.join("repo"))?;

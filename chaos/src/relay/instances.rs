@@ -2,12 +2,9 @@
 //! restarts (the proxy knows them), all reading one secrets directory. Each start's output goes
 //! to `relay-<i>-<n>.{out,err}` in the run directory.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// How every instance is started.
 #[derive(Debug, Clone)]
@@ -65,7 +62,7 @@ impl Instance {
     async fn start_once(&self, l: &Launch) -> Result<tokio::process::Child, String> {
         let name = format!("relay-{}-{}", self.index, self.starts);
         let err = std::fs::File::create(l.dir.join(format!("{name}.err"))).map_err(|e| e.to_string())?;
-        let mut out = std::fs::File::create(l.dir.join(format!("{name}.out"))).map_err(|e| e.to_string())?;
+        let out = std::fs::File::create(l.dir.join(format!("{name}.out"))).map_err(|e| e.to_string())?;
         let mut cmd = tokio::process::Command::new(&l.exe);
         cmd.arg("relay")
             .args(["--listen", &format!("127.0.0.1:{}", self.public_port)])
@@ -76,7 +73,7 @@ impl Instance {
         for p in &l.projects {
             cmd.args(["--project", p]);
         }
-        let mut child = cmd
+        let child = cmd
             .args(&l.flags)
             .env("CLOUDCI_RELAY_DATABASE_URL", &l.database_url)
             .env("CLOUDCI_LOG", &l.log)
@@ -89,31 +86,14 @@ impl Instance {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("{}: {e}", l.exe.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            let mut tx = Some(tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = writeln!(out, "{line}");
-                if line.starts_with("relay: subscriber API on")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        match tokio::time::timeout(Duration::from_secs(20), rx).await {
-            Ok(Ok(())) => Ok(child),
-            Ok(Err(_)) => {
-                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                Err(format!("it exited before it was ready; see {name}.err"))
-            }
-            Err(_) => {
-                let _ = child.kill().await;
-                Err(format!("not ready in 20 s; see {name}.err"))
-            }
-        }
+        crate::daemon::ready_by_line(
+            child,
+            out,
+            "relay: subscriber API on",
+            Duration::from_secs(20),
+            &format!("{name} (see {name}.err)"),
+        )
+        .await
     }
 
     /// Whether a started process is there.
