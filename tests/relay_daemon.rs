@@ -93,6 +93,17 @@ async fn until(what: &str, secs: u64, mut cond: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// The relay's secrets folder under `dir`: its path secret, hook token, token key and GitLab token.
+fn relay_secrets(dir: &Path) -> PathBuf {
+    let secrets = dir.join("relay-secrets");
+    let files = SecretFiles::new(&secrets);
+    for (name, value) in [("path-secret", PATH), ("hook-token", HOOK_TOKEN), ("token-key", KEY), ("gitlab-token", ROOT)]
+    {
+        files.write(name, value).unwrap();
+    }
+    secrets
+}
+
 /// `cloudci relay` on fixed loopback ports (so a restart is found where it was).
 fn relay(db: &str, secrets: &Path, gitlab: &str, (public, api): (u16, u16), extra: &[&str], out: &Output) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudci"))
@@ -254,12 +265,7 @@ async fn a_daemon_on_the_relay_builds_through_a_relay_restart() {
     let api_v4 = format!("{}/api/v4/projects/1", sim.url());
 
     // The relay, and its hook on the project: the only hook there will be.
-    let secrets: PathBuf = dir.path().join("relay-secrets");
-    let files = SecretFiles::new(&secrets);
-    for (name, value) in [("path-secret", PATH), ("hook-token", HOOK_TOKEN), ("token-key", KEY), ("gitlab-token", ROOT)]
-    {
-        files.write(name, value).unwrap();
-    }
+    let secrets = relay_secrets(dir.path());
     let (relay_public, relay_api) = (free_port(), free_port());
     let relay_out = Output::default();
     OUTPUTS.lock().unwrap().push(("relay", relay_out.clone()));
@@ -340,7 +346,7 @@ async fn a_daemon_on_the_relay_builds_through_a_relay_restart() {
 
     // Back, with a new subscriber key (the daemon's session is refused), and the pipeline ends
     // while the daemon still cannot get through: only the relay's log has its end.
-    files.write("token-key", ROTATED_KEY).unwrap();
+    SecretFiles::new(&secrets).write("token-key", ROTATED_KEY).unwrap();
     let _relay = relay(&pg.url(), &secrets, sim.url(), (relay_public, relay_api), &[], &relay_out);
     std::fs::write(&gate_file, "").unwrap();
     let relay_log = relay_events(relay_api, ROTATED_KEY, |e| e["kind"] == "pipeline" && e["status"] == "success").await;
@@ -442,12 +448,7 @@ async fn sessions_are_renewed_and_a_restarted_daemon_resumes_where_it_stopped() 
     let dir = tempfile::tempdir().unwrap();
     let sim = sim(dir.path(), &dir.path().join("gate")).await;
     let http = reqwest::Client::new();
-    let secrets: PathBuf = dir.path().join("relay-secrets");
-    let files = SecretFiles::new(&secrets);
-    for (name, value) in [("path-secret", PATH), ("hook-token", HOOK_TOKEN), ("token-key", KEY), ("gitlab-token", ROOT)]
-    {
-        files.write(name, value).unwrap();
-    }
+    let secrets = relay_secrets(dir.path());
     let ports = (free_port(), free_port());
     let relay_out = Output::default();
     OUTPUTS.lock().unwrap().push(("relay", relay_out.clone()));
@@ -499,12 +500,7 @@ async fn measure_delivery_to_the_daemons_local_stream() {
     let dir = tempfile::tempdir().unwrap();
     let sim = sim(dir.path(), &dir.path().join("gate")).await;
     let http = reqwest::Client::new();
-    let secrets: PathBuf = dir.path().join("relay-secrets");
-    let files = SecretFiles::new(&secrets);
-    for (name, value) in [("path-secret", PATH), ("hook-token", HOOK_TOKEN), ("token-key", KEY), ("gitlab-token", ROOT)]
-    {
-        files.write(name, value).unwrap();
-    }
+    let secrets = relay_secrets(dir.path());
     let ports = (free_port(), free_port());
     let relay_out = Output::default();
     let _relay = relay(&pg.url(), &secrets, sim.url(), ports, &[], &relay_out);
