@@ -51,6 +51,8 @@ use crate::api::sse::{EventsQuery, EventsState, last_event_id, scoped_filter, st
 
 pub mod access;
 pub mod catchup;
+pub mod resync;
+pub mod retention;
 pub mod sessions;
 
 pub use access::Access;
@@ -144,6 +146,9 @@ pub struct RelaySettings {
     pub reconcile_after: Duration,
     /// The leader catches up at least this often.
     pub catch_up_every: Duration,
+    /// Retention of the shared log (`[retention]`'s `deliveries_days`, `events_days`), and the
+    /// time between two passes; `None`: nothing is removed.
+    pub retention: Option<(cloudci_webhook::StorePolicy, Duration)>,
 }
 
 /// The relay's secrets, read (and generated on first start) from its directory.
@@ -197,6 +202,8 @@ pub struct RelayApi {
     pub access: Option<Arc<Access>>,
     /// `POST /v1/sessions` (none without GitLab).
     pub sessions: Option<Sessions>,
+    /// The shared log (a session's resync after retention).
+    pub log: Arc<PgLog>,
 }
 
 impl axum::extract::FromRef<RelayApi> for TokenKeys {
@@ -233,9 +240,8 @@ pub fn api_router(state: RelayApi) -> Router {
 }
 
 /// `GET /v1/events`: an operator's token gets the daemon's stream as it is; a session's only
-/// the events of projects its GitLab user may read, checked per event ([`access`]). A session's
-/// stream never carries a resync snapshot (it would show other projects' state; the relay's log
-/// removes nothing yet, so a resume always replays).
+/// the events of projects its GitLab user may read, checked per event ([`access`]), and after
+/// retention removed what it resumes from, a resync whose snapshot is checked alike ([`resync`]).
 async fn events(
     State(api): State<RelayApi>,
     Authorized(claims): Authorized,
@@ -251,6 +257,15 @@ async fn events(
     let access = api.access.clone().ok_or_else(|| {
         ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "this relay checks no access: it has no GitLab")
     })?;
+    let (resync, after) = match after {
+        Some(requested) => {
+            match resync::for_session(api.log.clone(), &access, user, filter.clone(), requested).await? {
+                Some((frames, last_seq)) => (Some(frames), Some(last_seq)),
+                None => (None, Some(requested)),
+            }
+        }
+        None => (None, None),
+    };
     use futures_util::StreamExt;
     let frames = api.events.hub.subscribe(filter, after).then(move |item| {
         let access = access.clone();
@@ -268,7 +283,7 @@ async fn events(
         }
     });
     let frames = frames.filter_map(|r| std::future::ready(r.transpose()));
-    Ok(stream_response(frames))
+    Ok(stream_response(futures_util::stream::iter(resync.map(Ok)).chain(frames)))
 }
 
 /// A running relay instance.
@@ -283,7 +298,7 @@ pub struct Relay {
     tasks: Vec<JoinHandle<()>>,
     _sequencer: Sequencer,
     _tail: Tail,
-    _leader: Option<cloudci_relay::Leader>,
+    _leader: cloudci_relay::Leader,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
@@ -359,15 +374,23 @@ impl Relay {
                     events: EventsState { hub: hub.clone(), keys: secrets.keys.clone() },
                     access,
                     sessions,
+                    log: log.clone(),
                 })),
                 shutdown.clone(),
                 hub.health(),
             ),
         ];
         let mut tasks = vec![tokio::spawn(receiver.processor().run())];
-        let mut leader = None;
+        // Where this instance's subscribers stand, for the leader's retention passes.
+        let instance = format!("{}-{}", std::process::id(), cloudci_webhook::random_token(6));
+        tasks.push(tokio::spawn(retention::hold(log.clone(), hub.clone(), instance)));
+        let l = cloudci_relay::Leader::start(log.clone());
+        if let Some((policy, every)) = settings.retention.clone() {
+            let log = log.clone();
+            let passes = move || retention::passes(log.clone(), policy.clone(), every);
+            tasks.push(tokio::spawn(catchup::while_leading(l.watch(), passes)));
+        }
         if let Some((hooks, gitlab, projects)) = duties {
-            let l = cloudci_relay::Leader::start(log.clone());
             let duties = catchup::Duties {
                 hooks,
                 gitlab,
@@ -378,7 +401,6 @@ impl Relay {
                 catch_up_every: settings.catch_up_every,
             };
             tasks.push(tokio::spawn(catchup::run(l.watch(), duties)));
-            leader = Some(l);
         }
         let sequencer = Sequencer::start(hub.clone(), log.clone());
         let tail = Tail::start(hub, log);
@@ -390,7 +412,7 @@ impl Relay {
             tasks,
             _sequencer: sequencer,
             _tail: tail,
-            _leader: leader,
+            _leader: l,
         })
     }
 

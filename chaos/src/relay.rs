@@ -12,10 +12,12 @@
 //! # Layout
 //! - `proxy`: the load balancer.
 //! - `instances`: relay processes, their launch flags and shared secrets.
-//! - `count`: the per-subscriber counts and GitLab's answers.
+//! - `count`: the per-subscriber counts.
+//! - `answers`: GitLab's answers, and the cause of each 5xx outside PostgreSQL's downtime.
 //! - `disrupt`: the pipelines and the disruptions over time.
 //! - `report`: [`RelayOptions`] and [`RelayReport`].
 
+mod answers;
 mod count;
 mod disrupt;
 mod instances;
@@ -26,7 +28,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use count::{Answers, SubscriberCounts};
+pub use answers::{Answers, Outside};
+pub use count::{REVOCATION_SLACK, SubscriberCounts};
 pub use report::{RelayOptions, RelayReport};
 
 use crate::{Error, free_port, sim_api, subscriber};
@@ -220,7 +223,7 @@ pub async fn run_relay(opts: RelayOptions) -> Result<RelayReport, Error> {
     }
     let allowed: Vec<count::Allowed> = (0..opts.subscribers)
         .map(|i| {
-            let ttl = chrono::Duration::seconds(opts.access_ttl_secs as i64 + 1);
+            let ttl = chrono::Duration::seconds(opts.access_ttl_secs as i64) + REVOCATION_SLACK;
             match user_of(i) {
                 0 => count::Allowed { projects: [1, 2].into(), until: None },
                 1 => count::Allowed { projects: [1].into(), until: None },
@@ -262,12 +265,13 @@ pub async fn run_relay(opts: RelayOptions) -> Result<RelayReport, Error> {
             if i == 0
                 && let Some(at) = revoked_at
             {
+                // Her last acme/secret event: when it arrived, and when the relay had accepted it.
+                let secs = |t: chrono::DateTime<chrono::Utc>| (t - at).num_milliseconds() as f64 / 1e3;
                 revoked_last = e
                     .iter()
                     .filter(|e| e.project_id == Some(2))
-                    .map(|e| e.received)
-                    .max()
-                    .map(|last| (last - at).num_milliseconds() as f64 / 1e3);
+                    .max_by_key(|e| e.received)
+                    .map(|last| (secs(last.received), last.accepted.map(secs)));
             }
             count::count(user, connects, e, &truth_for[i], &allowed[i])
         });
@@ -284,7 +288,7 @@ pub async fn run_relay(opts: RelayOptions) -> Result<RelayReport, Error> {
         starts += r.starts;
         failed += r.failed_starts;
     }
-    let answers = count::answers(&sim.delivery_outcomes(), &down, stopping);
+    let answers = answers::answers(&sim.delivery_outcomes(), &down, stopping, &dir);
     drop(sim);
     let mut totals = SubscriberCounts { user: "all".into(), ..Default::default() };
     for c in &counts {
@@ -311,7 +315,8 @@ pub async fn run_relay(opts: RelayOptions) -> Result<RelayReport, Error> {
         relay_failed_starts: failed,
         subscribers: counts,
         totals,
-        revoked_last_event_after_secs: revoked_last,
+        revoked_last_event_after_secs: revoked_last.map(|r| r.0),
+        revoked_last_accepted_after_secs: revoked_last.and_then(|r| r.1),
         answers,
         settle_secs,
         wall_secs: started.elapsed().as_secs_f64(),

@@ -117,10 +117,17 @@ async fn follow(url: String, token: String, shared: Arc<Mutex<Shared>>, max_wait
             let mut stream = resp.bytes_stream();
             let mut buf: Vec<u8> = Vec::new();
             while let Some(Ok(chunk)) = stream.next().await {
+                // Arrival is when the chunk came off the socket, not when its frame was parsed.
+                let arrived = Utc::now();
                 buf.extend_from_slice(&chunk);
-                while let Some(end) = find_frame_end(&buf) {
-                    let frame: Vec<u8> = buf.drain(..end).collect();
-                    if let Some((id, e)) = parse_frame(&String::from_utf8_lossy(&frame)) {
+                // Frames are cut from an offset and the rest moved once per chunk: cutting each
+                // frame off the front moved (and searched) the whole buffer per frame, which on a
+                // replay of thousands of events was quadratic and made the harness the laggard.
+                let mut start = 0;
+                while let Some(len) = find_frame_end(&buf[start..]) {
+                    let frame = &buf[start..start + len];
+                    start += len;
+                    if let Some((id, e)) = parse_frame(&String::from_utf8_lossy(frame), arrived) {
                         if let Some(id) = id {
                             last_id = Some(id);
                         }
@@ -131,6 +138,7 @@ async fn follow(url: String, token: String, shared: Arc<Mutex<Shared>>, max_wait
                         }
                     }
                 }
+                buf.drain(..start);
             }
         }
         tokio::time::sleep(wait).await;
@@ -138,18 +146,23 @@ async fn follow(url: String, token: String, shared: Arc<Mutex<Shared>>, max_wait
     }
 }
 
-/// The end of the first complete frame (after its blank line), if there is one.
+/// The end of the first complete frame (after its blank line), if there is one; it reads no
+/// further than that frame.
 fn find_frame_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    (0..buf.len()).find_map(|i| {
+        let rest = &buf[i..];
+        if rest.starts_with(b"\n\n") {
+            Some(i + 2)
+        } else if rest.starts_with(b"\r\n\r\n") {
+            Some(i + 4)
+        } else {
+            None
+        }
+    })
 }
 
 /// A frame's `id:` and, when it carries `data:`, the event. Comments (heartbeats) give nothing.
-fn parse_frame(frame: &str) -> Option<(Option<String>, Option<Received>)> {
+fn parse_frame(frame: &str, arrived: DateTime<Utc>) -> Option<(Option<String>, Option<Received>)> {
     let mut id = None;
     let mut data = String::new();
     for line in frame.lines() {
@@ -175,7 +188,7 @@ fn parse_frame(frame: &str) -> Option<(Option<String>, Option<Received>)> {
         status: v["status"].as_str().map(str::to_owned),
         retry: v["retry"].as_bool().unwrap_or(false),
         source: v["source"].as_str().map(str::to_owned),
-        received: Utc::now(),
+        received: arrived,
         accepted: v["received_at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.to_utc()),
     });
     Some((id, event))
@@ -189,10 +202,10 @@ mod tests {
     fn frames_are_split_and_parsed() {
         let raw = b": heartbeat\n\nid: 7\nevent: job\ndata: {\"seq\":7,\"kind\":\"job\",\"job_id\":3,\"status\":\"running\",\"retry\":false}\n\nid: 8";
         let end = find_frame_end(raw).unwrap();
-        assert!(parse_frame(std::str::from_utf8(&raw[..end]).unwrap()).is_none());
+        assert!(parse_frame(std::str::from_utf8(&raw[..end]).unwrap(), Utc::now()).is_none());
         let rest = &raw[end..];
         let end2 = find_frame_end(rest).unwrap();
-        let (id, e) = parse_frame(std::str::from_utf8(&rest[..end2]).unwrap()).unwrap();
+        let (id, e) = parse_frame(std::str::from_utf8(&rest[..end2]).unwrap(), Utc::now()).unwrap();
         assert_eq!(id.as_deref(), Some("7"));
         let e = e.unwrap();
         assert_eq!((e.seq, e.job_id, e.status.as_deref()), (7, Some(3), Some("running")));

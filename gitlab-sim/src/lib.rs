@@ -505,13 +505,15 @@ impl Sim {
     /// Every delivery attempt in every hook's log (project and group hooks), oldest first per
     /// hook: when it was sent (its log entry's time, written after the answer, less its
     /// `execution_duration`) and the answer's `response_status` as GitLab's API shows it
-    /// (`200`, `503`, or `internal error` when no answer came). For harnesses that judge a
-    /// receiver by its answers (`cloudci-chaos`'s relay run).
-    pub fn delivery_outcomes(&self) -> Vec<(chrono::DateTime<chrono::Utc>, String)> {
+    /// (`200`, `503`, or `internal error` when no answer came), and its `response_body` (the
+    /// first 8 KB: the receiver's reason for a 503). For harnesses that judge a receiver by its
+    /// answers (`cloudci-chaos`'s relay run).
+    pub fn delivery_outcomes(&self) -> Vec<(chrono::DateTime<chrono::Utc>, String, String)> {
         let state = self.shared.lock();
         let sent =
             |d: &state::DeliveryLog| d.created_at - chrono::Duration::milliseconds((d.execution_duration * 1e3) as i64);
-        state.hooks.values().flat_map(|h| h.deliveries.iter().map(|d| (sent(d), d.response_status.clone()))).collect()
+        let outcome = |d: &state::DeliveryLog| (sent(d), d.response_status.clone(), d.response_body.clone());
+        state.hooks.values().flat_map(|h| h.deliveries.iter().map(outcome)).collect()
     }
 
     /// Moves every logged delivery of hook `hook_id` `by` into the past, as if the sim had been

@@ -6,6 +6,8 @@
 //! - `pg`: [`PgLog`], the log (connections, group commit, commit-ordered seqs: why in its docs).
 //! - `tables`: the state machine's statements in PostgreSQL's dialect.
 //! - `batch`: the same for a sequencing transaction, over its rows in memory.
+//! - `retention`: [`PgLog::gc`], the daemon's retention policy over the shared log, and the
+//!   subscriber holds every instance publishes.
 //! - `schema`: the tables and their migrations, run at every start.
 //! - `sequencer`: [`Sequencer`], raw deliveries stored without the head's lock and turned into
 //!   events by one sequencing transaction at a time (why that keeps seqs in commit order).
@@ -19,6 +21,7 @@
 mod batch;
 mod catchup;
 mod pg;
+mod retention;
 mod schema;
 mod scratch;
 mod sequencer;
@@ -27,6 +30,7 @@ mod tail;
 
 pub use catchup::Leader;
 pub use pg::{CHANNEL, PgError, PgLog};
+pub use retention::{HOLD_FRESH, MIN_AGE};
 pub use scratch::{ScratchCluster, ScratchError};
 pub use sequencer::{BACKSTOP, Sequencer};
 pub use tail::{POLL, Tail};

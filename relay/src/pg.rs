@@ -134,6 +134,25 @@ impl Slot {
         }
         Ok(result?)
     }
+
+    /// [`Slot::with`] for an `f` that may run twice (idempotent: the raw deliveries' insert, by
+    /// their keys): when the session turns out to be broken, `f` runs again once on a new one.
+    /// A blocking client learns that its server went away (a restart, an outage) only at the
+    /// next call, so a slot idle across a restart failed its first call, and GitLab got a 503
+    /// after PostgreSQL was back (`relay/tests/reconnect.rs`).
+    pub(crate) fn with_reconnect<T>(
+        &self,
+        config: &Config,
+        f: impl Fn(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, PgError> {
+        match self.with(config, &f) {
+            Err(PgError::Db(e)) if e.is_closed() || self.0.lock().unwrap_or_else(|e| e.into_inner()).is_none() => {
+                tracing::debug!("relay log: the session broke ({e}); once more on a new one");
+                self.with(config, f)
+            }
+            other => other,
+        }
+    }
 }
 
 /// The event log in PostgreSQL.
@@ -196,6 +215,14 @@ impl PgLog {
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
         Ok(self.writer.with(&self.config, f)?)
     }
+
+    /// [`PgLog::write`] of an idempotent `f`, run again on a new session when the first broke.
+    pub(crate) fn write_idempotent<T>(
+        &self,
+        f: impl Fn(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        Ok(self.writer.with_reconnect(&self.config, f)?)
+    }
 }
 
 /// Locks the log's head for this transaction: the next seq to hand out.
@@ -221,7 +248,7 @@ pub(crate) fn finish(t: &mut Tables<'_, '_>, first: u64) -> Result<(), postgres:
     Ok(())
 }
 
-fn row_event(seq: i64, data: &str) -> Option<BuildEvent> {
+pub(crate) fn row_event(seq: i64, data: &str) -> Option<BuildEvent> {
     let mut e: BuildEvent = serde_json::from_str(data).ok()?;
     e.seq = seq as u64;
     Some(e)
@@ -356,14 +383,12 @@ impl EventLog for PgLog {
         self.read(|c| Ok(c.client.query_one("SELECT seq FROM log_head", &[])?.get::<_, i64>(0) as u64))
     }
 
-    /// Nothing is removed yet (retention of the relay's log is still to do), so no resume is
-    /// from before what was removed.
+    /// What retention removed (`retention.rs`).
     fn removed_through(&self) -> Result<u64, StoreError> {
-        Ok(0)
+        self.removed_mark()
     }
 
-    /// Never asked for while [`EventLog::removed_through`] is 0.
-    fn snapshot(&self, _filter: &EventFilter, _upto: u64) -> Result<Vec<BuildEvent>, StoreError> {
-        Ok(Vec::new())
+    fn snapshot(&self, filter: &EventFilter, upto: u64) -> Result<Vec<BuildEvent>, StoreError> {
+        self.snapshot_of(filter, upto)
     }
 }

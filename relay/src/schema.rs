@@ -68,6 +68,17 @@ const MIGRATIONS: &[&str] = &[
         project_id BIGINT PRIMARY KEY,
         unix_secs BIGINT NOT NULL
     );",
+    // 3: retention (`retention.rs`): the highest seq removed, and where each instance's oldest
+    // connected subscriber stands.
+    "CREATE TABLE retention (
+        key TEXT PRIMARY KEY,
+        value BIGINT NOT NULL
+    );
+    CREATE TABLE subscriber_holds (
+        instance TEXT PRIMARY KEY,
+        at_seq BIGINT,
+        updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );",
 ];
 
 /// Brings the database up to the newest schema; returns how many migrations this call applied.

@@ -103,7 +103,8 @@ impl PgLog {
         let events: Vec<&str> = d.iter().map(|d| d.event.as_str()).collect();
         let headers: Vec<&str> = d.iter().map(|d| d.headers.as_str()).collect();
         let bodies: Vec<&[u8]> = d.iter().map(|d| d.body.as_slice()).collect();
-        let (mut new, mut old) = self.write(|Conn { client, stmts }| {
+        // Idempotent by the keys: a retry after a commit whose answer was lost finds its rows.
+        let (mut new, mut old) = self.write_idempotent(|Conn { client, stmts }| {
             let mut tx = client.transaction()?;
             let insert = prepared(stmts, &mut tx, INSERT_RAW)?;
             let new: HashMap<String, i64> =

@@ -138,6 +138,8 @@ impl RelayArgs {
             hook_check: self.hook_check,
             reconcile_after: self.reconcile_after,
             catch_up_every: self.catch_up_every,
+            // The daemon's `[retention]` names; logs and artifacts do not apply to the relay.
+            retention: config.retention.interval().map(|every| (config.retention.policy().store, every)),
         };
         let relay = Relay::start(&settings).await?;
         crate::say!("relay: receiving GitLab webhooks on {} (POST /hooks/…)", relay.public_addr);

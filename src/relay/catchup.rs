@@ -47,12 +47,21 @@ impl Drop for AbortOnDrop {
 }
 
 /// Runs the duties whenever this instance leads, and stops them when it no longer does.
-pub async fn run(mut leading: watch::Receiver<bool>, duties: Duties) {
+pub async fn run(leading: watch::Receiver<bool>, duties: Duties) {
+    while_leading(leading, move || duties.clone().lead()).await;
+}
+
+/// Runs `duty()` whenever this instance leads, and aborts it when it no longer does.
+pub async fn while_leading<F, Fut>(mut leading: watch::Receiver<bool>, duty: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
             return;
         }
-        let task = AbortOnDrop(tokio::spawn(duties.clone().lead()));
+        let task = AbortOnDrop(tokio::spawn(duty()));
         if leading.wait_for(|l| !*l).await.is_err() {
             return;
         }

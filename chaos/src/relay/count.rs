@@ -1,8 +1,7 @@
 //! What each relay subscriber saw against the sim's truth and its user's access: lost, wrong,
-//! duplicated, out of order and forbidden events; and GitLab's side (the answers in the sim's
-//! delivery logs).
+//! duplicated, out of order and forbidden events, per project, and how far its stream lagged.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -32,14 +31,24 @@ pub struct SubscriberCounts {
     pub out_of_order: usize,
     /// Events repeating an object's previous status (a second event for the same news).
     pub repeated: usize,
-    /// Events of a project its user may not read: never could, or accepted by the relay longer
-    /// after the user's removal than the access TTL (and a second's slack).
+    /// Events of a project its user may not read: never could, or that *arrived* later after
+    /// the user's removal than the access TTL and [`REVOCATION_SLACK`].
     pub forbidden: usize,
-    /// Events of the revoked project that arrived after removal + TTL but were accepted before
-    /// it: allowed by the rule above, counted to show how far the stream lagged (a loaded
-    /// machine's sockets and the harness's own reading, or an old answer the relay kept).
+    /// Of those forbidden by arrival after a removal, how many the relay had accepted before
+    /// removal + TTL: the stream lagged (sockets, the proxy, the harness's reading) rather than
+    /// the relay sending on an answer older than its TTL. Still forbidden: what counts is when
+    /// the developer sees it.
     pub late_after_revocation: usize,
+    /// Events received per project id (0: none).
+    pub by_project: BTreeMap<u64, usize>,
+    /// Arrival less the relay's acceptance, over events from deliveries, in ms: median, 99th
+    /// percentile, largest.
+    pub lag_ms: [i64; 3],
 }
+
+/// How long after removal + TTL an event of the revoked project may still arrive: one that the
+/// relay checked just inside the TTL, on its way through the proxy.
+pub const REVOCATION_SLACK: chrono::Duration = chrono::Duration::seconds(2);
 
 impl SubscriberCounts {
     /// Everything that should be zero.
@@ -52,8 +61,7 @@ impl SubscriberCounts {
 #[derive(Debug, Clone)]
 pub(crate) struct Allowed {
     pub(crate) projects: BTreeSet<u64>,
-    /// (project, when the membership was removed plus the access TTL and a second's slack for an
-    /// event already on the wire).
+    /// (project, when the membership was removed plus the access TTL and [`REVOCATION_SLACK`]).
     pub(crate) until: Option<(u64, DateTime<Utc>)>,
 }
 
@@ -64,10 +72,26 @@ impl Allowed {
             return false;
         }
         match self.until {
-            Some((q, until)) if q == p => e.accepted.unwrap_or(e.received) > until,
+            Some((q, until)) if q == p => e.received > until,
             _ => true,
         }
     }
+}
+
+/// Median, 99th percentile and largest of arrival less acceptance, in ms, over `events` from
+/// deliveries.
+fn lag_ms(events: &[Received]) -> [i64; 3] {
+    let mut lags: Vec<i64> = events
+        .iter()
+        .filter(|e| e.source.as_deref() == Some("webhook"))
+        .filter_map(|e| e.accepted.map(|a| (e.received - a).num_milliseconds()))
+        .collect();
+    if lags.is_empty() {
+        return [0; 3];
+    }
+    lags.sort_unstable();
+    let at = |q: f64| lags[((lags.len() - 1) as f64 * q).round() as usize];
+    [at(0.5), at(0.99), at(1.0)]
 }
 
 /// The truth restricted to the pipelines of `projects`.
@@ -98,12 +122,18 @@ pub(crate) fn count(
         if e.source.as_deref() == Some("poll") {
             c.from_api += 1;
         }
+        *c.by_project.entry(e.project_id.unwrap_or(0)).or_default() += 1;
         if allowed.forbidden(e) {
             c.forbidden += 1;
-        } else if allowed.until.is_some_and(|(q, until)| e.project_id == Some(q) && e.received > until) {
-            c.late_after_revocation += 1;
+            // `until` includes the slack; acceptance is judged against removal + TTL alone.
+            if allowed.until.is_some_and(|(q, until)| {
+                e.project_id == Some(q) && e.accepted.is_some_and(|a| a <= until - REVOCATION_SLACK)
+            }) {
+                c.late_after_revocation += 1;
+            }
         }
     }
+    c.lag_ms = lag_ms(events);
     // Lost, wrong, backwards and repeated on the projects it may read throughout.
     let readable: Vec<Received> =
         events.iter().filter(|e| e.project_id.is_some_and(|p| allowed.projects.contains(&p))).cloned().collect();
@@ -118,53 +148,4 @@ pub(crate) fn count(
 /// Whether every final status of `truth` arrived at the subscriber.
 pub(crate) fn complete(events: &[Received], truth: &Truth) -> bool {
     analysis::all_final_arrived(truth, events)
-}
-
-/// The receiver's answers as GitLab logged them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Answers {
-    /// Delivery attempts logged (resends and test deliveries included).
-    pub attempts: usize,
-    /// Answered 2xx.
-    pub ok: usize,
-    /// Answered 4xx (every delivery is validly signed: must be 0).
-    pub client_errors: usize,
-    /// Answered 5xx.
-    pub server_errors: usize,
-    /// ... of those, outside the windows when PostgreSQL was down (must be 0).
-    pub server_errors_outside_outages: usize,
-    /// No answer (an instance killed mid-request, GitLab's timeout, the `lost` fault).
-    pub no_answer: usize,
-    /// The 5xx outside the outages: when each was sent, and its status (the first 100).
-    pub outside: Vec<(DateTime<Utc>, String)>,
-}
-
-/// Counts the sim's delivery log (when each attempt was sent, and its answer) up to `until`
-/// (when the harness began stopping the relays, whose last answers then say they are
-/// stopping); `down` are the windows when PostgreSQL was unreachable.
-pub(crate) fn answers(
-    log: &[(DateTime<Utc>, String)],
-    down: &[(DateTime<Utc>, DateTime<Utc>)],
-    until: DateTime<Utc>,
-) -> Answers {
-    let log: Vec<_> = log.iter().filter(|(at, _)| *at <= until).collect();
-    let mut a = Answers { attempts: log.len(), ..Default::default() };
-    for (at, status) in log {
-        match status.parse::<u16>() {
-            Ok(s) if (200..300).contains(&s) => a.ok += 1,
-            Ok(s) if (400..500).contains(&s) => a.client_errors += 1,
-            Ok(s) if s >= 500 => {
-                a.server_errors += 1;
-                if !down.iter().any(|(from, to)| at >= from && at <= to) {
-                    a.server_errors_outside_outages += 1;
-                    if a.outside.len() < 100 {
-                        a.outside.push((*at, status.clone()));
-                    }
-                }
-            }
-            Ok(_) => a.ok += 1,
-            Err(_) => a.no_answer += 1,
-        }
-    }
-    a
 }

@@ -119,6 +119,8 @@ pub struct RelayReport {
     pub totals: SubscriberCounts,
     /// Seconds from eve's removal to the last acme/secret event she received (none: `None`).
     pub revoked_last_event_after_secs: Option<f64>,
+    /// ... and from her removal to when the relay had accepted that event.
+    pub revoked_last_accepted_after_secs: Option<f64>,
     /// GitLab's view of the relay's answers.
     pub answers: Answers,
     /// Seconds from the last pipeline finishing to the end of the wait for events.
@@ -173,15 +175,38 @@ impl std::fmt::Display for RelayReport {
         if t.late_after_revocation > 0 {
             writeln!(
                 f,
-                "  {} acme/secret events reached eve after her removal + TTL, all accepted by the relay before it",
+                "  of the forbidden, {} acme/secret events reached eve after her removal + TTL + slack though the relay accepted them before removal + TTL (a lagging stream)",
                 t.late_after_revocation
             )?;
         }
         if let Some(s) = self.revoked_last_event_after_secs {
+            let accepted = self.revoked_last_accepted_after_secs.map_or("?".into(), |a| format!("{a:.1}"));
             writeln!(
                 f,
-                "  revocation: eve's last acme/secret event {s:.1} s after her removal (TTL {} s)",
-                o.access_ttl_secs
+                "  revocation: eve's last acme/secret event arrived {s:.1} s after her removal, accepted at {accepted} s (TTL {} s, slack {} s)",
+                o.access_ttl_secs,
+                super::REVOCATION_SLACK.num_seconds()
+            )?;
+        }
+        // The evidence for "forbidden": what each user's subscribers got, per project.
+        let mut users: Vec<&str> = self.subscribers.iter().map(|s| s.user.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        for u in users {
+            let subs: Vec<&SubscriberCounts> = self.subscribers.iter().filter(|s| s.user == u).collect();
+            let mut by_project = std::collections::BTreeMap::new();
+            for s in &subs {
+                for (p, n) in &s.by_project {
+                    *by_project.entry(*p).or_insert(0) += n;
+                }
+            }
+            let lag_p99 = subs.iter().map(|s| s.lag_ms[1]).max().unwrap_or(0);
+            let lag_max = subs.iter().map(|s| s.lag_ms[2]).max().unwrap_or(0);
+            writeln!(
+                f,
+                "  {u} ({} subscribers): events by project {by_project:?}; forbidden {}; lag (arrival - acceptance) p99 up to {lag_p99} ms, max {lag_max} ms",
+                subs.len(),
+                subs.iter().map(|s| s.forbidden).sum::<usize>()
             )?;
         }
         let a = &self.answers;
@@ -190,6 +215,12 @@ impl std::fmt::Display for RelayReport {
             "  GitLab's log: {} attempts, {} 2xx, {} 4xx, {} 5xx ({} outside PostgreSQL outages), {} unanswered",
             a.attempts, a.ok, a.client_errors, a.server_errors, a.server_errors_outside_outages, a.no_answer
         )?;
+        for x in a.outside.iter().take(10) {
+            writeln!(f, "  - 5xx outside: {} {} {:?}", x.at.format("%H:%M:%S%.3f"), x.status, x.body)?;
+            for l in &x.relay_log {
+                writeln!(f, "      {l}")?;
+            }
+        }
         if self.unfinished_on_sim > 0 || self.create_failures > 0 {
             writeln!(
                 f,
