@@ -404,16 +404,7 @@ impl Relay {
         }
         let sequencer = Sequencer::start(hub.clone(), log.clone());
         let tail = Tail::start(hub, log);
-        Ok(Self {
-            public_addr,
-            api_addr,
-            shutdown,
-            servers,
-            tasks,
-            _sequencer: sequencer,
-            _tail: tail,
-            _leader: l,
-        })
+        Ok(Self { public_addr, api_addr, shutdown, servers, tasks, _sequencer: sequencer, _tail: tail, _leader: l })
     }
 
     /// Stops gracefully: no new connections, answers in progress finish (a delivery is answered

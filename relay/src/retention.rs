@@ -52,8 +52,9 @@ fn last_before(c: &mut Conn, table: &str, key: &str, time: &str, cutoff: i64) ->
     let (Some(mut lo), Some(mut hi)) = (bounds.get::<_, Option<i64>>(0), bounds.get::<_, Option<i64>>(1)) else {
         return Ok(None);
     };
-    let probe =
-        c.client.prepare(&format!("SELECT {key}::BIGINT, ({time})::BIGINT FROM {table} WHERE {key} >= $1 ORDER BY {key} LIMIT 1"))?;
+    let probe = c.client.prepare(&format!(
+        "SELECT {key}::BIGINT, ({time})::BIGINT FROM {table} WHERE {key} >= $1 ORDER BY {key} LIMIT 1"
+    ))?;
     let mut best = None;
     while lo <= hi {
         let mid = lo + (hi - lo) / 2;
@@ -100,7 +101,8 @@ impl PgLog {
 
     /// One retention pass at `now_ms` (Unix ms): removes what `policy` allows (its ages raised to
     /// [`MIN_AGE`]; `in_commit` does not apply here) and nothing still needed (see `retention.rs`),
-    /// or with `dry_run` only counts it.
+    /// or with `dry_run` only counts it (deliveries and events exactly; pipeline state only of
+    /// pipelines whose events are already gone).
     pub fn gc(&self, policy: &StorePolicy, now_ms: i64, dry_run: bool) -> Result<StoreReport, StoreError> {
         let batch = policy.batch.max(1) as i64;
         let mut report = StoreReport::default();
@@ -228,11 +230,7 @@ impl PgLog {
                 &[&(upto as i64)],
             )
         })?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| crate::pg::row_event(r.get(0), r.get(1)))
-            .filter(|e| filter.matches(e))
-            .collect())
+        Ok(rows.iter().filter_map(|r| crate::pg::row_event(r.get(0), r.get(1))).filter(|e| filter.matches(e)).collect())
     }
 
     /// The highest seq retention removed (0: none).

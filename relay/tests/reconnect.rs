@@ -29,10 +29,7 @@ fn the_first_delivery_after_a_restart_is_stored_not_refused() {
         pg.stop_immediate().unwrap();
         pg.start_again().unwrap();
         let done = log.receive(vec![push(round)]);
-        assert!(
-            matches!(done.as_ref().map(|d| &d.stored[..]), Ok([Stored::New(_)])),
-            "round {round}: {done:?}"
-        );
+        assert!(matches!(done.as_ref().map(|d| &d.stored[..]), Ok([Stored::New(_)])), "round {round}: {done:?}");
     }
     // And a resend of what was stored is still a duplicate, not a second row.
     assert!(matches!(log.receive(vec![push(2)]).unwrap().stored[..], [Stored::Duplicate(_)]));
