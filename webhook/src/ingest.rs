@@ -52,7 +52,15 @@ pub struct IngestStats {
     pub max_batch: AtomicU64,
     /// Time spent in the store (inserting, processing, committing), in microseconds.
     pub store_micros: AtomicU64,
+    /// The longest time one batch spent in the store, in microseconds.
+    pub max_store_micros: AtomicU64,
+    /// Batches by their time in the store: under 1, 5, 20, 50 and 200 ms, and longer. A tail
+    /// of ingest latency that these do not hold was spent waiting, not in the store.
+    pub store_histogram: [AtomicU64; STORE_HISTOGRAM_BOUNDS_US.len() + 1],
 }
+
+/// The upper bounds, in microseconds, of [`IngestStats::store_histogram`]'s buckets.
+pub const STORE_HISTOGRAM_BOUNDS_US: [u64; 5] = [1_000, 5_000, 20_000, 50_000, 200_000];
 
 impl IngestStats {
     /// Mean deliveries per commit.
@@ -189,7 +197,11 @@ fn writer<L: EventLog>(
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.deliveries.fetch_add(n as u64, Ordering::Relaxed);
         stats.max_batch.fetch_max(n as u64, Ordering::Relaxed);
-        stats.store_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let micros = took.as_micros() as u64;
+        stats.store_micros.fetch_add(micros, Ordering::Relaxed);
+        stats.max_store_micros.fetch_max(micros, Ordering::Relaxed);
+        let bucket = STORE_HISTOGRAM_BOUNDS_US.iter().position(|&b| micros < b).unwrap_or(STORE_HISTOGRAM_BOUNDS_US.len());
+        stats.store_histogram[bucket].fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(done) => {
                 // A commit went through: whatever stopped the last ones is over.

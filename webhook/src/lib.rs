@@ -54,7 +54,7 @@ pub use health::{Health, Problem, Report};
 // Fan-out and its SSE frames.
 pub use hub::{Batch, Encoded, Hub, Resync, frame};
 // The public listener and the worker behind it.
-pub use ingest::IngestStats;
+pub use ingest::{IngestStats, STORE_HISTOGRAM_BOUNDS_US};
 pub use receiver::{MAX_BODY, Processor, RETRY_AFTER_SECS, Receiver, unavailable};
 // The event log's interface and the state machine every backend runs.
 pub use log::{EventLog, Ingested, StoredDelivery};
