@@ -329,7 +329,10 @@ impl EventLog for PgLog {
             let rows = c
                 .client
                 .query("SELECT id, event, body FROM deliveries WHERE NOT processed ORDER BY id LIMIT $1", &[&limit])?;
-            Ok(rows.iter().map(|r| StoredDelivery { id: r.get(0), event: r.get(1), body: r.get(2) }).collect())
+            Ok(rows
+                .iter()
+                .map(|r| StoredDelivery { id: r.get(0), event: r.get(1), body: r.get(2), unreadable: None })
+                .collect())
         })
     }
 

@@ -153,7 +153,7 @@ impl PgLog {
             let batch: Vec<_> = tx
                 .query(&s, &[&BATCH])?
                 .iter()
-                .map(|r| StoredDelivery { id: r.get(0), event: r.get(1), body: r.get(2) })
+                .map(|r| StoredDelivery { id: r.get(0), event: r.get(1), body: r.get(2), unreadable: None })
                 .map(|d| (d.id, d.parse()))
                 .collect();
             let n = batch.len();

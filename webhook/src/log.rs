@@ -47,6 +47,9 @@ pub struct StoredDelivery {
     pub event: String,
     /// The raw body.
     pub body: Vec<u8>,
+    /// Why the stored body could not be read back (then `body` is empty): a damaged or unknown
+    /// encoding. [`StoredDelivery::parse`] gives it as the reason.
+    pub unreadable: Option<String>,
 }
 
 /// An event log backend. See the module's documentation for the contract.

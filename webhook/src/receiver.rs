@@ -213,6 +213,10 @@ impl crate::log::StoredDelivery {
     /// What the delivery says, read back from its stored body: its observations, or why it
     /// cannot be read (logged, and kept with the delivery when it is processed).
     pub fn parse(&self) -> Parsed {
+        if let Some(reason) = &self.unreadable {
+            tracing::warn!(delivery = self.id, "cannot read a stored delivery: {reason}");
+            return Err(reason.as_str().into());
+        }
         match read(&self.event, &self.body) {
             Ok(parsed) => parsed,
             Err(e) => Err(e.to_string().into()),

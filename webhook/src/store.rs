@@ -24,6 +24,7 @@ use crate::events::{BuildEvent, Observation};
 
 pub(crate) use crate::log::{Ingested, StoredDelivery};
 
+mod body;
 mod mirror;
 mod tables;
 
@@ -262,6 +263,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "allow_failure", "INTEGER"),
     ("jobs", "started", "INTEGER"),
     ("jobs", "artifacts", "INTEGER"),
+    // How `body` is kept (`store/body.rs`): NULL as received, 'deflate' a zlib stream.
+    ("deliveries", "encoding", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
@@ -331,9 +334,10 @@ impl Store {
     /// Stores a delivery unless one with the same key is there; committed when this returns.
     pub fn insert_delivery(&self, d: &NewDelivery) -> Result<Stored, StoreError> {
         let conn = self.conn();
+        let (body, encoding) = body::encode(&d.body);
         let inserted = conn.execute(
-            "INSERT INTO deliveries (dedup_key, event, headers, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (dedup_key) DO NOTHING",
-            params![d.dedup_key, d.event, d.headers, d.body],
+            "INSERT INTO deliveries (dedup_key, event, headers, body, encoding) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (dedup_key) DO NOTHING",
+            params![d.dedup_key, d.event, d.headers, body, encoding],
         )?;
         let id: i64 = conn.query_row("SELECT id FROM deliveries WHERE dedup_key = ?1", [&d.dedup_key], |r| r.get(0))?;
         Ok(if inserted == 1 { Stored::New(id) } else { Stored::Duplicate(id) })
@@ -371,10 +375,11 @@ impl Store {
         let mut stored = Vec::with_capacity(batch.len());
         let mut fresh = Vec::with_capacity(batch.len());
         for Incoming { delivery: d, observations } in batch {
+            let (body, encoding) = body::encode(&d.body);
             let id: Option<i64> = query_row(
                 &tx,
-                "INSERT INTO deliveries (dedup_key, event, headers, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-                params![d.dedup_key, d.event, d.headers, d.body],
+                "INSERT INTO deliveries (dedup_key, event, headers, body, encoding) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+                params![d.dedup_key, d.event, d.headers, body, encoding],
                 |r| r.get(0),
             )
             .optional()?;
@@ -448,9 +453,16 @@ impl Store {
     pub fn pending_deliveries(&self, limit: usize) -> Result<Vec<StoredDelivery>, StoreError> {
         let conn = self.conn();
         let mut stmt =
-            conn.prepare("SELECT id, event, body FROM deliveries WHERE processed = 0 ORDER BY id LIMIT ?1")?;
+            conn.prepare("SELECT id, event, body, encoding FROM deliveries WHERE processed = 0 ORDER BY id LIMIT ?1")?;
         let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-            Ok(StoredDelivery { id: r.get(0)?, event: r.get(1)?, body: r.get(2)? })
+            let id = r.get(0)?;
+            // A body that cannot be read back is processed all the same (so it cannot hold up
+            // the deliveries after it), with the reason kept in `deliveries.error`.
+            let (body, unreadable) = match body::decode(r.get(2)?, r.get::<_, Option<String>>(3)?.as_deref()) {
+                Ok(body) => (body, None),
+                Err(e) => (Vec::new(), Some(format!("the stored body cannot be read back: {e}"))),
+            };
+            Ok(StoredDelivery { id, event: r.get(1)?, body, unreadable })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -736,6 +748,70 @@ mod tests {
         assert_eq!(store.last_delivery_at().unwrap(), Some(1_700_000_000));
     }
 
+    const SAMPLE: &[u8] = include_bytes!("../../gitlab/tests/fixtures/webhook-pipeline-event.json");
+
+    #[test]
+    fn bodies_are_kept_deflated_and_read_back_as_received() {
+        let store = Store::in_memory().unwrap();
+        let Stored::New(big) = store
+            .insert_delivery(&NewDelivery { event: "Pipeline Hook".into(), body: SAMPLE.to_vec(), ..delivery("big") })
+            .unwrap()
+        else {
+            panic!("not new")
+        };
+        let Stored::New(small) = store.insert_delivery(&delivery("small")).unwrap() else { panic!("not new") };
+        let kept: Vec<(i64, i64, Option<String>)> = store
+            .conn()
+            .prepare("SELECT id, length(body), encoding FROM deliveries ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kept[0].0, big);
+        assert!(kept[0].1 < SAMPLE.len() as i64 / 4, "{} bytes kept", kept[0].1);
+        assert_eq!(kept[0].2.as_deref(), Some(body::DEFLATE));
+        assert_eq!(kept[1], (small, 2, None));
+        let pending = store.pending_deliveries(10).unwrap();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].body, SAMPLE);
+        assert_eq!(pending[1].body, b"{}");
+        assert!(pending.iter().all(|d| d.unreadable.is_none()));
+        // Read back, the body says what it said as received.
+        assert!(pending[0].parse().is_ok_and(|o| !o.is_empty()));
+    }
+
+    #[test]
+    fn a_body_that_cannot_be_read_back_is_processed_with_the_reason() {
+        let store = Store::in_memory().unwrap();
+        store
+            .insert_delivery(&NewDelivery {
+                event: "Pipeline Hook".into(),
+                body: SAMPLE.to_vec(),
+                ..delivery("damaged")
+            })
+            .unwrap();
+        store
+            .insert_delivery(&NewDelivery { event: "Pipeline Hook".into(), body: SAMPLE.to_vec(), ..delivery("fine") })
+            .unwrap();
+        store
+            .conn()
+            .execute("UPDATE deliveries SET body = substr(body, 1, 100) WHERE dedup_key = 'damaged'", [])
+            .unwrap();
+        let pending = store.pending_deliveries(10).unwrap();
+        assert!(pending[0].body.is_empty());
+        let reason = pending[0].parse().unwrap_err().to_string();
+        assert!(reason.contains("cannot be read back"), "{reason}");
+        assert!(pending[1].parse().is_ok());
+        store.process_deliveries(pending.iter().map(|d| (d.id, d.parse())).collect()).unwrap();
+        let error: Option<String> = store
+            .conn()
+            .query_row("SELECT error FROM deliveries WHERE dedup_key = 'damaged'", [], |r| r.get(0))
+            .unwrap();
+        assert!(error.is_some_and(|e| e.contains("cannot be read back")));
+        assert!(store.pending_deliveries(10).unwrap().is_empty());
+    }
+
     #[test]
     fn a_database_from_before_job_names_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
@@ -746,11 +822,21 @@ mod tests {
                 "CREATE TABLE pipelines (id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, project TEXT, status TEXT NOT NULL, max_job_id INTEGER NOT NULL, retry_floor INTEGER NOT NULL, last_heard INTEGER NOT NULL);
                  CREATE TABLE jobs (id INTEGER PRIMARY KEY, pipeline_id INTEGER, status TEXT NOT NULL);
                  INSERT INTO pipelines VALUES (5, 1, 'a/b', 'running', 9, 0, 0);
-                 INSERT INTO jobs VALUES (9, 5, 'running');",
+                 INSERT INTO jobs VALUES (9, 5, 'running');
+                 CREATE TABLE deliveries (id INTEGER PRIMARY KEY, dedup_key TEXT NOT NULL UNIQUE, event TEXT NOT NULL, headers TEXT NOT NULL, body BLOB NOT NULL, received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), processed INTEGER NOT NULL DEFAULT 0, error TEXT);",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO deliveries (dedup_key, event, headers, body) VALUES ('key:old', 'Pipeline Hook', '{}', ?1)",
+                [SAMPLE],
             )
             .unwrap();
         }
         let store = Store::open(&path, Durability::Normal).unwrap();
+        // A body stored before bodies were deflated reads back as it was.
+        let pending = store.pending_deliveries(10).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].body, SAMPLE);
         let active = store.active_pipelines().unwrap();
         assert_eq!(active.len(), 1);
         store.track_pipeline(1, "a/b", 6).unwrap();
