@@ -200,7 +200,8 @@ fn writer<L: EventLog>(
         let micros = took.as_micros() as u64;
         stats.store_micros.fetch_add(micros, Ordering::Relaxed);
         stats.max_store_micros.fetch_max(micros, Ordering::Relaxed);
-        let bucket = STORE_HISTOGRAM_BOUNDS_US.iter().position(|&b| micros < b).unwrap_or(STORE_HISTOGRAM_BOUNDS_US.len());
+        let bucket =
+            STORE_HISTOGRAM_BOUNDS_US.iter().position(|&b| micros < b).unwrap_or(STORE_HISTOGRAM_BOUNDS_US.len());
         stats.store_histogram[bucket].fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(done) => {
