@@ -308,7 +308,7 @@ async fn run_script(
     timeout: Duration,
     track: bool,
 ) -> Result<Option<std::process::ExitStatus>, String> {
-    let mut command = Command::new("bash");
+    let mut command = Command::new(bash());
     command
         .arg("--noprofile")
         .arg("--norc")
@@ -545,6 +545,23 @@ fn unzip(zip: &Path, dest: &Path) -> std::io::Result<()> {
 }
 
 /// What a job sees of the sim's own environment: enough to find tools.
+/// `bash` by its full path, found once on the simulator's `PATH`. Given a bare name and a `PATH`
+/// of the command's own (the script's environment), std cannot start it with `posix_spawn` and
+/// forks the whole process instead, on a runtime worker: the simulator's host may be a test
+/// harness with hundreds of tasks and a large heap, and every task on that worker waited while
+/// its page tables were copied.
+fn bash() -> &'static Path {
+    static BASH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BASH.get_or_init(|| {
+        std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join("bash"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("bash"))
+    })
+}
+
 fn inherited_env() -> Vec<(String, String)> {
     ["PATH", "HOME", "LANG", "TMPDIR", "USER"]
         .iter()
@@ -647,4 +664,14 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         out.push(path.to_owned());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Scripts start by a full path, so std can `posix_spawn` them instead of forking the host.
+    #[test]
+    fn bash_is_started_by_its_full_path() {
+        let bash = super::bash();
+        assert!(bash.is_absolute() && bash.is_file(), "{}", bash.display());
+    }
 }

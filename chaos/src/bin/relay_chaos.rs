@@ -50,6 +50,10 @@ struct Args {
     /// gitlab-sim faults.
     #[arg(long)]
     faults: Option<String>,
+    /// The relays' `--access-ttl`, in seconds (how long a member's access answer is kept; eve's
+    /// revocation is judged against it).
+    #[arg(long, default_value_t = 5)]
+    access_ttl: u64,
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -82,6 +86,7 @@ async fn main() -> ExitCode {
         kill_every_secs: a.kill_every,
         pg_outage_secs: a.pg_outage,
         faults: a.faults.unwrap_or(defaults.faults.clone()),
+        access_ttl_secs: a.access_ttl,
         seed: a.seed,
         dir: a.dir,
         ..defaults
