@@ -64,3 +64,91 @@ pub async fn for_session(
     }
     Ok(Some((Bytes::from(f), last_seq)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use cloudci_gitlab::webhook::WebhookEvent;
+    use cloudci_relay::{PgLog, ScratchCluster};
+    use cloudci_webhook::{EventFilter, EventLog, EventSource, Incoming, NewDelivery, StorePolicy, now_ms, observe};
+
+    use super::for_session;
+    use crate::relay::access::Access;
+    use crate::relay::access::tests::{ALICE, BOB, gitlab, sim};
+
+    const DAY_MS: i64 = 86_400_000;
+    const SAMPLE: &[u8] = include_bytes!("../../gitlab/tests/fixtures/webhook-pipeline-event.json");
+
+    fn pipeline(project: (u64, &str), id: u64, status: &str) -> Incoming {
+        let mut v: serde_json::Value = serde_json::from_slice(SAMPLE).unwrap();
+        v["project"]["id"] = project.0.into();
+        v["project"]["path_with_namespace"] = project.1.into();
+        v["object_attributes"]["id"] = id.into();
+        v["object_attributes"]["status"] = status.into();
+        v["builds"] = serde_json::json!([]);
+        let body = serde_json::to_vec(&v).unwrap();
+        let observations =
+            Ok(observe(&WebhookEvent::parse(Some("Pipeline Hook"), &body).unwrap(), EventSource::Webhook));
+        let delivery = NewDelivery {
+            dedup_key: format!("{}-{id}-{status}", project.0),
+            event: "Pipeline Hook".into(),
+            headers: "{}".into(),
+            body,
+        };
+        Incoming { delivery, observations }
+    }
+
+    /// A session resuming from before what retention removed gets the resync frame and a
+    /// snapshot of only the projects its user may read; one resuming after it, nothing extra.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_resumed_past_retention_gets_a_snapshot_of_what_its_user_may_read() {
+        let Some(pg) = ScratchCluster::for_test() else { return };
+        let url = pg.url();
+        let (firmware, secret) = ((1, "acme/firmware"), (2, "acme/secret"));
+        // Two pipelines still running in each project, and one finished in each, which a month
+        // later retention removes (the running ones' events stay: the catch-up follows them).
+        let (log, removed_through) = tokio::task::spawn_blocking(move || {
+            let log = PgLog::open(&url).unwrap();
+            for d in [
+                pipeline(firmware, 10, "running"),
+                pipeline(secret, 20, "running"),
+                pipeline(firmware, 11, "running"),
+                pipeline(secret, 21, "running"),
+                pipeline(firmware, 11, "success"),
+                pipeline(secret, 21, "success"),
+            ] {
+                log.ingest(vec![d]).unwrap();
+            }
+            let r = log.gc(&StorePolicy::default(), now_ms() + 31 * DAY_MS, false).unwrap();
+            (Arc::new(log), r.removed_through)
+        })
+        .await
+        .unwrap();
+        assert_eq!(removed_through, 6, "the finished pipelines' events went");
+
+        let dir = tempfile::tempdir().unwrap();
+        let sim = sim(dir.path(), "").await;
+        let access = Access::new(gitlab(&sim), Duration::from_secs(60));
+        let all = EventFilter::default();
+        let (frames, last) = for_session(log.clone(), &access, ALICE, all.clone(), 3).await.unwrap().expect("a resync");
+        assert_eq!(last, 6);
+        let text = String::from_utf8(frames.to_vec()).unwrap();
+        let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
+        assert!(frames[0].starts_with("id: 6\nevent: resync\n"), "{}", frames[0]);
+        assert!(frames[0].contains("\"snapshot\":1"), "{}", frames[0]);
+        // The snapshot: alice's one readable pipeline left, nothing of acme/secret.
+        assert_eq!(frames.len(), 2, "{text}");
+        assert!(frames[1].contains("\"pipeline_id\":10") && frames[1].contains("\"project_id\":1"), "{}", frames[1]);
+        assert!(!text.contains("acme/secret") && !text.contains("\"project_id\":2"), "{text}");
+        // bob (a Guest) may read neither project: the resync says so with an empty snapshot.
+        let (frames, _) = for_session(log.clone(), &access, BOB, all.clone(), 3).await.unwrap().expect("a resync");
+        let text = String::from_utf8(frames.to_vec()).unwrap();
+        assert!(text.contains("\"snapshot\":0") && !text.contains("event: pipeline"), "{text}");
+        // Resuming from where retention stopped, nothing was removed after it: no resync.
+        assert!(for_session(log.clone(), &access, ALICE, all, 6).await.unwrap().is_none());
+        // The blocking client closes off the runtime.
+        tokio::task::spawn_blocking(move || drop(log)).await.unwrap();
+    }
+}
