@@ -9,7 +9,7 @@
 //! deliveries a day: 50 pipelines of 10 jobs), and the retention limits (14 days of deliveries,
 //! 30 of events) are scaled to it, so retention removes as fast as deliveries arrive (a real year
 //! removes ~2,000 a day); the pass runs every half simulated day. Deliveries arrive open-loop at
-//! `rate` per second, each ~2.5 KB (a job hook's size) with its pipeline's and job's
+//! `rate` per second, each GitLab's sample Job Hook (2.8 KB, deflated in the log as real ones are) with its pipeline's and job's
 //! observations; a subscriber follows live (and so holds what it has not read).
 //! `durability = "normal"` (the group commit's fsync would measure the disk, not retention).
 //!
@@ -40,11 +40,15 @@ use crate::{
 const PER_DAY: u64 = 2000;
 const PER_PIPELINE: u64 = 40;
 const STATUSES: [&str; 4] = ["created", "pending", "running", "success"];
+/// GitLab's sample Job Hook (2.8 KB), each delivery's body with its own ids and status: the log
+/// keeps bodies deflated, so padding would shrink to nothing and hide the cost of real ones.
+const JOB_HOOK: &str = include_str!("../../../gitlab/tests/fixtures/webhook-job-event.json");
 
 fn incoming(k: u64) -> Incoming {
     let pipeline = 1 + k / PER_PIPELINE;
     let i = k % PER_PIPELINE;
     let job = pipeline * 100 + i / 4;
+    let status = STATUSES[(i % 4) as usize];
     let mut j = BuildEvent::new(EventKind::Job, 1, "Job Hook", EventSource::Webhook);
     j.project = Some("acme/firmware".into());
     j.git_ref = Some("main".into());
@@ -52,7 +56,7 @@ fn incoming(k: u64) -> Incoming {
     j.job_id = Some(job);
     j.job_name = Some(format!("build: [board{}]", i / 4));
     j.stage = Some("build".into());
-    j.status = Some(STATUSES[(i % 4) as usize].into());
+    j.status = Some(status.into());
     let mut p = j.clone();
     p.kind = EventKind::Pipeline;
     p.job_id = None;
@@ -60,9 +64,11 @@ fn incoming(k: u64) -> Incoming {
     p.stage = None;
     p.status = Some(if i + 1 == PER_PIPELINE { "success" } else { "running" }.into());
     let observations = vec![Observation { event: j, max_job_id: job }, Observation { event: p, max_job_id: job }];
-    let mut body =
-        format!("{{\"object_kind\":\"build\",\"build_id\":{job},\"pipeline_id\":{pipeline},\"pad\":\"").into_bytes();
-    body.resize(2500, b'x');
+    let body = JOB_HOOK
+        .replacen("\"build_id\": 1977", &format!("\"build_id\": {job}"), 1)
+        .replacen("\"build_status\": \"created\"", &format!("\"build_status\": \"{status}\""), 1)
+        .replacen("\"pipeline_id\": 2366", &format!("\"pipeline_id\": {pipeline}"), 1)
+        .into_bytes();
     let delivery = NewDelivery {
         dedup_key: format!("d-{k}"),
         event: "Job Hook".into(),
