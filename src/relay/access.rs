@@ -44,16 +44,16 @@ pub struct AccessError {
 /// One user and project: the last answer, and the lock that one renewal holds.
 #[derive(Debug, Default)]
 struct Slot {
-    /// Requests sent so far (read before waiting for the lock, to tell whether the failure
-    /// found behind it came from a request sent after this caller arrived).
-    asked: AtomicU64,
+    /// Requests answered so far (read before waiting for the lock, to tell whether the failure
+    /// found behind it came after this caller arrived).
+    answered: AtomicU64,
     state: tokio::sync::Mutex<Answer>,
 }
 
 #[derive(Debug, Default)]
 struct Answer {
     known: Option<(bool, Instant)>,
-    /// The last request's failure, with its number in [`Slot::asked`].
+    /// The last request's failure, with its number in [`Slot::answered`].
     failed: Option<(u64, Arc<cloudci_gitlab::Error>)>,
 }
 
@@ -83,24 +83,26 @@ impl Access {
     /// Whether GitLab user `user` may read project `project`'s events.
     pub async fn may_read(&self, user: u64, project: u64) -> Result<bool, AccessError> {
         let slot = self.slot(user, project);
-        let arrived = slot.asked.load(Ordering::Acquire);
+        let arrived = slot.answered.load(Ordering::Acquire);
         let mut answer = slot.state.lock().await;
         if let Some((allowed, at)) = answer.known
             && at.elapsed() < self.ttl
         {
             return Ok(allowed);
         }
-        // A request sent after this caller arrived failed: its failure is this caller's too
+        // A request answered after this caller arrived failed: its failure is this caller's too
         // (asking again at once would queue one request per waiting stream behind each other).
         if let Some((n, source)) = &answer.failed
             && *n > arrived
         {
             return Err(AccessError { user, project, source: source.clone() });
         }
-        let n = slot.asked.fetch_add(1, Ordering::AcqRel) + 1;
         self.requests.fetch_add(1, Ordering::Relaxed);
         let asked_at = Instant::now();
-        let allowed = match self.gitlab.project_member_all(ProjectId(project), UserId(user)).await {
+        let asked = self.gitlab.project_member_all(ProjectId(project), UserId(user)).await;
+        // Counted once answered, so a caller that arrived while this was in flight shares it.
+        let n = slot.answered.fetch_add(1, Ordering::AcqRel) + 1;
+        let allowed = match asked {
             Ok(m) => m.access_level >= Member::REPORTER,
             // Not a member, or a project the relay's token cannot see: GitLab's 404 either way.
             Err(cloudci_gitlab::Error::NotFound { .. }) => false,
