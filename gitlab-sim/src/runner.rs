@@ -544,7 +544,6 @@ fn unzip(zip: &Path, dest: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// What a job sees of the sim's own environment: enough to find tools.
 /// `bash` by its full path, found once on the simulator's `PATH`. Given a bare name and a `PATH`
 /// of the command's own (the script's environment), std cannot start it with `posix_spawn` and
 /// forks the whole process instead, on a runtime worker: the simulator's host may be a test
@@ -562,6 +561,7 @@ fn bash() -> &'static Path {
     })
 }
 
+/// What a job sees of the sim's own environment: enough to find tools.
 fn inherited_env() -> Vec<(String, String)> {
     ["PATH", "HOME", "LANG", "TMPDIR", "USER"]
         .iter()

@@ -9,8 +9,9 @@
 //! deliveries a day: 50 pipelines of 10 jobs), and the retention limits (14 days of deliveries,
 //! 30 of events) are scaled to it, so retention removes as fast as deliveries arrive (a real year
 //! removes ~2,000 a day); the pass runs every half simulated day. Deliveries arrive open-loop at
-//! `rate` per second, each GitLab's sample Job Hook (2.8 KB, deflated in the log as real ones are) with its pipeline's and job's
-//! observations; a subscriber follows live (and so holds what it has not read).
+//! `rate` per second, each GitLab's sample Job Hook (2.8 KB, deflated in the log as real ones
+//! are) with its pipeline's and job's observations; a subscriber follows live (and so holds what
+//! it has not read).
 //! `durability = "normal"` (the group commit's fsync would measure the disk, not retention).
 //!
 //! An ignored test, so that it drives the crate's own group commit ([`crate::ingest`]):
