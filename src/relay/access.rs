@@ -64,7 +64,7 @@ pub struct Access {
     gitlab: Gitlab,
     ttl: Duration,
     slots: Mutex<HashMap<(u64, u64), Arc<Slot>>>,
-    /// Requests sent to GitLab, for tests and logs.
+    /// Requests sent to GitLab (what the tests count).
     requests: AtomicU64,
 }
 
@@ -181,14 +181,10 @@ pub(crate) mod tests {
         Gitlab::builder(sim.url()).private_token(ROOT.into()).retry(RetryPolicy::never()).build().unwrap()
     }
 
-    /// `n` callers asking whether `user` may read acme/firmware, every one of them waiting
-    /// behind the slot's lock before the first may ask (spawned tasks start in any order; without
-    /// this, one that started after the first answer would not be waiting for it).
-    async fn waiting_callers(
-        access: &Arc<Access>,
-        user: u64,
-        n: usize,
-    ) -> Vec<tokio::task::JoinHandle<Result<bool, super::AccessError>>> {
+    /// The answers of `n` callers asking whether `user` may read acme/firmware, every one of
+    /// them waiting behind the slot's lock before the first may ask (spawned tasks start in any
+    /// order; without this, one that started after the first answer would not be waiting for it).
+    async fn waiting_callers(access: &Arc<Access>, user: u64, n: usize) -> Vec<Result<bool, super::AccessError>> {
         let slot = access.slot(user, FIRMWARE);
         let held = slot.state.lock().await;
         let tasks: Vec<_> = (0..n)
@@ -202,7 +198,7 @@ pub(crate) mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         drop(held);
-        tasks
+        futures_util::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect()
     }
 
     /// Many streams of one user reaching an unknown or expired answer at once send GitLab one
@@ -212,12 +208,12 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sim = sim(dir.path(), "").await;
         let access = Arc::new(Access::new(gitlab(&sim), Duration::from_secs(60)));
-        for r in futures_util::future::join_all(waiting_callers(&access, ALICE, 50).await).await {
-            assert!(r.unwrap().unwrap(), "alice is a Reporter");
+        for r in waiting_callers(&access, ALICE, 50).await {
+            assert!(r.unwrap(), "alice is a Reporter");
         }
         assert_eq!(access.requests(), 1);
-        for r in futures_util::future::join_all(waiting_callers(&access, BOB, 50).await).await {
-            assert!(!r.unwrap().unwrap(), "bob is a Guest");
+        for r in waiting_callers(&access, BOB, 50).await {
+            assert!(!r.unwrap(), "bob is a Guest");
         }
         assert_eq!(access.requests(), 2);
         // Known: no request.
@@ -244,8 +240,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sim = sim(dir.path(), "api_5xx=1").await;
         let access = Arc::new(Access::new(gitlab(&sim), Duration::from_secs(60)));
-        for r in futures_util::future::join_all(waiting_callers(&access, ALICE, 20).await).await {
-            let err = r.unwrap().unwrap_err().to_string();
+        for r in waiting_callers(&access, ALICE, 20).await {
+            let err = r.unwrap_err().to_string();
             assert!(err.contains("may read project 1"), "{err}");
         }
         assert_eq!(access.requests(), 1);

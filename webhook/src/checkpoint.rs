@@ -257,15 +257,7 @@ mod tests {
     /// 7,000 bytes deflate cannot shrink (bodies are kept deflated: a run of one byte would
     /// take a few dozen bytes).
     fn noise(seed: usize) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ seed as u64;
-        (0..7000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::store::noise(7000, seed as u64)
     }
 
     #[test]

@@ -25,6 +25,8 @@ use crate::events::{BuildEvent, Observation};
 pub(crate) use crate::log::{Ingested, StoredDelivery};
 
 mod body;
+#[cfg(test)]
+pub(crate) use body::noise;
 mod mirror;
 mod tables;
 

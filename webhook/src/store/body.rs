@@ -77,6 +77,21 @@ fn decode_within(stored: Vec<u8>, encoding: Option<&str>, max: u64) -> Result<Ve
     }
 }
 
+/// `len` bytes deflate cannot shrink (a xorshift stream from `seed`), for tests that need a
+/// body's stored size to be its size.
+#[cfg(test)]
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,16 +110,7 @@ mod tests {
     #[test]
     fn small_and_incompressible_bodies_are_kept_as_received() {
         assert_eq!(encode(b"{}"), (std::borrow::Cow::Borrowed(&b"{}"[..]), None));
-        // Bytes deflate cannot shrink (a xorshift stream).
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let noise: Vec<u8> = (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = noise(4096, 0);
         let (stored, encoding) = encode(&noise);
         assert_eq!(encoding, None);
         assert_eq!(stored, noise.as_slice());
