@@ -202,8 +202,6 @@ pub struct RelayApi {
     pub access: Option<Arc<Access>>,
     /// `POST /v1/sessions` (none without GitLab).
     pub sessions: Option<Sessions>,
-    /// The shared log (a session's resync after retention).
-    pub log: Arc<PgLog>,
 }
 
 impl axum::extract::FromRef<RelayApi> for TokenKeys {
@@ -259,7 +257,7 @@ async fn events(
     })?;
     let (resync, after) = match after {
         Some(requested) => {
-            match resync::for_session(api.log.clone(), &access, user, filter.clone(), requested).await? {
+            match resync::for_session(&api.events.hub, &access, user, filter.clone(), requested).await? {
                 Some((frames, last_seq)) => (Some(frames), Some(last_seq)),
                 None => (None, Some(requested)),
             }
@@ -374,7 +372,6 @@ impl Relay {
                     events: EventsState { hub: hub.clone(), keys: secrets.keys.clone() },
                     access,
                     sessions,
-                    log: log.clone(),
                 })),
                 shutdown.clone(),
                 hub.health(),

@@ -2,12 +2,10 @@
 //! snapshot (`cloudci-webhook`'s hub has them for operator tokens), with the snapshot cut down to
 //! the projects the session's user may read, each checked like a live event.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use cloudci_relay::PgLog;
-use cloudci_webhook::{BuildEvent, EventFilter, EventLog, Resync};
+use cloudci_webhook::{BuildEvent, EventFilter, EventLog, Hub, Resync};
 
 use super::Access;
 use crate::api::error::ApiError;
@@ -18,24 +16,26 @@ fn unavailable(what: impl std::fmt::Display) -> ApiError {
 
 /// `None` when nothing after `requested` was removed; else the frames to send first and the seq
 /// live events follow from.
+/// The log is read under the hub's bound on log reads ([`Hub::read_log`]): every session that
+/// reconnects after a peer's kill asks this at once.
 pub async fn for_session(
-    log: Arc<PgLog>,
+    hub: &Hub<PgLog>,
     access: &Access,
     user: u64,
     filter: EventFilter,
     requested: u64,
 ) -> Result<Option<(Bytes, u64)>, ApiError> {
-    let found = tokio::task::spawn_blocking(move || {
-        let removed_through = log.removed_through()?;
-        if requested >= removed_through {
-            return Ok(None);
-        }
-        let last_seq = log.last_seq()?;
-        Ok::<_, cloudci_webhook::StoreError>(Some((removed_through, last_seq, log.snapshot(&filter, last_seq)?)))
-    })
-    .await
-    .map_err(unavailable)?
-    .map_err(unavailable)?;
+    let found = hub
+        .read_log(move |log| {
+            let removed_through = log.removed_through()?;
+            if requested >= removed_through {
+                return Ok(None);
+            }
+            let last_seq = log.last_seq()?;
+            Ok(Some((removed_through, last_seq, log.snapshot(&filter, last_seq)?)))
+        })
+        .await
+        .map_err(unavailable)?;
     let Some((removed_through, last_seq, snapshot)) = found else { return Ok(None) };
     let mut readable: Vec<BuildEvent> = Vec::with_capacity(snapshot.len());
     for e in snapshot {
@@ -72,7 +72,7 @@ mod tests {
 
     use cloudci_gitlab::webhook::WebhookEvent;
     use cloudci_relay::{PgLog, ScratchCluster};
-    use cloudci_webhook::{EventFilter, EventLog, EventSource, Incoming, NewDelivery, StorePolicy, now_ms, observe};
+    use cloudci_webhook::{EventFilter, EventLog, EventSource, Hub, Incoming, NewDelivery, StorePolicy, now_ms, observe};
 
     use super::for_session;
     use crate::relay::access::Access;
@@ -131,8 +131,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sim = sim(dir.path(), "").await;
         let access = Access::new(gitlab(&sim), Duration::from_secs(60));
+        let hub = Hub::new(log.clone());
         let all = EventFilter::default();
-        let (frames, last) = for_session(log.clone(), &access, ALICE, all.clone(), 3).await.unwrap().expect("a resync");
+        let (frames, last) = for_session(&hub, &access, ALICE, all.clone(), 3).await.unwrap().expect("a resync");
         assert_eq!(last, 6);
         let text = String::from_utf8(frames.to_vec()).unwrap();
         let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
@@ -143,12 +144,12 @@ mod tests {
         assert!(frames[1].contains("\"pipeline_id\":10") && frames[1].contains("\"project_id\":1"), "{}", frames[1]);
         assert!(!text.contains("acme/secret") && !text.contains("\"project_id\":2"), "{text}");
         // bob (a Guest) may read neither project: the resync says so with an empty snapshot.
-        let (frames, _) = for_session(log.clone(), &access, BOB, all.clone(), 3).await.unwrap().expect("a resync");
+        let (frames, _) = for_session(&hub, &access, BOB, all.clone(), 3).await.unwrap().expect("a resync");
         let text = String::from_utf8(frames.to_vec()).unwrap();
         assert!(text.contains("\"snapshot\":0") && !text.contains("event: pipeline"), "{text}");
         // Resuming from where retention stopped, nothing was removed after it: no resync.
-        assert!(for_session(log.clone(), &access, ALICE, all, 6).await.unwrap().is_none());
+        assert!(for_session(&hub, &access, ALICE, all, 6).await.unwrap().is_none());
         // The blocking client closes off the runtime.
-        tokio::task::spawn_blocking(move || drop(log)).await.unwrap();
+        tokio::task::spawn_blocking(move || drop((hub, log))).await.unwrap();
     }
 }

@@ -277,6 +277,16 @@ impl<L: EventLog> Hub<L> {
         &self.store
     }
 
+    /// `f` over the log on a blocking thread, once one of the hub's [`READS_AT_ONCE`] permits is
+    /// free: for a read that a subscriber's stream waits on outside the hub (the relay's resync
+    /// of a session), so that it counts against the same bound as the hub's own reads.
+    pub async fn read_log<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&L) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        read_with_permit(&self.reads, self.store.clone(), move |log: &Arc<L>| f(log)).await
+    }
+
     /// Announces events already committed to the log (in seq order, as one transaction logged
     /// them).
     pub fn publish(&self, events: Vec<BuildEvent>) {
@@ -452,9 +462,7 @@ impl<L: EventLog> Sub<L> {
         &self,
         f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        // Never closed, so a permit always comes.
-        let _permit = self.reads.acquire().await;
-        blocking(f).await
+        read_with_permit(&self.reads, (), |()| f()).await
     }
 
     fn set_last(&mut self, last: u64) {
@@ -602,6 +610,18 @@ impl<L: EventLog> Sub<L> {
     }
 }
 
+/// `f(with)` on the blocking pool once one of `reads` is free. Each waiting read is a task, not a
+/// blocking thread: in relay chaos, unbounded reads grew an instance to 160 threads and ~1.8 GB.
+async fn read_with_permit<W: Send + 'static, T: Send + 'static>(
+    reads: &tokio::sync::Semaphore,
+    with: W,
+    f: impl FnOnce(&W) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    // Never closed, so a permit always comes.
+    let _permit = reads.acquire().await;
+    blocking(move || f(&with)).await
+}
+
 /// Runs a store call on the blocking pool. A panic inside it is carried on to the caller; a call
 /// cancelled because the runtime is shutting down never returns (its caller is being dropped
 /// too), where unwrapping the `JoinError` used to panic at exit.
@@ -612,5 +632,61 @@ pub(crate) async fn blocking<T: Send + 'static>(
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::{Hub, READS_AT_ONCE};
+    use crate::{Durability, Store};
+
+    /// A read from outside the hub (the relay's session resync) waits for a permit like the
+    /// hub's own: with every permit held, it has not started 200 ms later, and starts once one
+    /// is given back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_log_waits_for_one_of_the_hubs_permits() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::new(Arc::new(Store::open(&dir.path().join("e.db"), Durability::Normal).unwrap()));
+        let started = Arc::new(AtomicUsize::new(0));
+        let mut release = Vec::new();
+        let mut holders = Vec::new();
+        for _ in 0..READS_AT_ONCE {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            release.push(tx);
+            let (hub, started) = (hub.clone(), started.clone());
+            holders.push(tokio::spawn(async move {
+                hub.read_log(move |_| {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let _ = rx.recv();
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        while started.load(Ordering::SeqCst) < READS_AT_ONCE {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let one_more = {
+            let (hub, started) = (hub.clone(), started.clone());
+            tokio::spawn(async move {
+                hub.read_log(move |log| {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    log.last_seq()
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(started.load(Ordering::SeqCst), READS_AT_ONCE, "a read ran beyond the hub's bound");
+        drop(release.remove(0));
+        assert_eq!(one_more.await.unwrap().unwrap(), 0, "the waiting read ran once a permit was free");
+        drop(release);
+        for h in holders {
+            h.await.unwrap().unwrap();
+        }
     }
 }
