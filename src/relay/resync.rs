@@ -72,7 +72,9 @@ mod tests {
 
     use cloudci_gitlab::webhook::WebhookEvent;
     use cloudci_relay::{PgLog, ScratchCluster};
-    use cloudci_webhook::{EventFilter, EventLog, EventSource, Hub, Incoming, NewDelivery, StorePolicy, now_ms, observe};
+    use cloudci_webhook::{
+        EventFilter, EventLog, EventSource, Hub, Incoming, NewDelivery, StorePolicy, now_ms, observe,
+    };
 
     use super::for_session;
     use crate::relay::access::Access;
