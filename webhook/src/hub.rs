@@ -277,7 +277,7 @@ impl<L: EventLog> Hub<L> {
         &self.store
     }
 
-    /// `f` over the log on a blocking thread, once one of the hub's [`READS_AT_ONCE`] permits is
+    /// `f` over the log on a blocking thread, once one of the hub's 8 permits (`READS_AT_ONCE`) is
     /// free: for a read that a subscriber's stream waits on outside the hub (the relay's resync
     /// of a session), so that it counts against the same bound as the hub's own reads.
     pub async fn read_log<T: Send + 'static>(
