@@ -16,6 +16,7 @@ fn unavailable(what: impl std::fmt::Display) -> ApiError {
 
 /// `None` when nothing after `requested` was removed; else the frames to send first and the seq
 /// live events follow from.
+///
 /// The log is read under the hub's bound on log reads ([`Hub::read_log`]): every session that
 /// reconnects after a peer's kill asks this at once.
 pub async fn for_session(

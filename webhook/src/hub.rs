@@ -284,7 +284,8 @@ impl<L: EventLog> Hub<L> {
         &self,
         f: impl FnOnce(&L) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        read_with_permit(&self.reads, self.store.clone(), move |log: &Arc<L>| f(log)).await
+        let log = self.store.clone();
+        read_with_permit(&self.reads, move || f(&log)).await
     }
 
     /// Announces events already committed to the log (in seq order, as one transaction logged
@@ -462,7 +463,7 @@ impl<L: EventLog> Sub<L> {
         &self,
         f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        read_with_permit(&self.reads, (), |()| f()).await
+        read_with_permit(&self.reads, f).await
     }
 
     fn set_last(&mut self, last: u64) {
@@ -610,16 +611,15 @@ impl<L: EventLog> Sub<L> {
     }
 }
 
-/// `f(with)` on the blocking pool once one of `reads` is free. Each waiting read is a task, not a
+/// `f` on the blocking pool once one of `reads` is free. Each waiting read is a task, not a
 /// blocking thread: in relay chaos, unbounded reads grew an instance to 160 threads and ~1.8 GB.
-async fn read_with_permit<W: Send + 'static, T: Send + 'static>(
+async fn read_with_permit<T: Send + 'static>(
     reads: &tokio::sync::Semaphore,
-    with: W,
-    f: impl FnOnce(&W) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     // Never closed, so a permit always comes.
     let _permit = reads.acquire().await;
-    blocking(move || f(&with)).await
+    blocking(f).await
 }
 
 /// Runs a store call on the blocking pool. A panic inside it is carried on to the caller; a call
