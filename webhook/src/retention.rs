@@ -32,7 +32,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::events::{BuildEvent, EventKind};
-use crate::store::{EventFilter, Store, StoreError};
+use crate::store::{EventFilter, FINISHED, Store, StoreError};
 
 /// How long the event store keeps what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +113,6 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-const FINISHED: &str = "('success','failed','canceled','skipped')";
 /// Events read at a time when a pass or a snapshot walks the retained log.
 const WALK: usize = 5000;
 

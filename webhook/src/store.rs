@@ -192,9 +192,20 @@ pub struct Store {
     sweep: Mutex<crate::retention::Sweep>,
 }
 
+/// A pipeline's final statuses, as an SQL list (a macro, so that [`UNFINISHED`] is built from it
+/// at compile time).
+macro_rules! finished {
+    () => {
+        "('success','failed','canceled','skipped')"
+    };
+}
+
+/// A pipeline's final statuses, as an SQL list.
+pub(crate) const FINISHED: &str = finished!();
+
 /// A pipeline not finished, or finished but owed a read of its retried attempts (as SQL over
 /// `pipelines`; the partial index `pipelines_unfinished` is on exactly this).
-const UNFINISHED: &str = "status NOT IN ('success','failed','canceled','skipped') OR reread = 1";
+const UNFINISHED: &str = concat!("status NOT IN ", finished!(), " OR reread = 1");
 
 /// Job statuses a finished pipeline cannot have (its last delivery was lost), as an SQL list.
 pub(crate) const UNSETTLED: &str =
@@ -628,7 +639,7 @@ impl Store {
     /// owed for its retries (until the next one).
     pub fn mark_reread(&self, pipeline_id: u64) -> Result<(), StoreError> {
         self.conn().execute(
-            "UPDATE pipelines SET reread = 0 WHERE id = ?1 AND status IN ('success','failed','canceled','skipped')",
+            &format!("UPDATE pipelines SET reread = 0 WHERE id = ?1 AND status IN {FINISHED}"),
             [pipeline_id as i64],
         )?;
         Ok(())

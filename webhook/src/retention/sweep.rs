@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
-use super::{FINISHED, StorePolicy, ids_json};
-use crate::store::{UNSETTLED, query_row};
+use super::{StorePolicy, ids_json};
+use crate::store::{FINISHED, UNSETTLED, query_row};
 
 /// Rows a commit may remove beyond what it adds: a backlog (retention just turned on, a burst
 /// that outran it) is worked off by busy commits too, a few rows at a time.
