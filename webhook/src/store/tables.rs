@@ -1,11 +1,16 @@
 //! The state machine's statements in SQLite ([`LogTables`] over a connection in a transaction).
 
+use std::collections::HashMap;
+
 use cloudci_gitlab::types::Status;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{exec, query_row};
 use crate::events::BuildEvent;
 use crate::machine::{JobFacts, JobRow, LogTables, PipelineRow};
+
+/// A pipeline's named jobs, for [`LogTables::newest_stored_retry`].
+const PIPELINE_JOB_NAMES: &str = "SELECT name, id FROM jobs WHERE pipeline_id = ?1 AND name IS NOT NULL";
 
 /// A connection inside the transaction that processes a batch.
 pub(super) struct Sql<'a>(pub(super) &'a Connection);
@@ -38,14 +43,22 @@ impl LogTables for Sql<'_> {
     }
 
     fn newest_stored_retry(&mut self, pipeline: u64) -> Result<u64, Self::Error> {
-        let stored: Option<i64> = query_row(
-            self.0,
-            "SELECT MAX(j.id) FROM jobs j WHERE j.pipeline_id = ?1 AND j.name IS NOT NULL
-             AND EXISTS (SELECT 1 FROM jobs o WHERE o.pipeline_id = ?1 AND o.name = j.name AND o.id < j.id)",
-            [pipeline as i64],
-            |r| r.get(0),
-        )?;
-        Ok(stored.unwrap_or(0) as u64)
+        // The answer is computed here, not by `MAX` in SQL: SQLite expires a statement whose
+        // `MAX`, `GROUP BY` or `ORDER BY` it plans over `jobs_by_name` after an equality on a
+        // bound parameter each time that binding changes, so it was compiled again on every
+        // delivery (17.6% of the writer's time; BENCHMARKS.md, issue 10's fifth round). A plain
+        // scan of the pipeline's jobs keeps its plan.
+        let mut stmt = self.0.prepare_cached(PIPELINE_JOB_NAMES)?;
+        let mut rows = stmt.query([pipeline as i64])?;
+        // Per name: its lowest and highest id. A name with two ids has a retry attempt, and its
+        // highest id is the newest one.
+        let mut names: HashMap<String, (i64, i64)> = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(1)?;
+            let range = names.entry(row.get(0)?).or_insert((id, id));
+            *range = (range.0.min(id), range.1.max(id));
+        }
+        Ok(names.values().filter(|(low, high)| low < high).map(|&(_, high)| high as u64).max().unwrap_or(0))
     }
 
     fn heard_of(&mut self, pipeline: u64) -> Result<(), Self::Error> {
@@ -148,5 +161,44 @@ impl LogTables for Sql<'_> {
     fn mark_processed(&mut self, id: i64, error: Option<&str>) -> Result<(), Self::Error> {
         exec(self.0, "UPDATE deliveries SET processed = 1, error = ?2 WHERE id = ?1", params![id, error])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn the_newest_stored_retry_is_found_without_compiling_its_statement_again() {
+        let store = Store::in_memory().unwrap();
+        let conn = store.conn();
+        // An even pipeline has build (2 attempts), test (1) and lint (3 attempts, the newest).
+        for p in 1..=20i64 {
+            let jobs: [(i64, &str); 6] =
+                [(1, "build"), (2, "test"), (3, "lint"), (4, "build"), (5, "lint"), (6, "lint")];
+            for (j, name) in jobs {
+                // Odd pipelines give every job a name of its own: no retries.
+                let name = if p % 2 == 0 { name.to_owned() } else { format!("{name}{j}") };
+                conn.execute(
+                    "INSERT INTO jobs (id, pipeline_id, status, name) VALUES (?1, ?2, 'success', ?3)",
+                    params![p * 100 + j, p, name],
+                )
+                .unwrap();
+            }
+        }
+        let mut sql = Sql(&conn);
+        for round in 0..5 {
+            for p in 1..=20u64 {
+                let expected = if p % 2 == 0 { p * 100 + 6 } else { 0 };
+                assert_eq!(sql.newest_stored_retry(p).unwrap(), expected, "pipeline {p}, round {round}");
+            }
+        }
+        assert_eq!(sql.newest_stored_retry(999).unwrap(), 0, "an unknown pipeline");
+        // Its plan does not depend on the pipeline bound: SQLite kept the compiled statement.
+        let stmt = conn.prepare_cached(PIPELINE_JOB_NAMES).unwrap();
+        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
     }
 }
