@@ -4,6 +4,8 @@ use cloudci_gitlab::types::Status;
 use cloudci_gitlab::webhook::WebhookEvent;
 use serde::{Deserialize, Serialize};
 
+use crate::hook_facts::{JOB_HOOK, JobHook, PipelineHook};
+
 /// What an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -178,9 +180,6 @@ impl Observation {
     }
 }
 
-/// `X-Gitlab-Event` of a Job Hook, as [`WebhookEvent::event_name`] gives it.
-const JOB_HOOK: &str = "Job Hook";
-
 /// Turns a parsed delivery into observations: a pipeline event yields the pipeline and each of
 /// its jobs (so a lost job delivery is made up for); a job event yields the job and its pipeline
 /// (`commit.status` is the pipeline's status).
@@ -188,67 +187,11 @@ pub fn observe(event: &WebhookEvent, source: EventSource) -> Vec<Observation> {
     let name = event.event_name().to_owned();
     let mut out = Vec::new();
     match event {
+        // Through the facts the receiver reads from a delivery's bytes (`hook_facts.rs`).
         WebhookEvent::Pipeline(p) => {
-            let a = &p.object_attributes;
-            let max_job_id = p.builds.iter().map(|b| b.id.0).max().unwrap_or(0);
-            let base = |kind| {
-                let mut e = BuildEvent::new(kind, p.project.id.0, &name, source);
-                e.project = Some(p.project.path_with_namespace.clone());
-                e.git_ref = Some(a.git_ref.clone());
-                e.sha = Some(a.sha.clone());
-                e.pipeline_id = Some(a.id.0);
-                e
-            };
-            let mut pe = base(EventKind::Pipeline);
-            pe.status = Some(a.status.to_string());
-            pe.url = a.url.clone();
-            out.push(Observation { event: pe, max_job_id });
-            // Jobs in creation order, so that their events come out in a natural order.
-            let mut builds: Vec<_> = p.builds.iter().collect();
-            builds.sort_by_key(|b| b.id);
-            for b in builds {
-                let mut je = base(EventKind::Job);
-                je.job_id = Some(b.id.0);
-                je.job_name = Some(b.name.clone());
-                je.stage = Some(b.stage.clone());
-                je.status = Some(b.status.to_string());
-                je.failure_reason = b.failure_reason.clone();
-                je.allow_failure = Some(b.allow_failure);
-                je.started = Some(b.started_at.is_some());
-                // `{"filename": null, "size": null}` when the job has none.
-                je.artifacts =
-                    Some(b.extra.get("artifacts_file").and_then(|a| a.get("filename")).is_some_and(|f| !f.is_null()));
-                out.push(Observation { event: je, max_job_id: b.id.0 });
-            }
+            return crate::hook_facts::pipeline_observations(&PipelineHook::from(&**p), source);
         }
-        WebhookEvent::Job(j) => {
-            let base = |kind| {
-                let mut e = BuildEvent::new(kind, j.project_id.0, &name, source);
-                e.project = Some(j.project.path_with_namespace.clone());
-                e.git_ref = Some(j.git_ref.clone());
-                e.sha = Some(j.sha.clone());
-                e.pipeline_id = Some(j.pipeline_id.0);
-                e
-            };
-            let mut je = base(EventKind::Job);
-            je.job_id = Some(j.build_id.0);
-            je.job_name = Some(j.build_name.clone());
-            je.stage = Some(j.build_stage.clone());
-            je.status = Some(j.build_status.to_string());
-            if j.build_status == Status::Failed {
-                je.failure_reason = j.build_failure_reason.clone();
-            }
-            je.url = Some(format!("{}/-/jobs/{}", j.project.web_url, j.build_id));
-            je.allow_failure = Some(j.build_allow_failure);
-            je.started = Some(j.build_started_at.is_some());
-            out.push(Observation { event: je, max_job_id: j.build_id.0 });
-            if let Some(commit) = &j.commit {
-                let mut pe = base(EventKind::Pipeline);
-                pe.status = Some(commit.status.to_string());
-                pe.url = Some(format!("{}/-/pipelines/{}", j.project.web_url, j.pipeline_id));
-                out.push(Observation { event: pe, max_job_id: j.build_id.0 });
-            }
-        }
+        WebhookEvent::Job(j) => return crate::hook_facts::job_observations(&JobHook::from(&**j), source),
         WebhookEvent::MergeRequest(m) => {
             let a = &m.object_attributes;
             let mut e = BuildEvent::new(EventKind::MergeRequest, m.project.id.0, &name, source);

@@ -32,6 +32,7 @@ mod checkpoint;
 mod events;
 mod front;
 mod health;
+mod hook_facts;
 mod hooks;
 mod hub;
 mod ingest;

@@ -202,6 +202,9 @@ pub fn unavailable(reason: &str) -> Response {
 /// Reads a delivery's body: `Err` only when it is not JSON at all (refused); a body cloudci
 /// cannot interpret is kept with the reason.
 fn read(event: &str, body: &[u8]) -> Result<Parsed, serde_json::Error> {
+    if let Some(observations) = crate::hook_facts::observe_bytes(event, body, EventSource::Webhook) {
+        return Ok(Ok(observations));
+    }
     Ok(match WebhookEvent::parse(Some(event).filter(|e| !e.is_empty()), body) {
         Ok(parsed) => Ok(observe(&parsed, EventSource::Webhook)),
         Err(cloudci_gitlab::webhook::WebhookParseError::NotJson(e)) => return Err(e),
