@@ -254,7 +254,7 @@ mod tests {
 
     use crate::store::{Durability, NewDelivery, Store};
 
-    /// 7,000 bytes deflate cannot shrink (bodies are kept deflated: a run of one byte would
+    /// 7,000 bytes compression cannot shrink (bodies are kept compressed: a run of one byte would
     /// take a few dozen bytes).
     fn noise(seed: usize) -> Vec<u8> {
         crate::store::noise(7000, seed as u64)

@@ -9,7 +9,7 @@
 //! deliveries a day: 50 pipelines of 10 jobs), and the retention limits (14 days of deliveries,
 //! 30 of events) are scaled to it, so retention removes as fast as deliveries arrive (a real year
 //! removes ~2,000 a day); the pass runs every half simulated day. Deliveries arrive open-loop at
-//! `rate` per second, each GitLab's sample Job Hook (2.8 KB, deflated in the log as real ones
+//! `rate` per second, each GitLab's sample Job Hook (2.8 KB, compressed in the log as real ones
 //! are) with its pipeline's and job's observations; a subscriber follows live (and so holds what
 //! it has not read).
 //! `durability = "normal"` (the group commit's fsync would measure the disk, not retention).
@@ -44,7 +44,7 @@ const PER_DAY: u64 = 2000;
 const PER_PIPELINE: u64 = 40;
 const STATUSES: [&str; 4] = ["created", "pending", "running", "success"];
 /// GitLab's sample Job Hook (2.8 KB), each delivery's body with its own ids and status: the log
-/// keeps bodies deflated, so padding would shrink to nothing and hide the cost of real ones.
+/// keeps bodies compressed, so padding would shrink to nothing and hide the cost of real ones.
 const JOB_HOOK: &str = include_str!("../../../gitlab/tests/fixtures/webhook-job-event.json");
 
 fn incoming(k: u64) -> Incoming {
