@@ -35,10 +35,9 @@ pub(crate) fn encode(body: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Option<&'stati
     if body.len() >= MIN_LENGTH
         && let Ok(length) = u32::try_from(body.len())
     {
-        let mut kept = Vec::with_capacity(LZ4_HEADER + lz4_flex::block::get_maximum_output_size(body.len()));
-        kept.extend_from_slice(&length.to_le_bytes());
-        kept.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-        kept.resize(kept.capacity(), 0);
+        let mut kept = vec![0; LZ4_HEADER + lz4_flex::block::get_maximum_output_size(body.len())];
+        kept[..4].copy_from_slice(&length.to_le_bytes());
+        kept[4..LZ4_HEADER].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
         if let Ok(n) = lz4_flex::block::compress_into(body, &mut kept[LZ4_HEADER..])
             && LZ4_HEADER + n < body.len()
         {
